@@ -1,0 +1,45 @@
+# The two set-up commands of README.rst:
+#   make run    install turnrelay into .venv and run it on the loopback default
+#   make test   install everything the tests need and run the whole suite
+# .ci/run calls `make test`, so CI runs exactly what a developer runs.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Extra arguments for the server (make run ARGS="--listen udp:3478") and pytest.
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test lint system-deps clean
+
+# An editable install in "compat" mode puts this checkout on sys.path, so
+# twistd finds twisted/plugins/turnrelay_plugin.py; the default editable mode
+# would hide it.  Listing the plugins afterwards writes dropin.cache.
+$(BIN)/.installed-run: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check \
+		--config-settings editable_mode=compat -e .
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed-run
+	$(BIN)/pip install --quiet --disable-pip-version-check \
+		--config-settings editable_mode=compat -e '.[test]'
+	touch $@
+
+run: $(BIN)/.installed-run
+	$(BIN)/twistd --nodaemon --pidfile= turnrelay $(ARGS)
+
+system-deps:
+	tools/install-system-deps
+
+lint: $(BIN)/.installed-test
+	$(BIN)/ruff check turnrelay tests twisted
+	$(BIN)/ruff format --check turnrelay tests twisted
+	$(BIN)/mypy
+
+test: system-deps lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache _trial_temp*

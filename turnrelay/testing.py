@@ -1,0 +1,124 @@
+# -*- test-case-name: tests.test_testing -*-
+"""
+Fakes for testing turnrelay, and code that embeds it, without sockets.
+
+Twisted's L{MemoryReactorClock} has no UDP; L{FakeUDPReactor} adds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IListeningPort, IReactorUDP, IUDPTransport
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.testing import MemoryReactorClock
+from zope.interface import implementer
+
+from turnrelay.interfaces import IReplyChannel
+from turnrelay.stun.address import TransportAddress
+
+
+def _address(host: str, port: int) -> IPv4Address | IPv6Address:
+    if ":" in host:
+        return IPv6Address("UDP", host, port)
+    return IPv4Address("UDP", host, port)
+
+
+@implementer(IUDPTransport, IListeningPort)
+class FakeUDPPort:
+    """
+    A UDP port that records what is written to it.
+
+    @ivar written: C{(datagram, address)} for each write, oldest first.
+    @ivar listening: whether L{stopListening} has not been called yet.
+    """
+
+    def __init__(self, protocol: DatagramProtocol, host: str, port: int) -> None:
+        self.protocol = protocol
+        self.host = host
+        self.portNumber = port
+        self.written: List[Tuple[bytes, Tuple[str, int]]] = []
+        self.listening = True
+
+    def write(self, packet: bytes, addr: Any = None) -> None:
+        self.written.append((packet, addr))
+
+    def connect(self, host: str, port: int) -> None:
+        raise NotImplementedError("FakeUDPPort is never connected")
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        return _address(self.host, self.portNumber)
+
+    def stopListening(self) -> None:
+        if self.listening:
+            self.listening = False
+            self.protocol.doStop()
+
+    def startListening(self) -> None:
+        pass
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        pass
+
+    def getBroadcastAllowed(self) -> bool:
+        return False
+
+    loseConnection = stopListening
+
+
+@implementer(IReactorUDP)
+class FakeUDPReactor(MemoryReactorClock):
+    """
+    A L{MemoryReactorClock} that can also listen on UDP.
+
+    @ivar udpPorts: every L{FakeUDPPort} opened, oldest first.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.udpPorts: List[FakeUDPPort] = []
+        self._nextPort = 40000
+
+    def listenUDP(
+        self,
+        port: int,
+        protocol: DatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+    ) -> FakeUDPPort:
+        if port == 0:
+            port, self._nextPort = self._nextPort, self._nextPort + 1
+        udpPort = FakeUDPPort(protocol, interface or "0.0.0.0", port)
+        self.udpPorts.append(udpPort)
+        protocol.makeConnection(udpPort)
+        return udpPort
+
+
+@implementer(IReplyChannel)
+class FakeReplyChannel:
+    """
+    A reply channel that records what is sent, for controller tests.
+
+    @ivar sent: the bytes sent, oldest first.
+    """
+
+    def __init__(
+        self,
+        clientAddress: TransportAddress = TransportAddress("192.0.2.1", 32853),
+        serverAddress: TransportAddress = TransportAddress("198.51.100.1", 3478),
+        transportProtocol: str = "udp",
+    ) -> None:
+        self.clientAddress = clientAddress
+        self.serverAddress = serverAddress
+        self.transportProtocol = transportProtocol
+        self.sent: List[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def popSent(self) -> Optional[bytes]:
+        """
+        @return: the oldest unread bytes sent, or L{None}.
+        """
+        return self.sent.pop(0) if self.sent else None

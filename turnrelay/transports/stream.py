@@ -1,0 +1,99 @@
+# -*- test-case-name: tests.test_transports_stream -*-
+"""
+TURN over a byte stream: TCP now, and TLS over TCP.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from turnrelay.interfaces import IReplyChannel
+from turnrelay.stun.address import TransportAddress, unmapIPv4
+from turnrelay.stun.channeldata import StreamFramer
+from turnrelay.stun.errors import STUNDecodeError
+from turnrelay.turn.server import TURNServer
+
+
+@implementer(IReplyChannel)
+class STUNStreamProtocol(Protocol):
+    """
+    One client connection carrying STUN messages and padded ChannelData back
+    to back (RFC 8489 section 6.2.2, RFC 8656 section 12.5).
+
+    Anything that cannot be STUN or ChannelData ends this connection, and
+    only this one: a stream cannot be resynchronised.
+
+    @ivar server: the controller the messages go to.
+    @ivar clientAddress: the client's address.
+    @ivar serverAddress: our address the client connected to.
+    """
+
+    log = Logger()
+    transportProtocol = "tcp"
+
+    def __init__(self, server: TURNServer) -> None:
+        self.server = server
+        self._framer = StreamFramer()
+        self._closing = False
+        self.clientAddress = TransportAddress("0.0.0.0", 0)
+        self.serverAddress = TransportAddress("0.0.0.0", 0)
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host = self.transport.getHost()  # type: ignore[union-attr]
+        assert isinstance(peer, (IPv4Address, IPv6Address))
+        assert isinstance(host, (IPv4Address, IPv6Address))
+        self.clientAddress = TransportAddress(unmapIPv4(peer.host), peer.port)
+        self.serverAddress = TransportAddress(unmapIPv4(host.host), host.port)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            frames = self._framer.feed(data)
+        except STUNDecodeError as e:
+            self.log.info(
+                "closing {transport} connection from {client}: {reason}",
+                transport=self.transportProtocol,
+                client=self.clientAddress,
+                reason=e.reason,
+            )
+            self._closing = True
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        server = self.server
+        for frame in frames:
+            try:
+                if frame[0] < 0x40:
+                    server.stunReceived(frame, self)
+                else:
+                    server.channelDataReceived(frame, self)
+            except Exception:
+                self.log.failure("while handling a frame from {client}", client=self.clientAddress)
+
+    def send(self, data: bytes) -> None:
+        """
+        Write to the client.
+        """
+        if not self._closing:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+
+class STUNStreamFactory(Factory):
+    """
+    Builds a L{STUNStreamProtocol} for each connection, all sharing one
+    controller.
+    """
+
+    noisy = False
+
+    def __init__(self, server: TURNServer) -> None:
+        self.server = server
+
+    def buildProtocol(self, addr: object) -> STUNStreamProtocol:
+        protocol = STUNStreamProtocol(self.server)
+        protocol.factory = self
+        return protocol
