@@ -1,0 +1,130 @@
+"""
+Tests for L{turnrelay.tap} and the twistd plugin.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase
+
+from turnrelay import tap
+from turnrelay.config import SETTINGS, ListenerConfig, RelayConfig
+from turnrelay.service import ListenerService, RelayService
+from turnrelay.testing import FakeUDPReactor
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Tests for L{tap.Options}.
+    """
+
+    def parse(self, *argv: str) -> tap.Options:
+        options = tap.Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_defaults(self) -> None:
+        """
+        Without options the configuration is the safe default.
+        """
+        self.assertEqual(self.parse().config, RelayConfig())
+
+    def test_listenRepeatable(self) -> None:
+        """
+        --listen may be given several times, in order.
+        """
+        config = self.parse("--listen", "udp:1", "--listen", "tcp:2:interface=::").config
+        self.assertEqual(
+            config.listeners,
+            (ListenerConfig("udp", 1, "127.0.0.1"), ListenerConfig("tcp", 2, "::")),
+        )
+
+    def test_software(self) -> None:
+        """
+        --software sets the SOFTWARE attribute.
+        """
+        self.assertEqual(self.parse("--software", "relay").config.software, "relay")
+
+    def test_badListen(self) -> None:
+        """
+        A bad --listen value is a usage error naming the value and the syntax.
+        """
+        error = self.assertRaises(UsageError, self.parse, "--listen", "udp:x")
+        self.assertIn("'udp:x'", str(error))
+        self.assertIn("expected", str(error))
+
+    def test_helpListsEverySetting(self) -> None:
+        """
+        --help documents every setting.
+        """
+        usage = tap.Options().getUsage()
+        for setting in SETTINGS:
+            self.assertIn("--" + setting.name, usage)
+
+    def writeFile(self, content: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(content)
+        return path
+
+    def test_configFile(self) -> None:
+        """
+        --config reads settings from a TOML file.
+        """
+        path = self.writeFile('listen = ["udp:7"]\nsoftware = "from file"\n')
+        config = self.parse("--config", path).config
+        self.assertEqual(config.listeners, (ListenerConfig("udp", 7, "127.0.0.1"),))
+        self.assertEqual(config.software, "from file")
+
+    def test_commandLineOverridesFile(self) -> None:
+        """
+        An option on the command line wins over the same setting in the file.
+        """
+        path = self.writeFile('listen = ["udp:7"]\nsoftware = "from file"\n')
+        config = self.parse("--config", path, "--software", "cli", "--listen", "tcp:8").config
+        self.assertEqual(config.listeners, (ListenerConfig("tcp", 8, "127.0.0.1"),))
+        self.assertEqual(config.software, "cli")
+
+    def test_badConfigFile(self) -> None:
+        """
+        A bad configuration file is a usage error naming the file.
+        """
+        path = self.writeFile('listen = ["bogus:1"]\n')
+        error = self.assertRaises(UsageError, self.parse, "--config", path)
+        self.assertIn("'bogus:1'", str(error))
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    Tests for L{tap.makeService} and plugin discovery.
+    """
+
+    def test_serviceTree(self) -> None:
+        """
+        makeService builds a relay with one listener service per --listen.
+        """
+        options = tap.Options()
+        options.parseOptions(["--listen", "udp:0", "--listen", "tcp:0:interface=::1"])
+        reactor = FakeUDPReactor()
+        service = tap.makeService(options, reactor=reactor)
+        self.assertIsInstance(service, RelayService)
+        children = list(service)
+        self.assertEqual(len(children), 2)
+        self.assertTrue(all(isinstance(child, ListenerService) for child in children))
+        service.startService()
+        self.assertEqual(len(reactor.udpPorts), 1)
+        self.assertEqual(len(reactor.tcpServers), 1)
+        self.assertEqual(reactor.tcpServers[0][3], "::1")
+        service.stopService()
+
+    def test_pluginDiscovered(self) -> None:
+        """
+        twistd finds the turnrelay plugin, pointing at turnrelay.tap.
+        """
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("turnrelay", makers)
+        maker = makers["turnrelay"]
+        self.assertIs(maker.options, tap.Options)
+        self.assertIs(maker.makeService, tap.makeService)
