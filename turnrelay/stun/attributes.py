@@ -314,7 +314,11 @@ def _textCodec(name: str, maxCharacters: int = TEXT_MAX_CHARACTERS) -> Attribute
     def encode(text: str, tid: bytes) -> bytes:
         if len(text) > maxCharacters:
             raise ValueError(f"{name} longer than {maxCharacters} characters")
-        return text.encode("utf-8")
+        encoded = text.encode("utf-8")
+        if len(encoded) > TEXT_DECODE_MAX_BYTES:
+            # Never send what our own decoder (and RFC 8489's limit) refuses.
+            raise ValueError(f"{name} longer than {TEXT_DECODE_MAX_BYTES} bytes")
+        return encoded
 
     return AttributeCodec(name, lambda value, tid: _decodeText(name, value), encode)
 
