@@ -80,7 +80,7 @@ class DatagramProtocolTests(SynchronousTestCase):
         the socket reported.
         """
         protocol = self.listen(TURNServer(Clock()), interface="::")
-        protocol.datagramReceived(REQUEST, ("::ffff:127.0.0.9", 6000, 0, 0))
+        protocol.datagramReceived(REQUEST, ("::ffff:127.0.0.9", 6000))
         [(data, addr)] = self.port.written
         self.assertEqual(addr, ("::ffff:127.0.0.9", 6000))
         self.assertEqual(
@@ -89,10 +89,10 @@ class DatagramProtocolTests(SynchronousTestCase):
 
     def test_ipv6Client(self) -> None:
         """
-        An IPv6 client's four-element address is reduced to host and port.
+        An IPv6 client gets its IPv6 address back.
         """
         protocol = self.listen(TURNServer(Clock()), interface="::")
-        protocol.datagramReceived(REQUEST, ("::1", 6001, 0, 0))
+        protocol.datagramReceived(REQUEST, ("::1", 6001))
         [(data, addr)] = self.port.written
         self.assertEqual(addr, ("::1", 6001))
         self.assertEqual(
@@ -112,12 +112,43 @@ class DatagramProtocolTests(SynchronousTestCase):
         self.assertEqual(server.stun, [])
         self.assertEqual(server.channelData, [])
         protocol.datagramReceived(REQUEST, client)
+        self.assertEqual([data for data, _ in server.stun], [REQUEST])
+        [(_, channel)] = server.stun
+        channel.attach(object())
         protocol.datagramReceived(b"\x40\x00\x00\x01x", client)
         protocol.datagramReceived(b"\x4f\xff\x00\x00", client)
-        self.assertEqual([data for data, _ in server.stun], [REQUEST])
         self.assertEqual(
             [data for data, _ in server.channelData], [b"\x40\x00\x00\x01x", b"\x4f\xff\x00\x00"]
         )
+        self.assertTrue(all(c is channel for _, c in server.channelData))
+
+    def test_channelDataWithoutAllocationDropped(self) -> None:
+        """
+        ChannelData from a client without an allocation never reaches the
+        controller: there is nothing to relay it to (item 84).
+        """
+        server = RecordingServer()
+        protocol = self.listen(server)
+        protocol.datagramReceived(b"\x40\x00\x00\x01x", ("127.0.0.1", 1))
+        self.assertEqual(server.channelData, [])
+
+    def test_channelKeptWhileAllocated(self) -> None:
+        """
+        A client's reply channel is kept, and found by address, only while it
+        has an allocation.
+        """
+        server = RecordingServer()
+        protocol = self.listen(server)
+        protocol.datagramReceived(REQUEST, ("127.0.0.1", 1))
+        [(_, channel)] = server.stun
+        allocation = object()
+        channel.attach(allocation)
+        self.assertIs(protocol.clients[("127.0.0.1", 1)], channel)
+        protocol.datagramReceived(REQUEST, ("127.0.0.1", 1))
+        self.assertIs(server.stun[1][1], channel)
+        channel.detach(allocation)
+        self.assertEqual(protocol.clients, {})
+        self.assertIsNone(channel.allocation)
 
     def test_replyChannel(self) -> None:
         """

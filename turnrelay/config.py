@@ -64,16 +64,74 @@ class RelayConfig:
     Everything L{turnrelay.service.makeRelayService} needs to build a relay.
 
     Build it with L{buildConfig} from strings, or directly in Python; its
-    defaults are safe: loopback listeners only.
+    defaults are safe: loopback listeners only, no credentials (so every
+    TURN request is refused), no relaying to private or loopback peers.
 
     @ivar listeners: the sockets clients reach the relay on.
     @ivar software: the SOFTWARE attribute to add to responses, or L{None}
         to send none (the default: it tells attackers the version, and makes
         unauthenticated responses larger).
+    @ivar realm: the long-term credential realm.
+    @ivar users: static users, C{(name, secret)}; the secret is a password
+        or C{0x} and a hex key.  Kept out of C{repr}.
+    @ivar authSecrets: TURN REST API shared secrets; several at once allow
+        rotation.  Kept out of C{repr}.
+    @ivar restMaxTTL: REST usernames expiring further ahead are refused.
+    @ivar nonceLifetime: seconds before a nonce goes stale (438).
+    @ivar relayIP: the IPv4 address relay sockets bind to; by default the
+        first listener's specific IPv4 address.
+    @ivar externalIP: the address advertised in XOR-RELAYED-ADDRESS when the
+        relay IP is behind NAT.
+    @ivar minPort: the lowest relay port.
+    @ivar maxPort: the highest relay port.
+    @ivar maxLifetime: the longest allocation lifetime granted.
+    @ivar userQuota: allocations per username (0: unlimited).
+    @ivar totalQuota: allocations in all (0: unlimited).
+    @ivar maxPermissions: permissions per allocation.
+    @ivar maxChannels: channel bindings per allocation.
+    @ivar bandwidth: bytes per second per allocation and direction (0: no cap).
+    @ivar allowPeers: CIDRs relayed to even though denied by default.
+    @ivar denyPeers: CIDRs never relayed to, whatever else says.
+    @ivar allowLoopbackPeers: relay to loopback peers (for tests and demos).
     """
 
     listeners: Tuple[ListenerConfig, ...] = DEFAULT_LISTENERS
     software: Optional[str] = None
+    realm: str = "turnrelay"
+    users: Tuple[Tuple[str, str], ...] = attr.field(default=(), repr=False)
+    authSecrets: Tuple[str, ...] = attr.field(default=(), repr=False)
+    restMaxTTL: float = 86400.0
+    nonceLifetime: float = 600.0
+    relayIP: Optional[str] = None
+    externalIP: Optional[str] = None
+    minPort: int = 49152
+    maxPort: int = 65535
+    maxLifetime: int = 3600
+    userQuota: int = 10
+    totalQuota: int = 10000
+    maxPermissions: int = 64
+    maxChannels: int = 64
+    bandwidth: int = 0
+    allowPeers: Tuple[str, ...] = ()
+    denyPeers: Tuple[str, ...] = ()
+    allowLoopbackPeers: bool = False
+
+    def effectiveRelayIP(self) -> Optional[str]:
+        """
+        The relay IP: the configured one, else the first listener's specific
+        IPv4 address, else 127.0.0.1 if every listener is on loopback.
+
+        @return: the address, or L{None} when it cannot be guessed (wildcard
+            listeners): the relay then serves STUN only.
+        """
+        if self.relayIP is not None:
+            return self.relayIP
+        for listener in self.listeners:
+            if "." in listener.interface and listener.interface != "0.0.0.0":
+                return listener.interface
+        if all(ipaddress.ip_address(ls.interface).is_loopback for ls in self.listeners):
+            return "127.0.0.1"
+        return None
 
 
 # Parsers: each takes a value from the command line (a string) or from the
@@ -118,6 +176,112 @@ def parseListen(text: str) -> ListenerConfig:
     return ListenerConfig(transport, int(port), interface)
 
 
+def _parseText(name: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value)
+        if not text or len(text) > TEXT_MAX_CHARACTERS:
+            raise ConfigError(f"{name}: {text!r} must be 1 to {TEXT_MAX_CHARACTERS} characters")
+        return text
+
+    return parse
+
+
+def _parseNumber(
+    name: str, low: float, high: float, kind: Callable[[Any], Any] = int
+) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not low <= number <= high:
+            raise ConfigError(f"{name}: {value!r} is not a number from {low:g} to {high:g}")
+        return number
+
+    return parse
+
+
+def _parseAddress(name: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        try:
+            return str(ipaddress.ip_address(str(value).strip("[]")))
+        except ValueError:
+            raise ConfigError(f"{name}: {value!r} is not an IP address") from None
+
+    return parse
+
+
+def _parseIPv4(name: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        try:
+            return str(ipaddress.IPv4Address(str(value)))
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {value!r} is not an IPv4 address (IPv6 relays are not offered yet)"
+            ) from None
+
+    return parse
+
+
+def _parseNetwork(name: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        try:
+            return str(ipaddress.ip_network(str(value), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {value!r} is not an address or CIDR such as 10.0.0.0/8"
+            ) from None
+
+    return parse
+
+
+def _parseBool(name: str) -> Callable[[Any], bool]:
+    def parse(value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: {value!r} is not true or false")
+
+    return parse
+
+
+def parseUser(value: Any) -> Tuple[str, str]:
+    """
+    Parse a static user, C{NAME:PASSWORD} or C{NAME:0xHEXKEY}.
+
+    The name ends at the first colon; the password may contain colons.
+
+    @raise ConfigError: naming the user but never echoing the password.
+    """
+    name, colon, secret = str(value).partition(":")
+    if not name or not colon or not secret:
+        raise ConfigError(
+            "user: expected NAME:PASSWORD or NAME:0xHEXKEY (the value is not shown: "
+            "it holds a password)"
+        )
+    if secret.startswith("0x"):
+        try:
+            key = bytes.fromhex(secret[2:])
+        except ValueError:
+            key = b""
+        if len(key) not in (16, 32):
+            raise ConfigError(
+                f"user {name!r}: a key must be 0x and 32 hex digits (MD5) or 64 (SHA-256)"
+            )
+    return name, secret
+
+
+def _parseSecret(value: Any) -> str:
+    text = str(value)
+    if len(text) < 8:
+        raise ConfigError("static-auth-secret: a shared secret needs at least 8 characters")
+    return text
+
+
 def _parseSoftware(value: Any) -> Optional[str]:
     text = str(value)
     if len(text) > TEXT_MAX_CHARACTERS:
@@ -147,6 +311,7 @@ class Setting:
     field: str
     repeatable: bool = False
     metavar: str = "VALUE"
+    flag: bool = False
 
 
 SETTINGS: Tuple[Setting, ...] = (
@@ -166,6 +331,143 @@ SETTINGS: Tuple[Setting, ...] = (
         _parseSoftware,
         "software",
         metavar="TEXT",
+    ),
+    Setting(
+        "realm",
+        "The realm of long-term credentials (default: turnrelay).",
+        _parseText("realm"),
+        "realm",
+        metavar="REALM",
+    ),
+    Setting(
+        "user",
+        "A static user, NAME:PASSWORD or NAME:0xKEY with KEY the hex MD5 (or SHA-256) "
+        "of NAME:REALM:PASSWORD (repeatable).  Prefer the configuration file: "
+        "command lines are visible to other local users.",
+        parseUser,
+        "users",
+        repeatable=True,
+        metavar="NAME:PASSWORD",
+    ),
+    Setting(
+        "static-auth-secret",
+        "A TURN REST API shared secret; credentials minted with any of them are "
+        "accepted, so secrets can be rotated (repeatable).",
+        _parseSecret,
+        "authSecrets",
+        repeatable=True,
+        metavar="SECRET",
+    ),
+    Setting(
+        "rest-max-ttl",
+        "Refuse REST usernames expiring more than this many seconds ahead (default: 86400).",
+        _parseNumber("rest-max-ttl", 1, 31536000, float),
+        "restMaxTTL",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "nonce-lifetime",
+        "Seconds before a nonce goes stale and the client gets 438 "
+        "with a fresh one (default: 600).",
+        _parseNumber("nonce-lifetime", 10, 3600, float),
+        "nonceLifetime",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "relay-ip",
+        "The IPv4 address relay sockets bind to (default: the first listener's IPv4 address).",
+        _parseIPv4("relay-ip"),
+        "relayIP",
+        metavar="ADDRESS",
+    ),
+    Setting(
+        "external-ip",
+        "The public address to advertise in XOR-RELAYED-ADDRESS when "
+        "relay-ip is behind NAT (default: relay-ip).",
+        _parseIPv4("external-ip"),
+        "externalIP",
+        metavar="ADDRESS",
+    ),
+    Setting(
+        "min-port",
+        "The lowest relay port (default: 49152).",
+        _parseNumber("min-port", 1024, 65535),
+        "minPort",
+        metavar="PORT",
+    ),
+    Setting(
+        "max-port",
+        "The highest relay port (default: 65535).",
+        _parseNumber("max-port", 1024, 65535),
+        "maxPort",
+        metavar="PORT",
+    ),
+    Setting(
+        "max-lifetime",
+        "The longest allocation lifetime granted, in seconds (default: 3600).",
+        _parseNumber("max-lifetime", 60, 86400),
+        "maxLifetime",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "user-quota",
+        "Allocations one username may hold; 0 for no limit (default: 10).",
+        _parseNumber("user-quota", 0, 10**6),
+        "userQuota",
+        metavar="N",
+    ),
+    Setting(
+        "total-quota",
+        "Allocations in all; 0 for no limit (default: 10000).",
+        _parseNumber("total-quota", 0, 10**7),
+        "totalQuota",
+        metavar="N",
+    ),
+    Setting(
+        "max-permissions",
+        "Permissions per allocation (default: 64).",
+        _parseNumber("max-permissions", 1, 10**5),
+        "maxPermissions",
+        metavar="N",
+    ),
+    Setting(
+        "max-channels",
+        "Channel bindings per allocation (default: 64).",
+        _parseNumber("max-channels", 1, 4096),
+        "maxChannels",
+        metavar="N",
+    ),
+    Setting(
+        "bandwidth",
+        "Bytes per second one allocation may relay each way; excess is "
+        "dropped.  0 for no cap (default: 0).",
+        _parseNumber("bandwidth", 0, 10**10),
+        "bandwidth",
+        metavar="BYTES",
+    ),
+    Setting(
+        "allow-peer",
+        "Relay to this address or CIDR although it is denied by default, "
+        "for example a LAN (repeatable).",
+        _parseNetwork("allow-peer"),
+        "allowPeers",
+        repeatable=True,
+        metavar="CIDR",
+    ),
+    Setting(
+        "deny-peer",
+        "Never relay to this address or CIDR (repeatable; beats allow-peer).",
+        _parseNetwork("deny-peer"),
+        "denyPeers",
+        repeatable=True,
+        metavar="CIDR",
+    ),
+    Setting(
+        "allow-loopback-peers",
+        "Relay to loopback peers (127.0.0.0/8, ::1): for tests and demos only.",
+        _parseBool("allow-loopback-peers"),
+        "allowLoopbackPeers",
+        flag=True,
     ),
 )
 
@@ -193,7 +495,13 @@ def buildConfig(values: Mapping[str, Any], base: RelayConfig = RelayConfig()) ->
             changes[setting.field] = tuple(setting.parse(item) for item in raw)
         else:
             changes[setting.field] = setting.parse(raw)
-    return attr.evolve(base, **changes)
+    config = attr.evolve(base, **changes)
+    if config.minPort > config.maxPort:
+        raise ConfigError(
+            f"min-port {config.minPort} is above max-port {config.maxPort}; "
+            "min-port must not exceed max-port"
+        )
+    return config
 
 
 def loadConfigFile(path: str) -> Dict[str, Any]:

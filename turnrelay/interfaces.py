@@ -4,6 +4,8 @@ The seams between turnrelay's layers.
 
 from __future__ import annotations
 
+from typing import Any
+
 from zope.interface import Attribute, Interface
 
 
@@ -21,6 +23,19 @@ class IReplyChannel(Interface):
         "The client's L{TransportAddress}, IPv4-mapped IPv6 addresses already turned into IPv4."
     )
     serverAddress = Attribute("The L{TransportAddress} of our socket the client reached.")
+    fiveTuple = Attribute("The L{FiveTuple} that identifies the client's allocation.")
+    allocation = Attribute("The client's L{Allocation}, or L{None}: the data path's shortcut.")
+
+    def attach(allocation: Any) -> None:
+        """
+        The registry made C{allocation} for this client: keep it, and keep
+        this channel, until L{detach}.
+        """
+
+    def detach(allocation: Any) -> None:
+        """
+        C{allocation} ended: forget it.
+        """
 
     def send(data: bytes) -> None:
         """

@@ -16,17 +16,30 @@ Nothing here installs log observers or signal handlers, or picks a reactor.
 
 from __future__ import annotations
 
+from ipaddress import ip_address
 from typing import Any, List, Optional, Tuple
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
+from turnrelay.auth.credentials import (
+    ChainedCredentials,
+    ICredentialStore,
+    RESTSecrets,
+    StaticCredentials,
+)
+from turnrelay.auth.longterm import LongTermAuthenticator
+from turnrelay.auth.nonce import NonceMinter
 from turnrelay.config import ListenerConfig, RelayConfig
 from turnrelay.stun.address import TransportAddress
 from turnrelay.transports.stream import STUNStreamFactory
 from turnrelay.transports.udp import STUNDatagramProtocol
-from turnrelay.turn.server import TURNServer
+from turnrelay.turn.policy import PeerPolicy
+from turnrelay.turn.relay import RelayPortPool
+from turnrelay.turn.server import RelayLimits, TURNServer
+
+log = Logger()
 
 # Large enough for any STUN message or ChannelData frame.
 MAX_DATAGRAM = 65535
@@ -113,15 +126,72 @@ class RelayService(MultiService):
         return addresses
 
 
+def makeTURNServer(config: RelayConfig, reactor: Any) -> TURNServer:
+    """
+    Build the controller and everything it owns from a configuration.
+
+    @raise ConfigError: the configuration cannot be served (no relay IP).
+    """
+    relayIP = config.effectiveRelayIP()
+    if relayIP is None:
+        log.error(
+            "no relay-ip is set and no listener has a specific IPv4 address: "
+            "every Allocate will be refused with 508; set relay-ip to relay"
+        )
+    stores: List[ICredentialStore] = [StaticCredentials(config.realm, dict(config.users))]
+    if config.authSecrets:
+        secrets = [secret.encode() for secret in config.authSecrets]
+        stores.append(RESTSecrets(reactor, secrets, config.restMaxTTL))
+    credentials = ChainedCredentials(stores)
+    authenticator = LongTermAuthenticator(
+        config.realm, credentials, NonceMinter(reactor, lifetime=config.nonceLifetime)
+    )
+    # Our listening addresses are never peers.  The relay addresses are: two
+    # clients of this server relay to each other through them, and the
+    # controller keeps peers on them inside the relay port range.
+    relayHosts = {relayIP, config.externalIP}
+    ownAddresses = [
+        listener.interface
+        for listener in config.listeners
+        if listener.interface not in relayHosts
+        and not ip_address(listener.interface).is_unspecified
+    ]
+    policy = PeerPolicy(
+        allow=config.allowPeers,
+        deny=config.denyPeers,
+        allowLoopback=config.allowLoopbackPeers,
+        ownAddresses=ownAddresses,
+    )
+    limits = RelayLimits(
+        maxLifetime=config.maxLifetime,
+        userQuota=config.userQuota,
+        totalQuota=config.totalQuota,
+        maxPermissions=config.maxPermissions,
+        maxChannels=config.maxChannels,
+        bandwidth=config.bandwidth,
+    )
+    return TURNServer(
+        clock=reactor,
+        software=config.software,
+        authenticator=authenticator,
+        peerPolicy=policy,
+        relayPorts=(
+            RelayPortPool(reactor, relayIP, config.minPort, config.maxPort) if relayIP else None
+        ),
+        limits=limits,
+        externalIP=config.externalIP,
+    )
+
+
 def makeRelayService(config: RelayConfig, reactor: Any) -> RelayService:
     """
     Build a relay from a configuration.
 
     @param config: a validated configuration.
-    @param reactor: the reactor to listen and schedule with.
+    @param reactor: the reactor to listen, relay and schedule with.
     @return: a service to start, or to attach to a parent service.
     """
-    server = TURNServer(clock=reactor, software=config.software)
+    server = makeTURNServer(config, reactor)
     relay = RelayService(config, server)
     for listener in config.listeners:
         ListenerService(reactor, listener, server).setServiceParent(relay)

@@ -8,8 +8,12 @@ has one name on the command line and in the configuration file.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import secrets
+import sys
+from ipaddress import ip_address
+from typing import Any, Dict, List, Optional, TextIO
 
+import attr
 from twisted.python import usage
 
 from turnrelay.config import SETTINGS, ConfigError, RelayConfig, buildConfig, loadConfigFile
@@ -31,7 +35,14 @@ class Options(usage.Options):
     )
     optParameters: List[List[Any]] = [
         ["config", "c", None, "Read settings from this TOML file (see conf/turnrelay.conf)."]
-    ] + [[setting.name, None, None, setting.help] for setting in SETTINGS if not setting.repeatable]
+    ] + [
+        [setting.name, None, None, setting.help]
+        for setting in SETTINGS
+        if not (setting.repeatable or setting.flag)
+    ]
+    optFlags: List[List[Any]] = [
+        [setting.name, None, setting.help] for setting in SETTINGS if setting.flag
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -47,6 +58,9 @@ class Options(usage.Options):
                 if setting.repeatable:
                     if setting.name in self.repeated:
                         values[setting.name] = self.repeated[setting.name]
+                elif setting.flag:
+                    if self[setting.name]:
+                        values[setting.name] = True
                 elif self[setting.name] is not None:
                     values[setting.name] = self[setting.name]
             self.config = buildConfig(values)
@@ -71,14 +85,44 @@ for _setting in SETTINGS:
         )
 
 
-def makeService(options: Options, reactor: Optional[Any] = None) -> RelayService:
+def _withDemoUser(config: RelayConfig, out: TextIO) -> RelayConfig:
+    """
+    Make up a user when none is configured and every listener is loopback,
+    so that the demo default is usable at once; print the credential (to
+    the terminal, not the log: logs must hold no secrets).
+    """
+    if config.users or config.authSecrets:
+        return config
+    if not all(ip_address(listener.interface).is_loopback for listener in config.listeners):
+        return config
+    password = secrets.token_urlsafe(12)
+    listener = config.listeners[0]
+    print(
+        f"turnrelay demo: no users or secrets are configured, so this run accepts\n"
+        f"  user 'demo' with password {password!r}   (loopback only; realm {config.realm!r})\n"
+        f"  try: turnutils_uclient -u demo -w {password} -p {listener.port} "
+        f"-e 127.0.0.1 {listener.interface}",
+        file=out,
+        flush=True,
+    )
+    return attr.evolve(config, users=(("demo", password),))
+
+
+def makeService(
+    options: Options, reactor: Optional[Any] = None, out: TextIO = sys.stdout
+) -> RelayService:
     """
     Build the relay twistd runs.
 
     @param reactor: for tests; twistd's global reactor by default.
+    @param out: where the demo credential is printed.
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
-    return makeRelayService(options.config, reactor)
+    config = _withDemoUser(options.config, out)
+    try:
+        return makeRelayService(config, reactor)
+    except (ConfigError, ValueError) as e:
+        raise usage.UsageError(str(e)) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, List, Optional, Tuple
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorUDP, IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactorClock
@@ -17,12 +18,27 @@ from zope.interface import implementer
 
 from turnrelay.interfaces import IReplyChannel
 from turnrelay.stun.address import TransportAddress
+from turnrelay.turn.allocation import FiveTuple
 
 
 def _address(host: str, port: int) -> IPv4Address | IPv6Address:
     if ":" in host:
         return IPv6Address("UDP", host, port)
     return IPv4Address("UDP", host, port)
+
+
+class FakeSocket:
+    """
+    Records socket options, so that relay sockets can set DF in tests.
+
+    @ivar options: C{(level, option) -> value}.
+    """
+
+    def __init__(self) -> None:
+        self.options: dict[tuple[int, int], Any] = {}
+
+    def setsockopt(self, level: int, option: int, value: Any) -> None:
+        self.options[level, option] = value
 
 
 @implementer(IUDPTransport, IListeningPort)
@@ -40,6 +56,7 @@ class FakeUDPPort:
         self.portNumber = port
         self.written: List[Tuple[bytes, Tuple[str, int]]] = []
         self.listening = True
+        self.socket = FakeSocket()
 
     def write(self, packet: bytes, addr: Any = None) -> None:
         self.written.append((packet, addr))
@@ -79,6 +96,17 @@ class FakeUDPReactor(MemoryReactorClock):
         super().__init__()
         self.udpPorts: List[FakeUDPPort] = []
         self._nextPort = 40000
+        self.busyUDPPorts: set[int] = set()
+
+    def udpPort(self, port: int) -> FakeUDPPort:
+        """
+        @return: the listening port with that number.
+        @raise KeyError: there is none.
+        """
+        for udpPort in self.udpPorts:
+            if udpPort.portNumber == port and udpPort.listening:
+                return udpPort
+        raise KeyError(port)
 
     def listenUDP(
         self,
@@ -89,6 +117,11 @@ class FakeUDPReactor(MemoryReactorClock):
     ) -> FakeUDPPort:
         if port == 0:
             port, self._nextPort = self._nextPort, self._nextPort + 1
+        elif port in self.busyUDPPorts or any(
+            p.portNumber == port and p.listening and p.host == (interface or "0.0.0.0")
+            for p in self.udpPorts
+        ):
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
         udpPort = FakeUDPPort(protocol, interface or "0.0.0.0", port)
         self.udpPorts.append(udpPort)
         protocol.makeConnection(udpPort)
@@ -112,10 +145,19 @@ class FakeReplyChannel:
         self.clientAddress = clientAddress
         self.serverAddress = serverAddress
         self.transportProtocol = transportProtocol
+        self.fiveTuple = FiveTuple(transportProtocol, clientAddress, serverAddress)
+        self.allocation: Any = None
         self.sent: List[bytes] = []
 
     def send(self, data: bytes) -> None:
         self.sent.append(data)
+
+    def attach(self, allocation: Any) -> None:
+        self.allocation = allocation
+
+    def detach(self, allocation: Any) -> None:
+        if self.allocation is allocation:
+            self.allocation = None
 
     def popSent(self) -> Optional[bytes]:
         """

@@ -5,6 +5,8 @@ TURN over a byte stream: TCP now, and TLS over TCP.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -14,6 +16,7 @@ from turnrelay.interfaces import IReplyChannel
 from turnrelay.stun.address import TransportAddress, unmapIPv4
 from turnrelay.stun.channeldata import StreamFramer
 from turnrelay.stun.errors import STUNDecodeError
+from turnrelay.turn.allocation import Allocation, FiveTuple
 from turnrelay.turn.server import TURNServer
 
 
@@ -40,6 +43,8 @@ class STUNStreamProtocol(Protocol):
         self._closing = False
         self.clientAddress = TransportAddress("0.0.0.0", 0)
         self.serverAddress = TransportAddress("0.0.0.0", 0)
+        self.fiveTuple = FiveTuple(self.transportProtocol, self.clientAddress, self.serverAddress)
+        self.allocation: Optional[Allocation] = None
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
@@ -48,6 +53,11 @@ class STUNStreamProtocol(Protocol):
         assert isinstance(host, (IPv4Address, IPv6Address))
         self.clientAddress = TransportAddress(unmapIPv4(peer.host), peer.port)
         self.serverAddress = TransportAddress(unmapIPv4(host.host), host.port)
+        self.fiveTuple = FiveTuple(self.transportProtocol, self.clientAddress, self.serverAddress)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self._closing = True
+        self.server.channelClosed(self)
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -80,6 +90,13 @@ class STUNStreamProtocol(Protocol):
         """
         if not self._closing:
             self.transport.write(data)  # type: ignore[union-attr]
+
+    def attach(self, allocation: Allocation) -> None:
+        self.allocation = allocation
+
+    def detach(self, allocation: Allocation) -> None:
+        if self.allocation is allocation:
+            self.allocation = None
 
 
 class STUNStreamFactory(Factory):

@@ -5,7 +5,7 @@ TURN over UDP.
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -13,6 +13,7 @@ from zope.interface import implementer
 
 from turnrelay.interfaces import IReplyChannel
 from turnrelay.stun.address import TransportAddress, unmapIPv4
+from turnrelay.turn.allocation import Allocation, FiveTuple
 from turnrelay.turn.server import TURNServer
 
 
@@ -21,29 +22,44 @@ class UDPReplyChannel:
     """
     The way back to one UDP client.
 
+    A client without an allocation gets a fresh channel with each message;
+    a client with one keeps its channel, which its listener finds by address.
+
     @ivar rawAddress: the address as the socket reported it (possibly
         IPv4-mapped), which is what the socket must be given to write to.
     """
 
-    __slots__ = ("protocol", "rawAddress", "clientAddress")
+    __slots__ = ("protocol", "rawAddress", "clientAddress", "fiveTuple", "allocation")
     transportProtocol = "udp"
 
-    def __init__(
-        self,
-        protocol: STUNDatagramProtocol,
-        rawAddress: Tuple[Any, ...],
-        clientAddress: TransportAddress,
-    ) -> None:
+    def __init__(self, protocol: STUNDatagramProtocol, rawAddress: Tuple[str, int]) -> None:
         self.protocol = protocol
         self.rawAddress = rawAddress
-        self.clientAddress = clientAddress
+        self.clientAddress = TransportAddress(unmapIPv4(rawAddress[0]), rawAddress[1])
+        self.fiveTuple = FiveTuple("udp", self.clientAddress, protocol.serverAddress)
+        self.allocation: Optional[Allocation] = None
 
     @property
     def serverAddress(self) -> TransportAddress:
         return self.protocol.serverAddress
 
     def send(self, data: bytes) -> None:
-        self.protocol.sendDatagram(data, self.rawAddress)
+        try:
+            self.protocol.transport.write(data, self.rawAddress)  # type: ignore[union-attr]
+        except OSError as e:
+            self.protocol.log.debug(
+                "could not send to {client}: {error}", client=self.rawAddress, error=e
+            )
+
+    def attach(self, allocation: Allocation) -> None:
+        self.allocation = allocation
+        self.protocol.clients[self.rawAddress] = self
+
+    def detach(self, allocation: Allocation) -> None:
+        if self.allocation is allocation:
+            self.allocation = None
+            if self.protocol.clients.get(self.rawAddress) is self:
+                del self.protocol.clients[self.rawAddress]
 
 
 class STUNDatagramProtocol(DatagramProtocol):
@@ -56,6 +72,8 @@ class STUNDatagramProtocol(DatagramProtocol):
 
     @ivar server: the controller the messages go to.
     @ivar serverAddress: our bound address, once listening.
+    @ivar clients: the reply channels of clients with allocations, by the
+        address the socket reports.
     """
 
     log = Logger()
@@ -64,22 +82,29 @@ class STUNDatagramProtocol(DatagramProtocol):
     def __init__(self, server: TURNServer) -> None:
         self.server = server
         self.serverAddress = TransportAddress("0.0.0.0", 0)
+        self.clients: Dict[Tuple[str, int], UDPReplyChannel] = {}
 
     def startProtocol(self) -> None:
         host = self.transport.getHost()  # type: ignore[union-attr]
         self.serverAddress = TransportAddress(unmapIPv4(host.host), host.port)
+
+    def stopProtocol(self) -> None:
+        # The listener is going away: so are the allocations made through it.
+        for channel in list(self.clients.values()):
+            self.server.channelClosed(channel)
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         # Never let one client's datagram take the listener down: Twisted
         # would log and carry on, but we want the client's address in the log.
         try:
             first = datagram[0] if datagram else 0xFF
-            if first < 0x04 or 0x40 <= first <= 0x4F:
-                channel = UDPReplyChannel(self, addr, TransportAddress(unmapIPv4(addr[0]), addr[1]))
-                if first < 0x04:
-                    self.server.stunReceived(datagram, channel)
-                else:
+            if 0x40 <= first <= 0x4F:
+                channel = self.clients.get(addr)
+                if channel is not None:
                     self.server.channelDataReceived(datagram, channel)
+            elif first < 0x04:
+                channel = self.clients.get(addr) or UDPReplyChannel(self, addr)
+                self.server.stunReceived(datagram, channel)
             else:
                 self.log.debug(
                     "dropped a {size}-byte datagram from {client}: neither STUN nor ChannelData",
@@ -88,12 +113,3 @@ class STUNDatagramProtocol(DatagramProtocol):
                 )
         except Exception:
             self.log.failure("while handling a datagram from {client}", client=addr)
-
-    def sendDatagram(self, data: bytes, rawAddress: Tuple[Any, ...]) -> None:
-        """
-        Send one datagram, logging rather than raising when the OS refuses.
-        """
-        try:
-            self.transport.write(data, rawAddress[:2])  # type: ignore[union-attr]
-        except OSError as e:
-            self.log.warn("could not send to {client}: {error}", client=rawAddress, error=e)

@@ -1,17 +1,30 @@
 # -*- test-case-name: tests.test_turn_server -*-
 """
 The controller every transport hands its STUN messages and ChannelData to.
+
+It authenticates requests, answers Binding, Allocate, Refresh,
+CreatePermission and ChannelBind, relays Send indications and ChannelData,
+and owns the one L{AllocationRegistry}.
+
+@see: RFC 8656 sections 5-12, RFC 8489 sections 6.3 and 9.2.
 """
 
 from __future__ import annotations
 
-from typing import FrozenSet, Optional
+import os
+from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
-from twisted.internet.interfaces import IReactorTime
+import attr
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from turnrelay.auth.credentials import ChainedCredentials
+from turnrelay.auth.longterm import AuthResult, LongTermAuthenticator
+from turnrelay.auth.nonce import NonceMinter
 from turnrelay.interfaces import IReplyChannel
 from turnrelay.stun import attributes as A
+from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
+from turnrelay.stun.channeldata import isChannelNumber
 from turnrelay.stun.message import (
     MessageClass,
     Method,
@@ -20,6 +33,9 @@ from turnrelay.stun.message import (
     decodeMessage,
     isAllowedClass,
 )
+from turnrelay.turn.allocation import Allocation, AllocationRegistry, TokenBucket
+from turnrelay.turn.policy import PeerPolicy
+from turnrelay.turn.relay import NoRelayPort, RelayPortPool
 
 # The comprehension-required attributes turnrelay implements.  ICE's
 # PRIORITY and USE-CANDIDATE, RFC 5780's CHANGE-REQUEST, PADDING and
@@ -34,35 +50,121 @@ UNDERSTOOD_ATTRIBUTES: FrozenSet[int] = frozenset(A.ATTRIBUTE_CODECS) - {
     A.ACCESS_TOKEN,
 }
 
+# An EVEN-PORT reservation is held at least 30 s (RFC 8656 section 7.2).
+RESERVATION_LIFETIME = 30.0
+
+
+@attr.frozen
+class RelayLimits:
+    """
+    Lifetimes and quotas.  A quota of 0 means unlimited.
+
+    @ivar defaultLifetime: allocation lifetime when none (or less) is asked.
+    @ivar maxLifetime: the longest lifetime granted (RFC 8656 recommends at
+        most 3600 s).
+    @ivar userQuota: allocations per username (486 beyond).
+    @ivar totalQuota: allocations in all (486 beyond).
+    @ivar maxPermissions: permissions per allocation (508 beyond).
+    @ivar maxChannels: channel bindings per allocation (508 beyond).
+    @ivar bandwidth: bytes per second per allocation and direction; excess
+        is dropped.  0 for no cap.
+    """
+
+    defaultLifetime: int = 600
+    maxLifetime: int = 3600
+    userQuota: int = 10
+    totalQuota: int = 10000
+    maxPermissions: int = 64
+    maxChannels: int = 64
+    bandwidth: int = 0
+
+    def lifetime(self, requested: Optional[int]) -> int:
+        """
+        The lifetime to grant: the request capped at the maximum, but never
+        below the default (RFC 8656 sections 7.2 and 8.2).
+        """
+        default = min(self.defaultLifetime, self.maxLifetime)
+        if requested is None:
+            return default
+        return max(default, min(requested, self.maxLifetime))
+
+
+class _Reply(Exception):
+    """
+    Ends a request's processing with an error response.
+    """
+
+    def __init__(self, code: int, *attributes: Tuple[int, Any]) -> None:
+        super().__init__(code)
+        self.code = code
+        self.attributes = attributes
+
 
 class TURNServer:
     """
-    Answers STUN and TURN messages from any transport.
+    Answers STUN and TURN messages from every transport.
 
     The transports frame bytes and hand each message here with an
     L{IReplyChannel}; every protocol decision is made here, once for all
     transports.
 
+    @ivar registry: the allocations of all clients.
+    @ivar authenticator: checks the long-term credentials of requests.
+    @ivar peerPolicy: which peers may be relayed to.
+    @ivar relayPorts: where relay sockets come from, or L{None} to refuse
+        Allocate with 508.
+    @ivar limits: lifetimes and quotas.
+    @ivar externalIP: the address advertised in XOR-RELAYED-ADDRESS when
+        the relay sits behind NAT, or L{None} to advertise the bound one.
     @ivar software: the SOFTWARE attribute added to responses, or L{None}.
     """
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, software: Optional[str] = None) -> None:
-        """
-        @param clock: the time source for every timer the relay keeps.
-        @param software: the SOFTWARE value for responses, or L{None}.
-        """
+    def __init__(
+        self,
+        clock: IReactorTime,
+        software: Optional[str] = None,
+        authenticator: Optional[LongTermAuthenticator] = None,
+        registry: Optional[AllocationRegistry] = None,
+        peerPolicy: Optional[PeerPolicy] = None,
+        relayPorts: Optional[RelayPortPool] = None,
+        limits: RelayLimits = RelayLimits(),
+        externalIP: Optional[str] = None,
+    ) -> None:
         self._clock = clock
         self.software = software
+        self.authenticator = authenticator or LongTermAuthenticator(
+            "turnrelay", ChainedCredentials([]), NonceMinter(clock)
+        )
+        self.registry = registry if registry is not None else AllocationRegistry()
+        self.peerPolicy = peerPolicy if peerPolicy is not None else PeerPolicy()
+        self.relayPorts = relayPorts
+        self.limits = limits
+        self.externalIP = externalIP
+        self._relayHosts = frozenset(
+            host for host in (externalIP, relayPorts and relayPorts.relayIP) if host
+        )
+        self._reservations: Dict[bytes, Tuple[Any, IDelayedCall]] = {}
+        self._requestHandlers: Dict[
+            int, Callable[[STUNMessage, IReplyChannel, AuthResult], STUNMessage]
+        ] = {
+            Method.ALLOCATE: self._allocate,
+            Method.REFRESH: self._refresh,
+            Method.CREATE_PERMISSION: self._createPermission,
+            Method.CHANNEL_BIND: self._channelBind,
+        }
+
+    # Entry points ----------------------------------------------------------------
 
     def stunReceived(self, data: bytes, channel: IReplyChannel) -> None:
         """
         Handle one STUN message from a client.
 
-        Malformed bytes, responses and unknown methods are dropped with a
-        debug log line (RFC 8489 section 6.3); nothing that did not parse is
-        ever answered.
+        Malformed messages are dropped with a debug log line; a malformed
+        request is answered 400 only when the answer is no larger than the
+        request, so that forged sources gain nothing (RFC 8489 section 6.3).
+        Responses and unknown methods are dropped.
 
         @param data: exactly one STUN message.
         @param channel: the way back to the client.
@@ -70,33 +172,58 @@ class TURNServer:
         try:
             message = decodeMessage(data)
         except STUNDecodeError as e:
-            self.log.debug(
-                "dropped {size} bytes from {client} over {transport}: {reason}",
-                size=len(data),
-                client=channel.clientAddress,
-                transport=channel.transportProtocol,
-                reason=e.reason,
-            )
+            self._malformed(data, e, channel)
             return
-        if not isAllowedClass(message.method, message.messageClass):
+        method, messageClass = message.method, message.messageClass
+        if not isAllowedClass(method, messageClass):
             self._drop(message, channel, "unknown method or class not allowed for it")
-            return
-        if message.method == Method.BINDING:
-            if message.messageClass == MessageClass.REQUEST:
-                self._binding(message, channel)
-            # A Binding indication is a keep-alive and gets no answer.
-            return
-        self._drop(message, channel, "method not served")
+        elif messageClass == MessageClass.INDICATION:
+            if method == Method.SEND:
+                self._sendIndication(message, channel)
+            # A Binding indication is a keep-alive; others come from servers.
+        elif messageClass != MessageClass.REQUEST:
+            self._drop(message, channel, "a response")
+        elif method == Method.BINDING:
+            self._binding(message, channel)
+        elif method in self._requestHandlers:
+            self._request(message, channel)
+        else:
+            self._drop(message, channel, "method not served")
 
     def channelDataReceived(self, data: bytes, channel: IReplyChannel) -> None:
         """
-        Handle one ChannelData message from a client.
+        Relay one ChannelData message from a client to its peer.
+
+        Dropped silently without an allocation, a bound channel or a
+        permission, or when shorter than its length field (RFC 8656 section
+        12.6).  This is the hot path: no objects beyond the payload.
 
         @param data: exactly one ChannelData message, padding included.
         @param channel: the way back to the client.
         """
-        # No allocation can exist yet, so no channel either: drop silently
-        # (RFC 8656 section 12.6).
+        allocation = channel.allocation
+        if allocation is None:
+            return
+        binding = allocation.channels.get((data[0] << 8) | data[1])
+        if binding is None:
+            allocation.dropped += 1
+            return
+        end = 4 + ((data[2] << 8) | data[3])
+        peer = binding.peer
+        if len(data) < end or peer[0] not in allocation.permissions:
+            allocation.dropped += 1
+            return
+        allocation.sendToPeer(data[4:end], peer)
+
+    def channelClosed(self, channel: IReplyChannel) -> None:
+        """
+        A stream connection ended: its allocation ends with it.
+        """
+        allocation = channel.allocation
+        if allocation is not None:
+            self.registry.remove(allocation, "closed with its connection")
+
+    # Plumbing --------------------------------------------------------------------
 
     def _drop(self, message: STUNMessage, channel: IReplyChannel, reason: str) -> None:
         self.log.debug(
@@ -107,20 +234,55 @@ class TURNServer:
             reason=reason,
         )
 
-    def _respond(self, request: STUNMessage, response: STUNMessage, channel: IReplyChannel) -> None:
+    def _malformed(self, data: bytes, error: STUNDecodeError, channel: IReplyChannel) -> None:
+        self.log.debug(
+            "dropped {size} bytes from {client} over {transport}: {reason}",
+            size=len(data),
+            client=channel.clientAddress,
+            transport=channel.transportProtocol,
+            reason=error.reason,
+        )
+        if (
+            error.messageClass == MessageClass.REQUEST
+            and error.transactionID is not None
+            and error.method is not None
+            and isAllowedClass(error.method, MessageClass.REQUEST)
+        ):
+            request = STUNMessage(error.method, MessageClass.REQUEST, error.transactionID)
+            response = request.errorResponse(400).encode()
+            if len(response) <= len(data):
+                channel.send(response)
+
+    def _respond(
+        self,
+        request: STUNMessage,
+        response: STUNMessage,
+        channel: IReplyChannel,
+        auth: Optional[AuthResult] = None,
+    ) -> bytes:
         """
-        Send a response, with SOFTWARE if configured and FINGERPRINT when the
-        request had one.
+        Send a response: with SOFTWARE if configured, integrity when the
+        request was authenticated (RFC 8489 section 9.2.4), FINGERPRINT when
+        the request had one.
+
+        @return: the bytes sent.
         """
         if self.software is not None:
             response.add(A.SOFTWARE, self.software)
-        channel.send(response.encode(fingerprint=request.fingerprint is not None))
+        data = response.encode(
+            key=auth.key if auth is not None else None,
+            sha256=auth is not None and auth.useSHA256,
+            fingerprint=request.fingerprint is not None,
+        )
+        channel.send(data)
+        return data
+
+    # Binding ---------------------------------------------------------------------
 
     def _binding(self, request: STUNMessage, channel: IReplyChannel) -> None:
         """
-        Answer a Binding request with the client's reflexive address.
-
-        @see: RFC 8489 sections 6.3.1.1 and 12.
+        Answer a Binding request with the client's reflexive address, without
+        authentication (RFC 8489 sections 6.3.1.1 and 12).
         """
         unknown = request.unknownComprehensionRequired(UNDERSTOOD_ATTRIBUTES)
         if unknown:
@@ -128,3 +290,321 @@ class TURNServer:
         else:
             response = request.successResponse([(A.XOR_MAPPED_ADDRESS, channel.clientAddress)])
         self._respond(request, response, channel)
+
+    # Authenticated requests ------------------------------------------------------
+
+    def _request(self, request: STUNMessage, channel: IReplyChannel) -> None:
+        auth = self.authenticator.authenticate(request, channel.clientAddress)
+        if not auth.ok:
+            self._authFailed(request, channel, auth)
+            return
+        unknown = request.unknownComprehensionRequired(UNDERSTOOD_ATTRIBUTES)
+        try:
+            if unknown:
+                raise _Reply(420, (A.UNKNOWN_ATTRIBUTES, tuple(unknown)))
+            allocation = channel.allocation
+            if request.method == Method.ALLOCATE:
+                if allocation is not None:
+                    self._allocateAgain(request, channel, auth, allocation)
+                    return
+            elif allocation is None:
+                raise _Reply(437)
+            elif allocation.username != auth.username:
+                raise _Reply(441)
+            response = self._requestHandlers[request.method](request, channel, auth)
+        except _Reply as reply:
+            self._warnRefused(request, channel, auth, reply.code)
+            response = request.errorResponse(reply.code)
+            response.attributes.extend(reply.attributes)
+        data = self._respond(request, response, channel, auth)
+        if (
+            request.method == Method.ALLOCATE
+            and response.messageClass != MessageClass.ERROR_RESPONSE
+        ):
+            channel.allocation.allocateResponse = data
+
+    def _authFailed(self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult) -> None:
+        assert auth.errorCode is not None
+        # The first 401 is how every client starts: not worth a warning.
+        emit = self.log.debug if auth.reason in ("no-integrity", "stale-nonce") else self.log.warn
+        emit(
+            "{method} from {client} over {transport} refused with {code}: {reason}",
+            method=Method(request.method).name,
+            client=channel.clientAddress,
+            transport=channel.transportProtocol,
+            code=auth.errorCode,
+            reason=auth.reason,
+            username=request.get(A.USERNAME),
+        )
+        response = request.errorResponse(auth.errorCode)
+        response.attributes.extend(auth.errorAttributes)
+        self._respond(request, response, channel)
+
+    def _warnRefused(
+        self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult, code: int
+    ) -> None:
+        self.log.warn(
+            "{method} from {username} on {client} over {transport} refused with {code}",
+            method=Method(request.method).name,
+            username=auth.username,
+            client=channel.clientAddress,
+            transport=channel.transportProtocol,
+            code=code,
+        )
+
+    # Allocate (RFC 8656 section 7.2) ----------------------------------------------
+
+    def _allocateAgain(
+        self,
+        request: STUNMessage,
+        channel: IReplyChannel,
+        auth: AuthResult,
+        allocation: Allocation,
+    ) -> None:
+        """
+        An Allocate on a 5-tuple that has an allocation: a retransmission of
+        the request that made it gets the same answer, anything else 437
+        (RFC 8656 section 7.2, checklist item 43).
+        """
+        if (
+            request.transactionID == allocation.transactionID
+            and auth.username == allocation.username
+            and allocation.allocateResponse
+        ):
+            channel.send(allocation.allocateResponse)
+            return
+        self._warnRefused(request, channel, auth, 437)
+        self._respond(request, request.errorResponse(437), channel, auth)
+
+    def _allocate(
+        self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult
+    ) -> STUNMessage:
+        transport = request.get(A.REQUESTED_TRANSPORT)
+        if transport is None:
+            raise _Reply(400)
+        if transport != A.TRANSPORT_UDP:
+            raise _Reply(442)
+        pool = self.relayPorts
+        dontFragment = A.DONT_FRAGMENT in request
+        if dontFragment and (pool is None or not pool.dontFragmentSupported):
+            raise _Reply(420, (A.UNKNOWN_ATTRIBUTES, (A.DONT_FRAGMENT,)))
+        token = request.get(A.RESERVATION_TOKEN)
+        evenPort = request.get(A.EVEN_PORT)
+        requestedFamily = request.get(A.REQUESTED_ADDRESS_FAMILY)
+        additionalFamily = request.get(A.ADDITIONAL_ADDRESS_FAMILY)
+        if token is not None and (
+            evenPort is not None or requestedFamily is not None or additionalFamily is not None
+        ):
+            raise _Reply(400)
+        if requestedFamily is not None and additionalFamily is not None:
+            raise _Reply(400)
+        if requestedFamily is not None and requestedFamily != FAMILY_IPV4:
+            raise _Reply(440)
+        extra: list[Tuple[int, Any]] = []
+        if additionalFamily is not None:
+            if additionalFamily != FAMILY_IPV6 or evenPort:
+                raise _Reply(400)
+            # IPv4 plus IPv6 was asked; only IPv4 relays are offered.
+            extra.append(
+                (A.ADDRESS_ERROR_CODE, A.AddressErrorCode(FAMILY_IPV6, 440, "IPv6 not offered"))
+            )
+        limits = self.limits
+        assert auth.username is not None
+        if (limits.userQuota and self.registry.countForUser(auth.username) >= limits.userQuota) or (
+            limits.totalQuota and len(self.registry) >= limits.totalQuota
+        ):
+            raise _Reply(486)
+        if pool is None:
+            raise _Reply(508)
+        reservationToken = None
+        if token is not None:
+            reserved = self._reservations.pop(token, None)
+            if reserved is None:
+                raise _Reply(508)
+            relayPort, timer = reserved
+            timer.cancel()
+        else:
+            try:
+                relayPort, nextPort = pool.open(
+                    even=evenPort is not None, reserveNext=bool(evenPort)
+                )
+            except NoRelayPort:
+                raise _Reply(508) from None
+            if nextPort is not None:
+                reservationToken = os.urandom(8)
+                self._reservations[reservationToken] = (
+                    nextPort,
+                    self._clock.callLater(
+                        RESERVATION_LIFETIME, self._reservationExpired, reservationToken
+                    ),
+                )
+        if dontFragment and not pool.setDontFragment(relayPort):
+            pool.close(relayPort)
+            raise _Reply(420, (A.UNKNOWN_ATTRIBUTES, (A.DONT_FRAGMENT,)))
+        bound = pool.address(relayPort)
+        relayed = TransportAddress(self.externalIP or bound.host, bound.port)
+        allocation = Allocation(
+            self._clock,
+            channel.fiveTuple,
+            channel,
+            auth.username,
+            request.transactionID,
+            relayed,
+            relayPort,
+            limits.lifetime(request.get(A.LIFETIME)),
+            self._allocationExpired,
+            pool.close,
+            TokenBucket(self._clock, limits.bandwidth) if limits.bandwidth else None,
+        )
+        relayPort.protocol.allocation = allocation
+        self.registry.add(allocation)
+        response = request.successResponse(
+            [
+                (A.XOR_RELAYED_ADDRESS, relayed),
+                (A.LIFETIME, allocation.lifetime),
+                (A.XOR_MAPPED_ADDRESS, channel.clientAddress),
+            ]
+        )
+        if reservationToken is not None:
+            response.add(A.RESERVATION_TOKEN, reservationToken)
+        response.attributes.extend(extra)
+        return response
+
+    def _allocationExpired(self, allocation: Allocation) -> None:
+        self.registry.remove(allocation, "expired")
+
+    def _reservationExpired(self, token: bytes) -> None:
+        relayPort, _ = self._reservations.pop(token)
+        assert self.relayPorts is not None
+        self.relayPorts.close(relayPort)
+
+    # Refresh (RFC 8656 section 8) -----------------------------------------------
+
+    def _refresh(
+        self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult
+    ) -> STUNMessage:
+        allocation: Allocation = channel.allocation
+        family = request.get(A.REQUESTED_ADDRESS_FAMILY)
+        if family is not None and family != allocation.relayedAddress.family:
+            raise _Reply(443)
+        requested = request.get(A.LIFETIME)
+        if requested == 0:
+            self.registry.remove(allocation, "deleted")
+            return request.successResponse([(A.LIFETIME, 0)])
+        lifetime = self.limits.lifetime(requested)
+        allocation.refresh(lifetime)
+        self.log.info(
+            "allocation {relayed} refreshed by {username}, lifetime {lifetime} s",
+            relayed=str(allocation.relayedAddress),
+            username=allocation.username,
+            lifetime=lifetime,
+        )
+        return request.successResponse([(A.LIFETIME, lifetime)])
+
+    # Permissions and channels (RFC 8656 sections 10 and 12) ----------------------
+
+    def _ownPortRefused(self, peer: TransportAddress) -> bool:
+        """
+        Whether C{peer} is one of our relay addresses, but not a relay port:
+        clients may relay to each other's relayed addresses, never to other
+        services of this host (security notes section 1.3).
+        """
+        pool = self.relayPorts
+        return peer[0] in self._relayHosts and (
+            pool is None or not pool.minPort <= peer[1] <= pool.maxPort
+        )
+
+    def _checkPeer(self, allocation: Allocation, peer: TransportAddress, withPort: bool) -> None:
+        """
+        Refuse a peer the policy denies (403); C{withPort}: check the port too.
+        """
+        policy = self.peerPolicy
+        reason = policy.denialReason(peer.host)
+        if reason is None and withPort:
+            if peer.port == 0:
+                reason = "port 0"
+            elif self._ownPortRefused(peer):
+                reason = "own address outside the relay port range"
+        if reason is not None:
+            self.log.warn(
+                "peer {peer} refused for {username}: {reason}",
+                peer=str(peer),
+                username=allocation.username,
+                reason=reason,
+            )
+            raise _Reply(403)
+
+    def _createPermission(
+        self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult
+    ) -> STUNMessage:
+        allocation: Allocation = channel.allocation
+        peers = request.getAll(A.XOR_PEER_ADDRESS)
+        if not peers:
+            raise _Reply(400)
+        # All or nothing: check every address before installing any.
+        for peer in peers:
+            if peer.family != allocation.relayedAddress.family:
+                raise _Reply(443)
+        for peer in peers:
+            # A permission is for an IP address: the port is arbitrary.
+            self._checkPeer(allocation, peer, withPort=False)
+        hosts = {peer.host for peer in peers}
+        if len(hosts | allocation.permissions.keys()) > self.limits.maxPermissions:
+            raise _Reply(508)
+        for host in hosts:
+            allocation.installPermission(host)
+        return request.successResponse()
+
+    def _channelBind(
+        self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult
+    ) -> STUNMessage:
+        allocation: Allocation = channel.allocation
+        number = request.get(A.CHANNEL_NUMBER)
+        peer = request.get(A.XOR_PEER_ADDRESS)
+        if number is None or peer is None or not isChannelNumber(number):
+            raise _Reply(400)
+        if allocation.channelConflict(number, peer):
+            raise _Reply(400)
+        if peer.family != allocation.relayedAddress.family:
+            raise _Reply(443)
+        self._checkPeer(allocation, peer, withPort=True)
+        limits = self.limits
+        if number not in allocation.channels and (
+            len(allocation.channels) >= limits.maxChannels
+            or (
+                peer.host not in allocation.permissions
+                and len(allocation.permissions) >= limits.maxPermissions
+            )
+        ):
+            raise _Reply(508)
+        allocation.bindChannel(number, peer)
+        return request.successResponse()
+
+    # Send indications (RFC 8656 section 11.2) -----------------------------------
+
+    def _sendIndication(self, message: STUNMessage, channel: IReplyChannel) -> None:
+        """
+        Relay a Send indication's DATA to its peer, or drop it silently.
+        """
+        allocation = channel.allocation
+        if allocation is None:
+            return
+        peer = message.get(A.XOR_PEER_ADDRESS)
+        data = message.get(A.DATA)
+        if (
+            peer is None
+            or data is None
+            or message.unknownComprehensionRequired(UNDERSTOOD_ATTRIBUTES)
+            or peer.family != allocation.relayedAddress.family
+            or peer.port == 0
+            or peer.host not in allocation.permissions
+            or self._ownPortRefused(peer)
+        ):
+            allocation.dropped += 1
+            return
+        if A.DONT_FRAGMENT in message:
+            pool = self.relayPorts
+            if pool is None or not pool.setDontFragment(allocation.relayPort):
+                allocation.dropped += 1
+                return
+        allocation.sendToPeer(data, peer)

@@ -1,0 +1,136 @@
+# -*- test-case-name: tests.test_auth_nonce -*-
+"""
+Stateless nonces for the long-term credential mechanism.
+
+A nonce carries its own issue time and a MAC binding that time to the
+client's transport address, so the server can hand out 401 challenges
+without remembering anything about the client and still recognise, later,
+a nonce it issued to that address and how old it is.
+
+@see: RFC 8489 section 9.2; RFC 8656 section 5.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import os
+
+from twisted.internet.interfaces import IReactorTime
+
+from turnrelay.stun.address import TransportAddress
+from turnrelay.stun.credentials import FEATURE_PASSWORD_ALGORITHMS, nonceCookie
+
+# Issue time (8 bytes) and the truncated MAC (16 bytes): 24 bytes are 32
+# base64 characters exactly, with no padding and no spare bits.
+_TIME_SIZE = 8
+_MAC_SIZE = 16
+_BODY_CHARACTERS = 32
+_URLSAFE_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _addressBytes(clientAddress: TransportAddress) -> bytes:
+    """
+    The client's host and port as the MAC covers them: the packed IP
+    address (so that different spellings of one address agree), then the
+    port as two bytes.
+    """
+    host, port = clientAddress
+    try:
+        packed = ipaddress.ip_address(host).packed
+    except ValueError:
+        packed = host.encode("utf-8")
+    return packed + port.to_bytes(2, "big")
+
+
+class NonceMinter:
+    """
+    Issue and check stateless nonces.
+
+    A nonce is the RFC 8489 nonce cookie followed by URL-safe base64 (no
+    padding) of the issue time in whole seconds and a truncated
+    HMAC-SHA256, keyed with a server secret, over that time and the
+    client's address.  Servers that share C{secret} accept each other's
+    nonces.
+
+    @ivar clock: where the time comes from.
+    @ivar lifetime: how many seconds a nonce stays valid.
+    @ivar features: the security feature bits announced in the nonce cookie
+        (C{FEATURE_*} from L{turnrelay.stun.credentials}).
+    @ivar clockSkew: how many seconds a nonce's issue time may lie in the
+        future (another server sharing the secret may run slightly ahead).
+    @see: RFC 8489 section 9.2.
+    """
+
+    clockSkew = 5.0
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        lifetime: float = 600.0,
+        secret: bytes | None = None,
+        features: int = FEATURE_PASSWORD_ALGORITHMS,
+    ) -> None:
+        """
+        @param clock: the time source.
+        @param lifetime: seconds a nonce stays valid; RFC 8656 section 5
+            wants nonces to expire at least once an hour.
+        @param secret: the MAC key; 32 random bytes when not given, which
+            makes the nonces valid for this process only.
+        @param features: the nonce cookie's security feature bits.
+        @raise ValueError: C{features} does not fit in 24 bits.
+        """
+        self.clock = clock
+        self.lifetime = lifetime
+        self.features = features
+        self._cookie = nonceCookie(features)
+        self._secret = os.urandom(32) if secret is None else secret
+
+    def _mac(self, issued: bytes, clientAddress: TransportAddress) -> bytes:
+        """
+        The truncated MAC over an encoded issue time and a client address.
+        """
+        digest = hmac.new(self._secret, issued + _addressBytes(clientAddress), hashlib.sha256)
+        return digest.digest()[:_MAC_SIZE]
+
+    def mint(self, clientAddress: TransportAddress) -> str:
+        """
+        Issue a nonce for one client.
+
+        @param clientAddress: the client's transport address; the nonce is
+            valid from this address only (RFC 8489 section 9.2.4 forbids
+            handing one nonce to different sources).
+        @return: the nonce, 45 characters.
+        """
+        issued = max(0, int(self.clock.seconds())).to_bytes(_TIME_SIZE, "big")
+        body = issued + self._mac(issued, clientAddress)
+        return self._cookie + base64.urlsafe_b64encode(body).decode("ascii")
+
+    def check(self, nonce: str, clientAddress: TransportAddress) -> bool:
+        """
+        Decide whether a nonce is one of ours, for this client, and fresh.
+
+        @param nonce: the NONCE a request carried; anything at all.
+        @param clientAddress: the request's source.
+        @return: C{True} if this minter (or one sharing its secret and
+            features) issued C{nonce} to C{clientAddress} no more than
+            C{lifetime} seconds ago; C{False} otherwise.  Never raises.
+        """
+        cookieLength = len(self._cookie)
+        if not isinstance(nonce, str) or len(nonce) != cookieLength + _BODY_CHARACTERS:
+            return False
+        body = nonce[cookieLength:]
+        if not nonce.startswith(self._cookie) or not _URLSAFE_ALPHABET.issuperset(body):
+            return False
+        raw = base64.urlsafe_b64decode(body)
+        issued, mac = raw[:_TIME_SIZE], raw[_TIME_SIZE:]
+        try:
+            expected = self._mac(issued, clientAddress)
+        except (TypeError, ValueError, OverflowError, AttributeError):
+            return False
+        if not hmac.compare_digest(expected, mac):
+            return False
+        age = self.clock.seconds() - int.from_bytes(issued, "big")
+        return -self.clockSkew <= age <= self.lifetime

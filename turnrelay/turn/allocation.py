@@ -1,0 +1,420 @@
+# -*- test-case-name: tests.test_turn_allocation -*-
+"""
+Allocations, their permissions and channel bindings, and the one registry
+that holds them all, whatever transport the clients came in on.
+
+Lifetimes run on the injected clock: every allocation, permission and
+channel binding has one timer, reset when it is refreshed, and an expiring
+allocation closes its relay socket.
+
+@see: RFC 8656 sections 2, 6, 9 and 12.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from turnrelay.stun.address import TransportAddress
+from turnrelay.stun.attributes import DATA, XOR_PEER_ADDRESS
+from turnrelay.stun.message import MessageClass, Method, STUNMessage
+
+PERMISSION_LIFETIME = 300.0
+CHANNEL_LIFETIME = 600.0
+
+
+def dataIndication(payload: bytes, peer: TransportAddress) -> bytes:
+    """
+    A Data indication carrying a peer's datagram (RFC 8656 section 11.4).
+    """
+    attributes = [(XOR_PEER_ADDRESS, peer), (DATA, payload)]
+    return STUNMessage(Method.DATA, MessageClass.INDICATION, os.urandom(12), attributes).encode()
+
+
+class FiveTuple(NamedTuple):
+    """
+    What identifies an allocation: the client's address, our address it
+    reached and the transport (RFC 8656 section 2).
+    """
+
+    transportProtocol: str
+    clientAddress: TransportAddress
+    serverAddress: TransportAddress
+
+    def __str__(self) -> str:
+        return f"{self.transportProtocol}:{self.clientAddress}->{self.serverAddress}"
+
+
+class TokenBucket:
+    """
+    A byte budget that refills at a steady rate: the per-allocation bandwidth
+    cap (RFC 8656 section 21.3.1).  Excess traffic is dropped, not queued.
+
+    @ivar rate: bytes per second.
+    @ivar burst: the most bytes that can be saved up.
+    """
+
+    __slots__ = ("rate", "burst", "_tokens", "_last", "_clock")
+
+    def __init__(self, clock: IReactorTime, rate: float, burst: Optional[float] = None) -> None:
+        self._clock = clock
+        self.rate = rate
+        self.burst = burst if burst is not None else rate
+        self._tokens = self.burst
+        self._last = clock.seconds()
+
+    def take(self, size: int) -> bool:
+        """
+        Spend C{size} bytes if the budget allows.
+
+        @return: whether the packet may be sent.
+        """
+        now = self._clock.seconds()
+        tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if tokens < size:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - size
+        return True
+
+
+class ChannelBinding:
+    """
+    A channel number bound to a peer transport address (RFC 8656 section 12).
+
+    @ivar number: 0x4000 to 0x4FFF.
+    @ivar peer: the peer's address.
+    @ivar header: the first two bytes of every ChannelData frame for it.
+    """
+
+    __slots__ = ("number", "peer", "header", "timer")
+
+    def __init__(self, number: int, peer: TransportAddress, timer: IDelayedCall) -> None:
+        self.number = number
+        self.peer = peer
+        self.header = number.to_bytes(2, "big")
+        self.timer = timer
+
+
+class Allocation:
+    """
+    One client's relayed transport address and everything bound to it.
+
+    The relay socket is opened by the caller and handed in; the allocation
+    closes it when it ends.  Counters are plain integers, updated on the data
+    path, and read by logs and the admin console.
+
+    @ivar fiveTuple: the client's 5-tuple.
+    @ivar channel: the L{IReplyChannel} back to the client.
+    @ivar username: who authenticated the Allocate; later requests must match.
+    @ivar transactionID: the Allocate's transaction ID, to spot retransmissions.
+    @ivar allocateResponse: the bytes answered to that Allocate.
+    @ivar relayedAddress: the address advertised in XOR-RELAYED-ADDRESS.
+    @ivar relayPort: the relay socket (an C{IUDPTransport} and C{IListeningPort}).
+    @ivar permissions: peer IP -> expiry timer.
+    @ivar channels: channel number -> L{ChannelBinding}.
+    @ivar channelsByPeer: peer address -> L{ChannelBinding}.
+    @ivar bucket: the bandwidth cap, or L{None}.
+    """
+
+    log = Logger()
+
+    __slots__ = (
+        "fiveTuple",
+        "channel",
+        "username",
+        "transactionID",
+        "allocateResponse",
+        "relayedAddress",
+        "relayPort",
+        "permissions",
+        "channels",
+        "channelsByPeer",
+        "bucket",
+        "createdAt",
+        "expiresAt",
+        "packetsToPeer",
+        "bytesToPeer",
+        "packetsFromPeer",
+        "bytesFromPeer",
+        "dropped",
+        "_clock",
+        "_timer",
+        "_onExpiry",
+        "_closeRelayPort",
+        "_released",
+    )
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        fiveTuple: FiveTuple,
+        channel: Any,
+        username: str,
+        transactionID: bytes,
+        relayedAddress: TransportAddress,
+        relayPort: Any,
+        lifetime: float,
+        onExpiry: Any,
+        closeRelayPort: Any,
+        bucket: Optional[TokenBucket] = None,
+    ) -> None:
+        """
+        @param onExpiry: called with this allocation when its lifetime ends.
+        @param closeRelayPort: called with C{relayPort} when the allocation
+            ends, to close it and return the port to its pool.
+        """
+        self._clock = clock
+        self.fiveTuple = fiveTuple
+        self.channel = channel
+        self.username = username
+        self.transactionID = transactionID
+        self.allocateResponse = b""
+        self.relayedAddress = relayedAddress
+        self.relayPort = relayPort
+        self.permissions: Dict[str, IDelayedCall] = {}
+        self.channels: Dict[int, ChannelBinding] = {}
+        self.channelsByPeer: Dict[TransportAddress, ChannelBinding] = {}
+        self.bucket = bucket
+        self.createdAt = clock.seconds()
+        self.expiresAt = self.createdAt + lifetime
+        self.packetsToPeer = self.bytesToPeer = 0
+        self.packetsFromPeer = self.bytesFromPeer = 0
+        self.dropped = 0
+        self._onExpiry = onExpiry
+        self._closeRelayPort = closeRelayPort
+        self._released = False
+        self._timer = clock.callLater(lifetime, onExpiry, self)
+
+    def __repr__(self) -> str:
+        return f"<Allocation {self.relayedAddress} for {self.username!r} {self.fiveTuple}>"
+
+    @property
+    def lifetime(self) -> int:
+        """
+        Seconds left before the allocation expires.
+        """
+        return max(0, int(self.expiresAt - self._clock.seconds() + 0.5))
+
+    def refresh(self, lifetime: float) -> None:
+        """
+        Set the time to expiry (RFC 8656 section 8).
+        """
+        self.expiresAt = self._clock.seconds() + lifetime
+        self._timer.reset(lifetime)
+
+    # Permissions (RFC 8656 section 9) ----------------------------------------
+
+    def installPermission(self, host: str) -> None:
+        """
+        Install or refresh a permission for a peer IP; it lasts exactly 300 s.
+        """
+        timer = self.permissions.get(host)
+        if timer is None:
+            self.permissions[host] = self._clock.callLater(
+                PERMISSION_LIFETIME, self._permissionExpired, host
+            )
+        else:
+            timer.reset(PERMISSION_LIFETIME)
+
+    def _permissionExpired(self, host: str) -> None:
+        del self.permissions[host]
+
+    # Channels (RFC 8656 section 12) ------------------------------------------
+
+    def channelConflict(self, number: int, peer: TransportAddress) -> bool:
+        """
+        @return: whether C{number} is bound to another peer, or C{peer} to
+            another number (either is a 400, RFC 8656 section 12.2).
+        """
+        byNumber = self.channels.get(number)
+        byPeer = self.channelsByPeer.get(peer)
+        return (byNumber is not None and byNumber.peer != peer) or (
+            byPeer is not None and byPeer.number != number
+        )
+
+    def bindChannel(self, number: int, peer: TransportAddress) -> None:
+        """
+        Bind or refresh a channel (600 s) and its peer's permission (300 s).
+
+        The caller has checked L{channelConflict}.
+        """
+        binding = self.channels.get(number)
+        if binding is None:
+            timer = self._clock.callLater(CHANNEL_LIFETIME, self._channelExpired, number)
+            binding = ChannelBinding(number, peer, timer)
+            self.channels[number] = binding
+            self.channelsByPeer[peer] = binding
+        else:
+            binding.timer.reset(CHANNEL_LIFETIME)
+        self.installPermission(peer.host)
+
+    def _channelExpired(self, number: int) -> None:
+        binding = self.channels.pop(number)
+        del self.channelsByPeer[binding.peer]
+
+    # The data path -------------------------------------------------------------
+
+    def sendToPeer(self, payload: bytes, peer: Any) -> None:
+        """
+        Relay a client's payload to a peer from the relayed address.
+
+        The caller has checked the permission.
+        """
+        size = len(payload)
+        bucket = self.bucket
+        if bucket is not None and not bucket.take(size):
+            self.dropped += 1
+            return
+        try:
+            self.relayPort.write(payload, peer)
+        except OSError:
+            self.dropped += 1
+            return
+        self.packetsToPeer += 1
+        self.bytesToPeer += size
+
+    def peerDataReceived(self, payload: bytes, peer: Any) -> None:
+        """
+        Relay a peer's datagram to the client: ChannelData when a channel is
+        bound to the peer (RFC 8656 section 12.5 makes that a MUST), a Data
+        indication otherwise; nothing without a permission (section 9).
+        """
+        if peer[0] not in self.permissions:
+            self.dropped += 1
+            return
+        size = len(payload)
+        bucket = self.bucket
+        if bucket is not None and not bucket.take(size):
+            self.dropped += 1
+            return
+        binding = self.channelsByPeer.get(peer)
+        if binding is not None:
+            frame = binding.header + size.to_bytes(2, "big") + payload
+            if self.fiveTuple.transportProtocol != "udp" and size & 3:
+                frame += bytes(4 - (size & 3))
+            self.channel.send(frame)
+        else:
+            self.channel.send(dataIndication(payload, TransportAddress(peer[0], peer[1])))
+        self.packetsFromPeer += 1
+        self.bytesFromPeer += size
+
+    # The end -------------------------------------------------------------------
+
+    def release(self) -> None:
+        """
+        Stop every timer and close the relay socket.  Idempotent.
+        """
+        if self._released:
+            return
+        self._released = True
+        if self._timer.active():
+            self._timer.cancel()
+        for timer in self.permissions.values():
+            timer.cancel()
+        for binding in self.channels.values():
+            binding.timer.cancel()
+        self.permissions.clear()
+        self.channels.clear()
+        self.channelsByPeer.clear()
+        self._closeRelayPort(self.relayPort)
+
+    def usage(self) -> Dict[str, Any]:
+        """
+        The allocation's usage so far, as structured log fields.
+        """
+        return {
+            "username": self.username,
+            "client": str(self.fiveTuple),
+            "relayed": str(self.relayedAddress),
+            "duration": round(self._clock.seconds() - self.createdAt, 3),
+            "packetsToPeer": self.packetsToPeer,
+            "bytesToPeer": self.bytesToPeer,
+            "packetsFromPeer": self.packetsFromPeer,
+            "bytesFromPeer": self.bytesFromPeer,
+            "dropped": self.dropped,
+        }
+
+
+class AllocationRegistry:
+    """
+    Every live allocation, keyed by 5-tuple, for all transports at once.
+
+    Adding and removing keep each client's reply channel pointing at its
+    allocation, so that the data path finds it with one attribute read.
+    Removing releases the allocation's timers and relay socket and logs its
+    usage.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._allocations: Dict[FiveTuple, Allocation] = {}
+        self._byUser: Dict[str, Set[Allocation]] = {}
+
+    def __len__(self) -> int:
+        return len(self._allocations)
+
+    def __iter__(self) -> Iterator[Allocation]:
+        return iter(list(self._allocations.values()))
+
+    def get(self, fiveTuple: FiveTuple) -> Optional[Allocation]:
+        """
+        @return: the allocation on C{fiveTuple}, or L{None}.
+        """
+        return self._allocations.get(fiveTuple)
+
+    def countForUser(self, username: str) -> int:
+        """
+        @return: how many allocations C{username} holds (the 486 quota counts
+            per username, RFC 8656 section 7.2).
+        """
+        return len(self._byUser.get(username, ()))
+
+    def forUser(self, username: str) -> List[Allocation]:
+        """
+        @return: C{username}'s allocations.
+        """
+        return list(self._byUser.get(username, ()))
+
+    def add(self, allocation: Allocation) -> None:
+        """
+        Register a new allocation and point its client's channel at it.
+        """
+        self._allocations[allocation.fiveTuple] = allocation
+        self._byUser.setdefault(allocation.username, set()).add(allocation)
+        allocation.channel.attach(allocation)
+        self.log.info(
+            "allocation {relayed} created for {username} on {client}, lifetime {lifetime} s",
+            relayed=str(allocation.relayedAddress),
+            username=allocation.username,
+            client=str(allocation.fiveTuple),
+            lifetime=allocation.lifetime,
+        )
+
+    def remove(self, allocation: Allocation, reason: str) -> None:
+        """
+        End an allocation: unregister it, release it, log its usage.
+
+        @param reason: C{"deleted"}, C{"expired"}, C{"closed"}, ...
+        """
+        if self._allocations.get(allocation.fiveTuple) is not allocation:
+            return
+        del self._allocations[allocation.fiveTuple]
+        owned = self._byUser[allocation.username]
+        owned.discard(allocation)
+        if not owned:
+            del self._byUser[allocation.username]
+        allocation.channel.detach(allocation)
+        allocation.release()
+        self.log.info(
+            "allocation {relayed} {reason}: {username} on {client}, {duration} s, "
+            "{packetsToPeer} packets ({bytesToPeer} bytes) to peers, "
+            "{packetsFromPeer} packets ({bytesFromPeer} bytes) from peers, {dropped} dropped",
+            reason=reason,
+            **allocation.usage(),
+        )

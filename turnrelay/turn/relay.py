@@ -1,0 +1,179 @@
+# -*- test-case-name: tests.test_turn_relay -*-
+"""
+Relay sockets: the UDP ports allocations are relayed from.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import sys
+from typing import Any, Optional, Set, Tuple
+
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorUDP
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from turnrelay.stun.address import TransportAddress
+
+# Large enough for any UDP payload a peer can send.
+MAX_DATAGRAM = 65535
+
+# Setting DF on a UDP socket: Python before 3.12 does not name the options,
+# but on Linux they are fixed kernel ABI (linux/in.h).
+_LINUX = sys.platform.startswith("linux")
+IP_MTU_DISCOVER: Optional[int] = getattr(socket, "IP_MTU_DISCOVER", 10 if _LINUX else None)
+IP_PMTUDISC_DO: Optional[int] = getattr(socket, "IP_PMTUDISC_DO", 2 if _LINUX else None)
+
+
+class RelayProtocol(DatagramProtocol):
+    """
+    The peer side of one allocation: hands every datagram to it.
+
+    @ivar allocation: the allocation, once it exists.
+    """
+
+    noisy = False
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.allocation: Any = None
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        allocation = self.allocation
+        if allocation is not None:
+            try:
+                allocation.peerDataReceived(datagram, addr)
+            except Exception:
+                self.log.failure("while relaying a datagram from {peer}", peer=addr)
+
+
+class NoRelayPort(Exception):
+    """
+    No relay port could be bound (508 Insufficient Capacity).
+    """
+
+
+class RelayPortPool:
+    """
+    Opens relay sockets on random ports of a range (RFC 8656 section 7.2:
+    49152-65535 by default; random ports make the loop attack of section
+    21.1.7 harder).
+
+    @ivar relayIP: the address relay sockets bind to.
+    @ivar minPort: the lowest port, inclusive.
+    @ivar maxPort: the highest port, inclusive.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorUDP,
+        relayIP: str,
+        minPort: int = 49152,
+        maxPort: int = 65535,
+        attempts: int = 64,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        self._reactor = reactor
+        self.relayIP = relayIP
+        self.minPort = minPort
+        self.maxPort = maxPort
+        self._attempts = attempts
+        self._random = rng or random.SystemRandom()
+        self._inUse: Set[int] = set()
+
+    @property
+    def inUse(self) -> int:
+        """
+        How many relay ports are open.
+        """
+        return len(self._inUse)
+
+    def _candidates(self, even: bool) -> Any:
+        span = self.maxPort - self.minPort + 1
+        if span - len(self._inUse) <= self._attempts:
+            # A nearly full range: try every free port once, in random order.
+            ports = [p for p in range(self.minPort, self.maxPort + 1) if p not in self._inUse]
+            self._random.shuffle(ports)
+            yield from ports
+            return
+        for _ in range(self._attempts):
+            yield self._random.randint(self.minPort, self.maxPort)
+
+    def _listen(self, port: int, protocol: DatagramProtocol) -> Any:
+        listening = self._reactor.listenUDP(
+            port, protocol, interface=self.relayIP, maxPacketSize=MAX_DATAGRAM
+        )
+        self._inUse.add(port)
+        return listening
+
+    def open(self, even: bool = False, reserveNext: bool = False) -> Tuple[Any, Optional[Any]]:
+        """
+        Bind a relay socket.
+
+        @param even: the port must be even (EVEN-PORT, RFC 8656 section 7.2).
+        @param reserveNext: also bind the next port (EVEN-PORT with R), for a
+            later allocation that presents the reservation token.
+        @return: the listening port, and the reserved next one or L{None}.
+        @raise NoRelayPort: no port could be had.
+        """
+        for port in self._candidates(even):
+            if port in self._inUse or (even and port % 2):
+                continue
+            if reserveNext and (port + 1 > self.maxPort or port + 1 in self._inUse):
+                continue
+            protocol = RelayProtocol()
+            try:
+                listening = self._listen(port, protocol)
+            except CannotListenError:
+                continue
+            if not reserveNext:
+                return listening, None
+            try:
+                reserved = self._listen(port + 1, RelayProtocol())
+            except CannotListenError:
+                self.close(listening)
+                continue
+            return listening, reserved
+        raise NoRelayPort(f"no free relay port in {self.minPort}-{self.maxPort}")
+
+    def close(self, listening: Any) -> None:
+        """
+        Close a relay socket and return its port to the pool.
+        """
+        self._inUse.discard(listening.getHost().port)
+        listening.stopListening()
+
+    def address(self, listening: Any) -> TransportAddress:
+        """
+        @return: the address a relay socket is bound to.
+        """
+        host = listening.getHost()
+        return TransportAddress(host.host, host.port)
+
+    @property
+    def dontFragmentSupported(self) -> bool:
+        """
+        Whether this OS lets relay sockets set DF (Linux does).
+        """
+        return IP_MTU_DISCOVER is not None and ":" not in self.relayIP
+
+    def setDontFragment(self, listening: Any) -> bool:
+        """
+        Make the OS set DF on every datagram the relay socket sends
+        (DONT-FRAGMENT, RFC 8656 section 7.2).
+
+        @return: whether the OS allows it; if not, the caller answers 420.
+        """
+        sock = getattr(listening, "socket", None)
+        if sock is None or IP_MTU_DISCOVER is None or IP_PMTUDISC_DO is None:
+            return False
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        except OSError as e:
+            self.log.warn("cannot set DF on relay sockets: {error}", error=e)
+            return False
+        return True
