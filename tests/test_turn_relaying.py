@@ -531,3 +531,53 @@ class RegistryTests(TURNTestCase):
         harness.server.channelDataReceived(encodeChannelData(0x4000, b"hi bob"), alice.channel)
         self.assertEqual(portA.written, [(b"hi bob", relayedB)])
         self.assertIsInstance(portA, FakeUDPPort)
+
+
+class OwnRelayAddressTests(TURNTestCase):
+    """
+    When the operator allows our relay address as a peer in so many words,
+    peers on it are not kept to the relay port range.
+    """
+
+    def harnessWith(self, relayIP: str, **policy: object) -> Harness:
+        from turnrelay.turn.policy import PeerPolicy
+        from turnrelay.turn.relay import RelayPortPool
+        from turnrelay.turn.server import TURNServer
+
+        harness = Harness()
+        harness.server = TURNServer(
+            clock=harness.reactor,
+            authenticator=harness.server.authenticator,
+            peerPolicy=PeerPolicy(**policy),  # type: ignore[arg-type]
+            relayPorts=RelayPortPool(harness.reactor, relayIP, 50000, 50099),
+        )
+        return harness
+
+    def bindTo(self, harness: Harness, peer: TransportAddress) -> STUNMessage:
+        client = harness.client()
+        client.allocate()
+        return client.request(
+            Method.CHANNEL_BIND, [(A.CHANNEL_NUMBER, 0x4000), (A.XOR_PEER_ADDRESS, peer)]
+        )
+
+    def test_loopbackDemo(self) -> None:
+        """
+        With allow-loopback-peers and a loopback relay IP, loopback peers on any
+        port are relayed to (the demo and the benchmarks need it).
+        """
+        harness = self.harnessWith("127.0.0.1", allowLoopback=True)
+        self.assertSuccess(self.bindTo(harness, TransportAddress("127.0.0.1", 23490)))
+
+    def test_exactAllowEntry(self) -> None:
+        """
+        An allow-peer entry naming exactly the relay address lifts the port rule.
+        """
+        harness = self.harnessWith(RELAY_IP, allow=[RELAY_IP + "/32"])
+        self.assertSuccess(self.bindTo(harness, TransportAddress(RELAY_IP, 22)))
+
+    def test_widerAllowEntry(self) -> None:
+        """
+        A wider allow-peer range that merely contains the relay address does not.
+        """
+        harness = self.harnessWith(RELAY_IP, allow=["198.51.100.0/24"])
+        self.assertError(self.bindTo(harness, TransportAddress(RELAY_IP, 22)), 403)

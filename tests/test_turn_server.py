@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from turnrelay.interfaces import IReplyChannel
+from turnrelay.logs import setLogLevel
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import ErrorCode
@@ -172,12 +173,23 @@ class BindingTests(SynchronousTestCase):
         """
         A dropped message is logged at debug level with the client and the reason.
         """
+        setLogLevel("debug")
+        self.addCleanup(setLogLevel, "info")
         with capturedLogs() as events:
             self.server.stunReceived(b"\x00\x01\x00\x00", self.channel)
         [event] = events
         self.assertEqual(event["log_level"], LogLevel.debug)
         self.assertEqual(event["client"], self.channel.clientAddress)
         self.assertIn("shorter than a STUN header", str(event["reason"]))
+
+    def test_debugOffByDefault(self) -> None:
+        """
+        At the default level, dropped messages log nothing: debug events are
+        filtered before they reach any observer.
+        """
+        with capturedLogs() as events:
+            self.server.stunReceived(b"\x00\x01\x00\x00", self.channel)
+        self.assertEqual(list(events), [])
 
     def test_channelDataWithoutAllocationDropped(self) -> None:
         """

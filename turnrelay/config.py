@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import attr
 
+from turnrelay.logs import LEVELS
 from turnrelay.stun.attributes import TEXT_MAX_CHARACTERS
 
 
@@ -93,6 +94,7 @@ class RelayConfig:
     @ivar allowPeers: CIDRs relayed to even though denied by default.
     @ivar denyPeers: CIDRs never relayed to, whatever else says.
     @ivar allowLoopbackPeers: relay to loopback peers (for tests and demos).
+    @ivar logLevel: the lowest level of turnrelay's own events to log.
     """
 
     listeners: Tuple[ListenerConfig, ...] = DEFAULT_LISTENERS
@@ -115,6 +117,7 @@ class RelayConfig:
     allowPeers: Tuple[str, ...] = ()
     denyPeers: Tuple[str, ...] = ()
     allowLoopbackPeers: bool = False
+    logLevel: str = "info"
 
     def effectiveRelayIP(self) -> Optional[str]:
         """
@@ -247,6 +250,13 @@ def _parseBool(name: str) -> Callable[[Any], bool]:
         raise ConfigError(f"{name}: {value!r} is not true or false")
 
     return parse
+
+
+def _parseLogLevel(value: Any) -> str:
+    text = str(value).lower()
+    if text not in LEVELS:
+        raise ConfigError(f"log-level: {value!r}; expected one of {', '.join(LEVELS)}")
+    return text
 
 
 def parseUser(value: Any) -> Tuple[str, str]:
@@ -468,6 +478,15 @@ SETTINGS: Tuple[Setting, ...] = (
         _parseBool("allow-loopback-peers"),
         "allowLoopbackPeers",
         flag=True,
+    ),
+    Setting(
+        "log-level",
+        "The lowest level of turnrelay's own log events: "
+        + ", ".join(LEVELS)
+        + " (default: info; debug logs every dropped datagram and refused request).",
+        _parseLogLevel,
+        "logLevel",
+        metavar="LEVEL",
     ),
 )
 

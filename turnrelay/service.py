@@ -21,7 +21,6 @@ from typing import Any, List, Optional, Tuple
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
 
 from turnrelay.auth.credentials import (
     ChainedCredentials,
@@ -32,6 +31,7 @@ from turnrelay.auth.credentials import (
 from turnrelay.auth.longterm import LongTermAuthenticator
 from turnrelay.auth.nonce import NonceMinter
 from turnrelay.config import ListenerConfig, RelayConfig
+from turnrelay.logs import Logger, setLogLevel
 from turnrelay.stun.address import TransportAddress
 from turnrelay.transports.stream import STUNStreamFactory
 from turnrelay.transports.udp import STUNDatagramProtocol
@@ -191,6 +191,7 @@ def makeRelayService(config: RelayConfig, reactor: Any) -> RelayService:
     @param reactor: the reactor to listen, relay and schedule with.
     @return: a service to start, or to attach to a parent service.
     """
+    setLogLevel(config.logLevel)
     server = makeTURNServer(config, reactor)
     relay = RelayService(config, server)
     for listener in config.listeners:

@@ -9,10 +9,10 @@ from typing import Optional
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from turnrelay.interfaces import IReplyChannel
+from turnrelay.logs import Logger
 from turnrelay.stun.address import TransportAddress, unmapIPv4
 from turnrelay.stun.channeldata import StreamFramer
 from turnrelay.stun.errors import STUNDecodeError

@@ -8,10 +8,10 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from turnrelay.interfaces import IReplyChannel
+from turnrelay.logs import Logger
 from turnrelay.stun.address import TransportAddress, unmapIPv4
 from turnrelay.turn.allocation import Allocation, FiveTuple
 from turnrelay.turn.server import TURNServer

@@ -16,8 +16,8 @@ import os
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
+from turnrelay.logs import Logger
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import DATA, XOR_PEER_ADDRESS
 from turnrelay.stun.message import MessageClass, Method, STUNMessage

@@ -13,8 +13,8 @@ from typing import Any, Optional, Set, Tuple
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 
+from turnrelay.logs import Logger
 from turnrelay.stun.address import TransportAddress
 
 # Large enough for any UDP payload a peer can send.

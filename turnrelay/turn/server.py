@@ -12,16 +12,17 @@ and owns the one L{AllocationRegistry}.
 from __future__ import annotations
 
 import os
+from ipaddress import ip_address, ip_network
 from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
 import attr
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
 from turnrelay.auth.credentials import ChainedCredentials
 from turnrelay.auth.longterm import AuthResult, LongTermAuthenticator
 from turnrelay.auth.nonce import NonceMinter
 from turnrelay.interfaces import IReplyChannel
+from turnrelay.logs import Logger
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
 from turnrelay.stun.channeldata import isChannelNumber
@@ -143,7 +144,9 @@ class TURNServer:
         self.limits = limits
         self.externalIP = externalIP
         self._relayHosts = frozenset(
-            host for host in (externalIP, relayPorts and relayPorts.relayIP) if host
+            host
+            for host in (externalIP, relayPorts and relayPorts.relayIP)
+            if host and not self._explicitlyAllowed(host)
         )
         self._reservations: Dict[bytes, Tuple[Any, IDelayedCall]] = {}
         self._requestHandlers: Dict[
@@ -502,6 +505,19 @@ class TURNServer:
         return request.successResponse([(A.LIFETIME, lifetime)])
 
     # Permissions and channels (RFC 8656 sections 10 and 12) ----------------------
+
+    def _explicitlyAllowed(self, host: str) -> bool:
+        """
+        Whether the operator allowed our relay address C{host} as a peer in so
+        many words: allow-loopback-peers for a loopback relay address, or an
+        allow-peer entry naming exactly it.  Then peers on it are not kept to
+        the relay port range.  A wider allow-peer range is not enough.
+        """
+        address = ip_address(host)
+        policy = self.peerPolicy
+        return (policy.allowLoopback and address.is_loopback) or any(
+            ip_network(entry) == ip_network(address) for entry in policy.allow
+        )
 
     def _ownPortRefused(self, peer: TransportAddress) -> bool:
         """
