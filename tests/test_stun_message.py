@@ -817,3 +817,30 @@ class EqualityTests(SynchronousTestCase):
         """
         self.assertIn("REFRESH REQUEST", repr(self.message))
         self.assertIn("0x0FF INDICATION", repr(STUNMessage(0x0FF, INDICATION, TID)))
+
+
+class EncodeDataIndicationTests(SynchronousTestCase):
+    """
+    Tests for L{encodeDataIndication}, the data path's encoder.
+    """
+
+    def test_sameBytesAsGeneralEncoder(self) -> None:
+        """
+        It writes exactly what STUNMessage.encode writes, for IPv4 and IPv6
+        peers and every padding length, also when its IPv4 cache is warm.
+        """
+        from turnrelay.stun import attributes as A
+        from turnrelay.stun.message import encodeDataIndication
+
+        peers = [TransportAddress("198.51.100.7", 4000), TransportAddress("2001:db8::9", 5)]
+        for peer in peers:
+            for size in range(9):
+                for tid in (b"a" * 12, b"b" * 12):
+                    payload = bytes(range(size))
+                    general = STUNMessage(
+                        Method.DATA,
+                        MessageClass.INDICATION,
+                        tid,
+                        [(A.XOR_PEER_ADDRESS, peer), (A.DATA, payload)],
+                    ).encode()
+                    self.assertEqual(encodeDataIndication(tid, peer, payload), general)

@@ -184,6 +184,6 @@ class DatagramProtocolTests(SynchronousTestCase):
         def refuse(data: bytes, addr: Any = None) -> None:
             raise OSError(90, "Message too long")
 
-        self.port.write = refuse  # type: ignore[method-assign, assignment]
+        protocol.sendto = refuse
         protocol.datagramReceived(REQUEST, ("127.0.0.1", 1))
         self.assertEqual(self.flushLoggedErrors(), [])

@@ -29,16 +29,22 @@ def _address(host: str, port: int) -> IPv4Address | IPv6Address:
 
 class FakeSocket:
     """
-    Records socket options, so that relay sockets can set DF in tests.
+    The socket of a L{FakeUDPPort}: records options, and datagrams sent
+    straight to it as the relay's data path does.
 
     @ivar options: C{(level, option) -> value}.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, port: FakeUDPPort) -> None:
         self.options: dict[tuple[int, int], Any] = {}
+        self._port = port
 
     def setsockopt(self, level: int, option: int, value: Any) -> None:
         self.options[level, option] = value
+
+    def sendto(self, data: bytes, address: Tuple[str, int]) -> int:
+        self._port.written.append((data, address))
+        return len(data)
 
 
 @implementer(IUDPTransport, IListeningPort)
@@ -56,7 +62,7 @@ class FakeUDPPort:
         self.portNumber = port
         self.written: List[Tuple[bytes, Tuple[str, int]]] = []
         self.listening = True
-        self.socket = FakeSocket()
+        self.socket = FakeSocket(self)
 
     def write(self, packet: bytes, addr: Any = None) -> None:
         self.written.append((packet, addr))

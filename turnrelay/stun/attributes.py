@@ -236,10 +236,32 @@ def _encodeAddress(address: TransportAddress, transactionID: bytes, xor: bool) -
     return bytes((0, family, port >> 8, port & 0xFF)) + raw
 
 
+# An IPv4 XOR address does not depend on the transaction ID, so the same
+# bytes always decode to the same address: remember the peers a relay sees
+# over and over.  Bounded, and cleared whole when full.
+_IPV4_XOR_CACHE: Dict[bytes, TransportAddress] = {}
+_IPV4_XOR_CACHE_SIZE = 4096
+
+
+def _decodeXORAddress(value: bytes, transactionID: bytes) -> TransportAddress:
+    address = _IPV4_XOR_CACHE.get(value)
+    if address is None:
+        address = _decodeAddress(value, transactionID, True)
+        if len(value) == 8:
+            if len(_IPV4_XOR_CACHE) >= _IPV4_XOR_CACHE_SIZE:
+                _IPV4_XOR_CACHE.clear()
+            _IPV4_XOR_CACHE[value] = address
+    return address
+
+
+def _decodePlainAddress(value: bytes, transactionID: bytes) -> TransportAddress:
+    return _decodeAddress(value, transactionID, False)
+
+
 def _addressCodec(name: str, xor: bool) -> AttributeCodec:
     return AttributeCodec(
         name,
-        lambda value, tid: _decodeAddress(value, tid, xor),
+        _decodeXORAddress if xor else _decodePlainAddress,
         lambda address, tid: _encodeAddress(address, tid, xor),
     )
 

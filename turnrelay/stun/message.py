@@ -21,11 +21,13 @@ from typing import Any, Collection, Dict, FrozenSet, List, Optional, Tuple
 
 from turnrelay.stun.attributes import (
     ATTRIBUTE_CODECS,
+    DATA,
     ERROR_CODE,
     FINGERPRINT,
     MAGIC_COOKIE,
     MESSAGE_INTEGRITY,
     MESSAGE_INTEGRITY_SHA256,
+    XOR_PEER_ADDRESS,
     ErrorCode,
     isComprehensionRequired,
 )
@@ -43,6 +45,7 @@ __all__ = [
     "splitMessageType",
     "isAllowedClass",
     "REASON_PHRASES",
+    "encodeDataIndication",
 ]
 
 HEADER_SIZE = 20
@@ -431,35 +434,35 @@ def decodeMessage(data: bytes) -> STUNMessage:
     # What still counts: everything, then only the integrity attributes
     # (after MESSAGE-INTEGRITY), then only FINGERPRINT.
     afterIntegrity = afterSHA256 = False
-
-    def malformed(reason: str) -> STUNDecodeError:
-        return STUNDecodeError(reason, method, messageClass, tid)
+    header = (method, messageClass, tid)
 
     while offset < size:
         kind, valueLength = _attributeHeader.unpack_from(data, offset)
         start = offset + 4
         end = start + valueLength
         if end > size:
-            raise malformed(f"attribute 0x{kind:04X} of {valueLength} bytes runs past the end")
+            raise STUNDecodeError(
+                f"attribute 0x{kind:04X} of {valueLength} bytes runs past the end", *header
+            )
         value = data[start:end]
         if kind == FINGERPRINT:
             if end + (-valueLength % 4) != size:
-                raise malformed("FINGERPRINT is not the last attribute")
+                raise STUNDecodeError("FINGERPRINT is not the last attribute", *header)
             if valueLength != 4:
-                raise malformed(f"FINGERPRINT of {valueLength} bytes")
+                raise STUNDecodeError(f"FINGERPRINT of {valueLength} bytes", *header)
             received = int.from_bytes(value, "big")
             if zlib.crc32(data[:offset]) ^ FINGERPRINT_XOR != received:
                 raise STUNDecodeError("FINGERPRINT mismatch")
             message.fingerprint = received
         elif kind == MESSAGE_INTEGRITY_SHA256 and not afterSHA256:
             if valueLength not in (16, 20, 24, 28, 32):
-                raise malformed(f"MESSAGE-INTEGRITY-SHA256 of {valueLength} bytes")
+                raise STUNDecodeError(f"MESSAGE-INTEGRITY-SHA256 of {valueLength} bytes", *header)
             message.messageIntegritySHA256 = value
             message._integritySHA256Offset = offset
             afterIntegrity = afterSHA256 = True
         elif kind == MESSAGE_INTEGRITY and not afterIntegrity:
             if valueLength != 20:
-                raise malformed(f"MESSAGE-INTEGRITY of {valueLength} bytes")
+                raise STUNDecodeError(f"MESSAGE-INTEGRITY of {valueLength} bytes", *header)
             message.messageIntegrity = value
             message._integrityOffset = offset
             afterIntegrity = True
@@ -469,8 +472,50 @@ def decodeMessage(data: bytes) -> STUNMessage:
                 try:
                     value = codec.decode(value, tid)
                 except STUNDecodeError as e:
-                    raise malformed(e.reason) from None
+                    raise STUNDecodeError(e.reason, *header) from None
             attributes.append((kind, value))
         offset = end + (-valueLength % 4)
     message._raw = data
     return message
+
+
+_DATA_INDICATION = messageType(Method.DATA, MessageClass.INDICATION)
+_dataHeader = struct.Struct("!HHI12s").pack
+_dataAttributeHeader = _attributeHeader.pack
+_PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
+_peerAttributes: Dict[Tuple[str, int], bytes] = {}
+
+
+def encodeDataIndication(transactionID: bytes, peer: Tuple[str, int], payload: bytes) -> bytes:
+    """
+    Encode a Data indication (XOR-PEER-ADDRESS and DATA), the message a relay
+    sends for every peer datagram without a channel.
+
+    The bytes are those of the equivalent L{STUNMessage}'s C{encode()}; this
+    only skips the generic machinery, and reuses the XOR-PEER-ADDRESS of IPv4
+    peers, which does not depend on the transaction ID.
+
+    @see: RFC 8656 section 11.4.
+    """
+    attribute = _peerAttributes.get(peer)
+    if attribute is None:
+        value = ATTRIBUTE_CODECS[XOR_PEER_ADDRESS].encode(peer, transactionID)
+        attribute = _attributeHeader.pack(XOR_PEER_ADDRESS, len(value)) + value
+        if len(value) == 8:
+            if len(_peerAttributes) >= 4096:
+                _peerAttributes.clear()
+            _peerAttributes[peer] = attribute
+    size = len(payload)
+    padding = _PADDING[size & 3]
+    length = len(attribute) + 4 + size + len(padding)
+    if length > MAX_BODY:
+        raise ValueError(f"Data indication body of {length} bytes")
+    return b"".join(
+        (
+            _dataHeader(_DATA_INDICATION, length, MAGIC_COOKIE, transactionID),
+            attribute,
+            _dataAttributeHeader(DATA, size),
+            payload,
+            padding,
+        )
+    )

@@ -5,7 +5,7 @@ TURN over UDP.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
@@ -45,7 +45,7 @@ class UDPReplyChannel:
 
     def send(self, data: bytes) -> None:
         try:
-            self.protocol.transport.write(data, self.rawAddress)  # type: ignore[union-attr]
+            self.protocol.sendto(data, self.rawAddress)
         except OSError as e:
             self.protocol.log.debug(
                 "could not send to {client}: {error}", client=self.rawAddress, error=e
@@ -83,10 +83,18 @@ class STUNDatagramProtocol(DatagramProtocol):
         self.server = server
         self.serverAddress = TransportAddress("0.0.0.0", 0)
         self.clients: Dict[Tuple[str, int], UDPReplyChannel] = {}
+        self.sendto: Callable[[bytes, Tuple[str, int]], object] = self._notListening
+
+    @staticmethod
+    def _notListening(data: bytes, address: Tuple[str, int]) -> None:
+        raise OSError("not listening")
 
     def startProtocol(self) -> None:
         host = self.transport.getHost()  # type: ignore[union-attr]
         self.serverAddress = TransportAddress(unmapIPv4(host.host), host.port)
+        # Straight to the socket, as relay sockets do: the addresses written
+        # to are the ones the socket reported, so Twisted's checks are moot.
+        self.sendto = self.transport.socket.sendto  # type: ignore[union-attr]
 
     def stopProtocol(self) -> None:
         # The listener is going away: so are the allocations made through it.
