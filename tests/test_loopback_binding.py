@@ -238,7 +238,7 @@ class TCPBindingTests(TestCase):
         Bytes that are neither STUN nor ChannelData close their connection,
         unanswered, and another client's connection keeps working.
         """
-        await self._closesOnlyThatConnection(b"hello, relay\r\n")
+        await self._closesOnlyThatConnection(b"\x80hello, relay\r\n")
 
     async def test_missingCookieClosesOnlyThatConnection(self) -> None:
         """

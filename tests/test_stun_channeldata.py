@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import DATA, LIFETIME, SOFTWARE, XOR_PEER_ADDRESS
 from turnrelay.stun.channeldata import (
+    CHANNEL_NUMBER_MAX_RFC5766,
     StreamFramer,
     decodeChannelData,
     encodeChannelData,
@@ -116,6 +117,16 @@ class ChannelDataTests(SynchronousTestCase):
             frame = struct.pack("!HH", number, 1) + b"a"
             self.assertRaises(STUNDecodeError, decodeChannelData, frame)
 
+    def test_decodeRFC5766Range(self) -> None:
+        """
+        With the RFC 5766 maximum, 0x5000 to 0x7FFF decode and 0x8000 does not.
+        """
+        for number in (0x5000, 0x7FFF):
+            frame = struct.pack("!HH", number, 1) + b"a"
+            self.assertEqual(decodeChannelData(frame, CHANNEL_NUMBER_MAX_RFC5766), (number, b"a"))
+        frame = struct.pack("!HH", 0x8000, 1) + b"a"
+        self.assertRaises(STUNDecodeError, decodeChannelData, frame, CHANNEL_NUMBER_MAX_RFC5766)
+
     def test_isChannelNumber(self) -> None:
         """
         Channel numbers are 0x4000 to 0x4FFF (RFC 8656 section 12; checklist
@@ -129,6 +140,8 @@ class ChannelDataTests(SynchronousTestCase):
         self.assertFalse(isChannelNumber(0x5000))
         self.assertFalse(isChannelNumber(0x7FFF))
         self.assertFalse(isChannelNumber(0xFFFF))
+        self.assertTrue(isChannelNumber(0x7FFF, CHANNEL_NUMBER_MAX_RFC5766))
+        self.assertFalse(isChannelNumber(0x8000, CHANNEL_NUMBER_MAX_RFC5766))
 
 
 class FrameLengthTests(SynchronousTestCase):
@@ -165,12 +178,19 @@ class FrameLengthTests(SynchronousTestCase):
 
     def test_junkFirstByte(self) -> None:
         """
-        A first byte that is neither STUN (top bits 00) nor a channel (0x40 to
-        0x4F) is an error, including the reserved 0x50 to 0x7F (RFC 8656
-        section 12; checklist items 86 and 87).
+        A first byte that is neither STUN (top bits 00) nor ChannelData (top
+        bits 01) is an error (checklist items 86 and 87).
         """
-        for first in (0x50, 0x5F, 0x7F, 0x80, 0xBF, 0xC0, 0xFF):
+        for first in (0x80, 0xBF, 0xC0, 0xFF):
             self.assertRaises(STUNDecodeError, frameLength, bytes((first, 0, 0, 4)))
+
+    def test_rfc5766ChannelsFramed(self) -> None:
+        """
+        First bytes 0x50 to 0x7F frame as ChannelData: RFC 5766 clients use
+        channels up to 0x7FFF, and whether one is bound is the receiver's call.
+        """
+        for first in (0x50, 0x5F, 0x7F):
+            self.assertEqual(frameLength(bytes((first, 0, 0, 4))), 8)
 
     def test_stunLengthNotMultipleOfFour(self) -> None:
         """
@@ -250,7 +270,7 @@ class StreamFramerTests(SynchronousTestCase):
         for junk in (
             b"\x80\x00\x00\x00",
             b"\xc0",
-            b"\x50\x00\x00\x04abcd",
+            b"\x90\x00\x00\x04abcd",
             b"\x16\x03\x01\x02\x00",
         ):
             framer = StreamFramer()

@@ -20,7 +20,7 @@ from tests._turnclient import (
 from turnrelay.auth.credentials import mintRESTCredential
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
-from turnrelay.stun.channeldata import encodeChannelData
+from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX, encodeChannelData
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
 from turnrelay.testing import FakeUDPPort
 from turnrelay.turn.server import RelayLimits
@@ -252,13 +252,30 @@ class ChannelTests(RelayTestCase):
         self.assertError(self.bind(0x4001, PEER_A), 400)
         self.assertSuccess(self.bind(0x4000, PEER_A))
 
-    def test_numberRange(self) -> None:
+    def test_numberRangeRFC8656(self) -> None:
         """
-        Numbers outside 0x4000-0x4FFF get 400 (items 75, 76).
+        With RFC 8656's numbering, numbers outside 0x4000-0x4FFF get 400
+        (items 75, 76, 81).
         """
+        self.harness.server.limits = RelayLimits(maxChannelNumber=CHANNEL_NUMBER_MAX)
         for number in (0x0000, 0x3FFF, 0x5000, 0x7FFF, 0xFFFF):
             self.assertError(self.bind(number, PEER_A), 400)
         self.assertSuccess(self.bind(0x4FFF, PEER_A))
+
+    def test_numberRangeRFC5766(self) -> None:
+        """
+        By default RFC 5766's 0x4000-0x7FFF is bound, for the clients that
+        still use it; 0x8000 and above are never channels.
+        """
+        for number in (0x0000, 0x3FFF, 0x8000, 0xFFFF):
+            self.assertError(self.bind(number, PEER_A), 400)
+        self.assertSuccess(self.bind(0x7FFF, PEER_A))
+        self.fromPeer(PEER_A, b"up high")
+        self.assertEqual(self.client.channel.sent, [encodeChannelData(0x7FFF, b"up high")])
+        self.harness.server.channelDataReceived(
+            encodeChannelData(0x7FFF, b"back"), self.client.channel
+        )
+        self.assertEqual(self.toPeers(), [(b"back", PEER_A)])
 
     def test_missingAttributes(self) -> None:
         """

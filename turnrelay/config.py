@@ -95,6 +95,8 @@ class RelayConfig:
     @ivar denyPeers: CIDRs never relayed to, whatever else says.
     @ivar allowLoopbackPeers: relay to loopback peers (for tests and demos).
     @ivar logLevel: the lowest level of turnrelay's own events to log.
+    @ivar channelNumbers: C{"rfc5766"} to bind channels 0x4000-0x7FFF, as
+        clients written for RFC 5766 expect, or C{"rfc8656"} for 0x4000-0x4FFF.
     """
 
     listeners: Tuple[ListenerConfig, ...] = DEFAULT_LISTENERS
@@ -118,6 +120,7 @@ class RelayConfig:
     denyPeers: Tuple[str, ...] = ()
     allowLoopbackPeers: bool = False
     logLevel: str = "info"
+    channelNumbers: str = "rfc5766"
 
     def effectiveRelayIP(self) -> Optional[str]:
         """
@@ -256,6 +259,16 @@ def _parseLogLevel(value: Any) -> str:
     text = str(value).lower()
     if text not in LEVELS:
         raise ConfigError(f"log-level: {value!r}; expected one of {', '.join(LEVELS)}")
+    return text
+
+
+def _parseChannelNumbers(value: Any) -> str:
+    text = str(value).lower()
+    if text not in ("rfc5766", "rfc8656"):
+        raise ConfigError(
+            f"channel-numbers: {value!r}; expected rfc5766 (0x4000-0x7FFF) or rfc8656 "
+            "(0x4000-0x4FFF)"
+        )
     return text
 
 
@@ -487,6 +500,14 @@ SETTINGS: Tuple[Setting, ...] = (
         _parseLogLevel,
         "logLevel",
         metavar="LEVEL",
+    ),
+    Setting(
+        "channel-numbers",
+        "Which channel numbers ChannelBind accepts: rfc5766 (0x4000-0x7FFF, the "
+        "default, which clients written for RFC 5766 need) or rfc8656 (0x4000-0x4FFF).",
+        _parseChannelNumbers,
+        "channelNumbers",
+        metavar="RFC",
     ),
 )
 

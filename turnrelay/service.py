@@ -33,6 +33,7 @@ from turnrelay.auth.nonce import NonceMinter
 from turnrelay.config import ListenerConfig, RelayConfig
 from turnrelay.logs import Logger, setLogLevel
 from turnrelay.stun.address import TransportAddress
+from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX, CHANNEL_NUMBER_MAX_RFC5766
 from turnrelay.transports.stream import STUNStreamFactory
 from turnrelay.transports.udp import STUNDatagramProtocol
 from turnrelay.turn.policy import PeerPolicy
@@ -169,6 +170,9 @@ def makeTURNServer(config: RelayConfig, reactor: Any) -> TURNServer:
         maxPermissions=config.maxPermissions,
         maxChannels=config.maxChannels,
         bandwidth=config.bandwidth,
+        maxChannelNumber=(
+            CHANNEL_NUMBER_MAX if config.channelNumbers == "rfc8656" else CHANNEL_NUMBER_MAX_RFC5766
+        ),
     )
     return TURNServer(
         clock=reactor,

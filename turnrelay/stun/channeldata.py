@@ -14,18 +14,23 @@ from turnrelay.stun.attributes import MAGIC_COOKIE
 from turnrelay.stun.errors import STUNDecodeError
 
 CHANNEL_NUMBER_MIN = 0x4000
+# RFC 8656 narrowed the channel numbers to 0x4000-0x4FFF; RFC 5766 allowed
+# up to 0x7FFF, and clients written for it (coturn's own, libre) still use
+# the whole range.
 CHANNEL_NUMBER_MAX = 0x4FFF
+CHANNEL_NUMBER_MAX_RFC5766 = 0x7FFF
 CHANNEL_DATA_HEADER_SIZE = 4
 _channelHeader = struct.Struct("!HH")
 _ZEROS = bytes(3)
 
 
-def isChannelNumber(number: int) -> bool:
+def isChannelNumber(number: int, maximum: int = CHANNEL_NUMBER_MAX) -> bool:
     """
-    @return: whether C{number} may name a channel (0x4000 to 0x4FFF; RFC 8656
-        narrowed RFC 5766's range).
+    @param maximum: the highest number allowed: L{CHANNEL_NUMBER_MAX} (RFC
+        8656) or L{CHANNEL_NUMBER_MAX_RFC5766}.
+    @return: whether C{number} may name a channel.
     """
-    return CHANNEL_NUMBER_MIN <= number <= CHANNEL_NUMBER_MAX
+    return CHANNEL_NUMBER_MIN <= number <= maximum
 
 
 def encodeChannelData(channelNumber: int, data: bytes, pad: bool = False) -> bytes:
@@ -42,12 +47,14 @@ def encodeChannelData(channelNumber: int, data: bytes, pad: bool = False) -> byt
     return frame
 
 
-def decodeChannelData(frame: bytes) -> Tuple[int, bytes]:
+def decodeChannelData(frame: bytes, maximum: int = CHANNEL_NUMBER_MAX) -> Tuple[int, bytes]:
     """
     Split a ChannelData message into its channel number and data.
 
     Bytes beyond the stated length are padding and ignored (a UDP sender may
     pad too).
+
+    @param maximum: the highest channel number accepted.
 
     @return: C{(channelNumber, data)}.
     @raise STUNDecodeError: the frame is shorter than its length field says,
@@ -56,7 +63,7 @@ def decodeChannelData(frame: bytes) -> Tuple[int, bytes]:
     if len(frame) < CHANNEL_DATA_HEADER_SIZE:
         raise STUNDecodeError(f"ChannelData of {len(frame)} bytes")
     channelNumber, size = _channelHeader.unpack_from(frame)
-    if not CHANNEL_NUMBER_MIN <= channelNumber <= CHANNEL_NUMBER_MAX:
+    if not CHANNEL_NUMBER_MIN <= channelNumber <= maximum:
         raise STUNDecodeError(f"0x{channelNumber:04X} is not a channel number")
     if len(frame) < CHANNEL_DATA_HEADER_SIZE + size:
         raise STUNDecodeError(f"ChannelData says {size} bytes, {len(frame) - 4} present")
@@ -67,8 +74,10 @@ def frameLength(buffer: bytes | bytearray | memoryview) -> Optional[int]:
     """
     Tell how many bytes the next frame on a TURN byte stream occupies.
 
-    A frame is a STUN message (20 bytes plus its length) or a ChannelData
-    message (4 bytes plus its length, padded to a multiple of 4).
+    A frame is a STUN message (20 bytes plus its length, first two bits 00)
+    or a ChannelData message (4 bytes plus its length, padded to a multiple
+    of 4, first two bits 01).  Whether the channel is bound is for the
+    receiver to judge.
 
     @param buffer: the bytes received so far, starting at a frame boundary.
     @return: the frame's size, padding included, or L{None} if fewer than 4
@@ -86,7 +95,7 @@ def frameLength(buffer: bytes | bytearray | memoryview) -> Optional[int]:
         if len(buffer) >= 8 and int.from_bytes(buffer[4:8], "big") != MAGIC_COOKIE:
             raise STUNDecodeError("STUN header without the magic cookie")
         return 20 + length
-    if first <= 0x4F:
+    if first <= 0x7F:
         return (CHANNEL_DATA_HEADER_SIZE + length + 3) & ~3
     raise STUNDecodeError(f"first byte 0x{first:02X} is neither STUN nor ChannelData")
 

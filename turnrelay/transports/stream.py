@@ -57,7 +57,7 @@ class STUNStreamProtocol(Protocol):
 
     def connectionLost(self, reason: object = None) -> None:
         self._closing = True
-        self.server.channelClosed(self)
+        self.server.channelClosed(self, "closed with its connection")
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:

@@ -67,8 +67,9 @@ class STUNDatagramProtocol(DatagramProtocol):
     A UDP listener for STUN, TURN and ChannelData.
 
     Every datagram is one message (RFC 8656 section 12.5).  The first byte
-    tells them apart (RFC 7983): 0-3 STUN, 64-79 ChannelData; anything else
-    is dropped.
+    tells them apart (RFC 7983): 0-3 STUN, 64-127 ChannelData (RFC 8656
+    channels start with 64-79, RFC 5766 ones up to 127); anything else is
+    dropped.
 
     @ivar server: the controller the messages go to.
     @ivar serverAddress: our bound address, once listening.
@@ -99,14 +100,14 @@ class STUNDatagramProtocol(DatagramProtocol):
     def stopProtocol(self) -> None:
         # The listener is going away: so are the allocations made through it.
         for channel in list(self.clients.values()):
-            self.server.channelClosed(channel)
+            self.server.channelClosed(channel, "closed with its listener")
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         # Never let one client's datagram take the listener down: Twisted
         # would log and carry on, but we want the client's address in the log.
         try:
             first = datagram[0] if datagram else 0xFF
-            if 0x40 <= first <= 0x4F:
+            if 0x40 <= first <= 0x7F:
                 channel = self.clients.get(addr)
                 if channel is not None:
                     self.server.channelDataReceived(datagram, channel)

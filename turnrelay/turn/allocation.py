@@ -88,7 +88,7 @@ class ChannelBinding:
     """
     A channel number bound to a peer transport address (RFC 8656 section 12).
 
-    @ivar number: 0x4000 to 0x4FFF.
+    @ivar number: 0x4000 to 0x4FFF (or 0x7FFF, as RFC 5766 allowed).
     @ivar peer: the peer's address.
     @ivar header: the first two bytes of every ChannelData frame for it.
     """

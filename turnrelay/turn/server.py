@@ -25,7 +25,7 @@ from turnrelay.interfaces import IReplyChannel
 from turnrelay.logs import Logger
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
-from turnrelay.stun.channeldata import isChannelNumber
+from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX_RFC5766, isChannelNumber
 from turnrelay.stun.message import (
     MessageClass,
     Method,
@@ -69,6 +69,9 @@ class RelayLimits:
     @ivar maxChannels: channel bindings per allocation (508 beyond).
     @ivar bandwidth: bytes per second per allocation and direction; excess
         is dropped.  0 for no cap.
+    @ivar maxChannelNumber: the highest channel number bound: RFC 5766's
+        0x7FFF by default, for the clients that still use it, or RFC 8656's
+        0x4FFF.
     """
 
     defaultLifetime: int = 600
@@ -78,6 +81,7 @@ class RelayLimits:
     maxPermissions: int = 64
     maxChannels: int = 64
     bandwidth: int = 0
+    maxChannelNumber: int = CHANNEL_NUMBER_MAX_RFC5766
 
     def lifetime(self, requested: Optional[int]) -> int:
         """
@@ -95,9 +99,10 @@ class _Reply(Exception):
     Ends a request's processing with an error response.
     """
 
-    def __init__(self, code: int, *attributes: Tuple[int, Any]) -> None:
-        super().__init__(code)
+    def __init__(self, code: int, reason: str, *attributes: Tuple[int, Any]) -> None:
+        super().__init__(code, reason)
         self.code = code
+        self.reason = reason
         self.attributes = attributes
 
 
@@ -218,13 +223,16 @@ class TURNServer:
             return
         allocation.sendToPeer(data[4:end], peer)
 
-    def channelClosed(self, channel: IReplyChannel) -> None:
+    def channelClosed(self, channel: IReplyChannel, reason: str) -> None:
         """
-        A stream connection ended: its allocation ends with it.
+        A client's channel is gone for good (a TCP connection closed, a UDP
+        listener stopped): its allocation ends with it.
+
+        @param reason: for the log, such as C{"closed with its connection"}.
         """
         allocation = channel.allocation
         if allocation is not None:
-            self.registry.remove(allocation, "closed with its connection")
+            self.registry.remove(allocation, reason)
 
     # Plumbing --------------------------------------------------------------------
 
@@ -304,19 +312,23 @@ class TURNServer:
         unknown = request.unknownComprehensionRequired(UNDERSTOOD_ATTRIBUTES)
         try:
             if unknown:
-                raise _Reply(420, (A.UNKNOWN_ATTRIBUTES, tuple(unknown)))
+                raise _Reply(
+                    420,
+                    "unknown comprehension-required attributes",
+                    (A.UNKNOWN_ATTRIBUTES, tuple(unknown)),
+                )
             allocation = channel.allocation
             if request.method == Method.ALLOCATE:
                 if allocation is not None:
                     self._allocateAgain(request, channel, auth, allocation)
                     return
             elif allocation is None:
-                raise _Reply(437)
+                raise _Reply(437, "no allocation on this 5-tuple")
             elif allocation.username != auth.username:
-                raise _Reply(441)
+                raise _Reply(441, "the allocation belongs to another user")
             response = self._requestHandlers[request.method](request, channel, auth)
         except _Reply as reply:
-            self._warnRefused(request, channel, auth, reply.code)
+            self._warnRefused(request, channel, auth, reply.code, reply.reason)
             response = request.errorResponse(reply.code)
             response.attributes.extend(reply.attributes)
         data = self._respond(request, response, channel, auth)
@@ -344,15 +356,21 @@ class TURNServer:
         self._respond(request, response, channel)
 
     def _warnRefused(
-        self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult, code: int
+        self,
+        request: STUNMessage,
+        channel: IReplyChannel,
+        auth: AuthResult,
+        code: int,
+        reason: str,
     ) -> None:
         self.log.warn(
-            "{method} from {username} on {client} over {transport} refused with {code}",
+            "{method} from {username} on {client} over {transport} refused with {code}: {reason}",
             method=Method(request.method).name,
             username=auth.username,
             client=channel.clientAddress,
             transport=channel.transportProtocol,
             code=code,
+            reason=reason,
         )
 
     # Allocate (RFC 8656 section 7.2) ----------------------------------------------
@@ -376,7 +394,7 @@ class TURNServer:
         ):
             channel.send(allocation.allocateResponse)
             return
-        self._warnRefused(request, channel, auth, 437)
+        self._warnRefused(request, channel, auth, 437, "5-tuple already allocated")
         self._respond(request, request.errorResponse(437), channel, auth)
 
     def _allocate(
@@ -384,13 +402,17 @@ class TURNServer:
     ) -> STUNMessage:
         transport = request.get(A.REQUESTED_TRANSPORT)
         if transport is None:
-            raise _Reply(400)
+            raise _Reply(400, "REQUESTED-TRANSPORT missing")
         if transport != A.TRANSPORT_UDP:
-            raise _Reply(442)
+            raise _Reply(442, f"REQUESTED-TRANSPORT {transport} not served")
         pool = self.relayPorts
         dontFragment = A.DONT_FRAGMENT in request
         if dontFragment and (pool is None or not pool.dontFragmentSupported):
-            raise _Reply(420, (A.UNKNOWN_ATTRIBUTES, (A.DONT_FRAGMENT,)))
+            raise _Reply(
+                420,
+                "DONT-FRAGMENT cannot be honoured here",
+                (A.UNKNOWN_ATTRIBUTES, (A.DONT_FRAGMENT,)),
+            )
         token = request.get(A.RESERVATION_TOKEN)
         evenPort = request.get(A.EVEN_PORT)
         requestedFamily = request.get(A.REQUESTED_ADDRESS_FAMILY)
@@ -398,15 +420,15 @@ class TURNServer:
         if token is not None and (
             evenPort is not None or requestedFamily is not None or additionalFamily is not None
         ):
-            raise _Reply(400)
+            raise _Reply(400, "RESERVATION-TOKEN with EVEN-PORT or an address family")
         if requestedFamily is not None and additionalFamily is not None:
-            raise _Reply(400)
+            raise _Reply(400, "both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY")
         if requestedFamily is not None and requestedFamily != FAMILY_IPV4:
-            raise _Reply(440)
+            raise _Reply(440, f"address family {requestedFamily} not offered")
         extra: list[Tuple[int, Any]] = []
         if additionalFamily is not None:
             if additionalFamily != FAMILY_IPV6 or evenPort:
-                raise _Reply(400)
+                raise _Reply(400, "ADDITIONAL-ADDRESS-FAMILY not IPv6, or with EVEN-PORT R")
             # IPv4 plus IPv6 was asked; only IPv4 relays are offered.
             extra.append(
                 (A.ADDRESS_ERROR_CODE, A.AddressErrorCode(FAMILY_IPV6, 440, "IPv6 not offered"))
@@ -416,14 +438,14 @@ class TURNServer:
         if (limits.userQuota and self.registry.countForUser(auth.username) >= limits.userQuota) or (
             limits.totalQuota and len(self.registry) >= limits.totalQuota
         ):
-            raise _Reply(486)
+            raise _Reply(486, "allocation quota reached")
         if pool is None:
-            raise _Reply(508)
+            raise _Reply(508, "no relay address configured")
         reservationToken = None
         if token is not None:
             reserved = self._reservations.pop(token, None)
             if reserved is None:
-                raise _Reply(508)
+                raise _Reply(508, "unknown or expired RESERVATION-TOKEN")
             relayPort, timer = reserved
             timer.cancel()
         else:
@@ -432,7 +454,7 @@ class TURNServer:
                     even=evenPort is not None, reserveNext=bool(evenPort)
                 )
             except NoRelayPort:
-                raise _Reply(508) from None
+                raise _Reply(508, "no free relay port") from None
             if nextPort is not None:
                 reservationToken = os.urandom(8)
                 self._reservations[reservationToken] = (
@@ -443,7 +465,9 @@ class TURNServer:
                 )
         if dontFragment and not pool.setDontFragment(relayPort):
             pool.close(relayPort)
-            raise _Reply(420, (A.UNKNOWN_ATTRIBUTES, (A.DONT_FRAGMENT,)))
+            raise _Reply(
+                420, "DONT-FRAGMENT could not be set", (A.UNKNOWN_ATTRIBUTES, (A.DONT_FRAGMENT,))
+            )
         bound = pool.address(relayPort)
         relayed = TransportAddress(self.externalIP or bound.host, bound.port)
         allocation = Allocation(
@@ -489,7 +513,7 @@ class TURNServer:
         allocation: Allocation = channel.allocation
         family = request.get(A.REQUESTED_ADDRESS_FAMILY)
         if family is not None and family != allocation.relayedAddress.family:
-            raise _Reply(443)
+            raise _Reply(443, "REQUESTED-ADDRESS-FAMILY differs from the allocation's")
         requested = request.get(A.LIFETIME)
         if requested == 0:
             self.registry.remove(allocation, "deleted")
@@ -542,13 +566,7 @@ class TURNServer:
             elif self._ownPortRefused(peer):
                 reason = "own address outside the relay port range"
         if reason is not None:
-            self.log.warn(
-                "peer {peer} refused for {username}: {reason}",
-                peer=str(peer),
-                username=allocation.username,
-                reason=reason,
-            )
-            raise _Reply(403)
+            raise _Reply(403, f"peer {peer} refused: {reason}")
 
     def _createPermission(
         self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult
@@ -556,17 +574,17 @@ class TURNServer:
         allocation: Allocation = channel.allocation
         peers = request.getAll(A.XOR_PEER_ADDRESS)
         if not peers:
-            raise _Reply(400)
+            raise _Reply(400, "no XOR-PEER-ADDRESS")
         # All or nothing: check every address before installing any.
         for peer in peers:
             if peer.family != allocation.relayedAddress.family:
-                raise _Reply(443)
+                raise _Reply(443, "peer address family differs from the allocation's")
         for peer in peers:
             # A permission is for an IP address: the port is arbitrary.
             self._checkPeer(allocation, peer, withPort=False)
         hosts = {peer.host for peer in peers}
         if len(hosts | allocation.permissions.keys()) > self.limits.maxPermissions:
-            raise _Reply(508)
+            raise _Reply(508, "permission limit reached")
         for host in hosts:
             allocation.installPermission(host)
         return request.successResponse()
@@ -577,12 +595,16 @@ class TURNServer:
         allocation: Allocation = channel.allocation
         number = request.get(A.CHANNEL_NUMBER)
         peer = request.get(A.XOR_PEER_ADDRESS)
-        if number is None or peer is None or not isChannelNumber(number):
-            raise _Reply(400)
+        if number is None or peer is None:
+            raise _Reply(400, "CHANNEL-NUMBER or XOR-PEER-ADDRESS missing")
+        if not isChannelNumber(number, self.limits.maxChannelNumber):
+            raise _Reply(
+                400, f"channel 0x{number:04X} outside 0x4000-0x{self.limits.maxChannelNumber:04X}"
+            )
         if allocation.channelConflict(number, peer):
-            raise _Reply(400)
+            raise _Reply(400, f"channel 0x{number:04X} or peer {peer} already bound otherwise")
         if peer.family != allocation.relayedAddress.family:
-            raise _Reply(443)
+            raise _Reply(443, "peer address family differs from the allocation's")
         self._checkPeer(allocation, peer, withPort=True)
         limits = self.limits
         if number not in allocation.channels and (
@@ -592,7 +614,7 @@ class TURNServer:
                 and len(allocation.permissions) >= limits.maxPermissions
             )
         ):
-            raise _Reply(508)
+            raise _Reply(508, "channel or permission limit reached")
         allocation.bindChannel(number, peer)
         return request.successResponse()
 
