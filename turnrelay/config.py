@@ -29,7 +29,7 @@ class ConfigError(ValueError):
     """
 
 
-TRANSPORTS = ("udp", "tcp")
+TRANSPORTS = ("udp", "tcp", "tls")
 LISTEN_SYNTAX = "TRANSPORT:PORT[:interface=ADDRESS] with TRANSPORT one of " + ", ".join(TRANSPORTS)
 
 
@@ -38,7 +38,7 @@ class ListenerConfig:
     """
     One socket to accept TURN clients on.
 
-    @ivar transport: C{"udp"} or C{"tcp"}.
+    @ivar transport: C{"udp"}, C{"tcp"} or C{"tls"} (TLS over TCP).
     @ivar port: the port; 0 picks a free one.
     @ivar interface: the IP address to bind, C{"::"} for every IPv4 and
         IPv6 address.
@@ -56,6 +56,7 @@ class ListenerConfig:
 DEFAULT_LISTENERS = (
     ListenerConfig("udp", 3478, "127.0.0.1"),
     ListenerConfig("tcp", 3478, "127.0.0.1"),
+    ListenerConfig("tls", 5349, "127.0.0.1"),
 )
 
 
@@ -97,6 +98,13 @@ class RelayConfig:
     @ivar logLevel: the lowest level of turnrelay's own events to log.
     @ivar channelNumbers: C{"rfc5766"} to bind channels 0x4000-0x7FFF, as
         clients written for RFC 5766 expect, or C{"rfc8656"} for 0x4000-0x4FFF.
+    @ivar tlsCert: the PEM certificate of C{tls} listeners.
+    @ivar tlsKey: its PEM private key.
+    @ivar tlsChain: PEM intermediate certificates to send along, or L{None}.
+    @ivar tlsCheckInterval: seconds between looks at the certificate files
+        for changes (0: only on SIGHUP and admin request).
+    @ivar stateDir: where turnrelay keeps what it generates (the demo's
+        self-signed certificate).
     """
 
     listeners: Tuple[ListenerConfig, ...] = DEFAULT_LISTENERS
@@ -121,6 +129,11 @@ class RelayConfig:
     allowLoopbackPeers: bool = False
     logLevel: str = "info"
     channelNumbers: str = "rfc5766"
+    tlsCert: Optional[str] = None
+    tlsKey: Optional[str] = None
+    tlsChain: Optional[str] = None
+    tlsCheckInterval: float = 60.0
+    stateDir: str = "state"
 
     def effectiveRelayIP(self) -> Optional[str]:
         """
@@ -259,6 +272,13 @@ def _parseLogLevel(value: Any) -> str:
     text = str(value).lower()
     if text not in LEVELS:
         raise ConfigError(f"log-level: {value!r}; expected one of {', '.join(LEVELS)}")
+    return text
+
+
+def _parsePath(value: Any) -> str:
+    text = str(value)
+    if not text:
+        raise ConfigError("a path must not be empty")
     return text
 
 
@@ -509,6 +529,37 @@ SETTINGS: Tuple[Setting, ...] = (
         "channelNumbers",
         metavar="RFC",
     ),
+    Setting(
+        "tls-cert",
+        "PEM certificate for tls listeners (without it, a loopback-only server makes "
+        "itself a self-signed one in state-dir).",
+        _parsePath,
+        "tlsCert",
+        metavar="FILE",
+    ),
+    Setting("tls-key", "PEM private key of tls-cert.", _parsePath, "tlsKey", metavar="FILE"),
+    Setting(
+        "tls-chain",
+        "PEM intermediate certificates sent with tls-cert.",
+        _parsePath,
+        "tlsChain",
+        metavar="FILE",
+    ),
+    Setting(
+        "tls-check-interval",
+        "Seconds between looks at the certificate files; changed files are reloaded "
+        "without dropping connections.  0: only on SIGHUP (default: 60).",
+        _parseNumber("tls-check-interval", 0, 86400, float),
+        "tlsCheckInterval",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "state-dir",
+        "Where turnrelay keeps what it generates, such as the demo certificate (default: ./state).",
+        _parsePath,
+        "stateDir",
+        metavar="DIR",
+    ),
 )
 
 _SETTINGS_BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
@@ -541,6 +592,8 @@ def buildConfig(values: Mapping[str, Any], base: RelayConfig = RelayConfig()) ->
             f"min-port {config.minPort} is above max-port {config.maxPort}; "
             "min-port must not exceed max-port"
         )
+    if (config.tlsCert is None) != (config.tlsKey is None):
+        raise ConfigError("tls-cert and tls-key go together: give both or neither")
     return config
 
 

@@ -21,6 +21,7 @@ from typing import Any, List, Optional, Tuple
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IListeningPort
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from turnrelay.auth.credentials import (
     ChainedCredentials,
@@ -30,11 +31,12 @@ from turnrelay.auth.credentials import (
 )
 from turnrelay.auth.longterm import LongTermAuthenticator
 from turnrelay.auth.nonce import NonceMinter
-from turnrelay.config import ListenerConfig, RelayConfig
+from turnrelay.config import ConfigError, ListenerConfig, RelayConfig
 from turnrelay.logs import Logger, setLogLevel
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX, CHANNEL_NUMBER_MAX_RFC5766
 from turnrelay.transports.stream import STUNStreamFactory
+from turnrelay.transports.tls import ReloadingTLSOptions
 from turnrelay.transports.udp import STUNDatagramProtocol
 from turnrelay.turn.policy import PeerPolicy
 from turnrelay.turn.relay import RelayPortPool
@@ -59,10 +61,20 @@ class ListenerService(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, listener: ListenerConfig, server: TURNServer) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        listener: ListenerConfig,
+        server: TURNServer,
+        tlsOptions: Optional[ReloadingTLSOptions] = None,
+    ) -> None:
+        """
+        @param tlsOptions: the TLS options of a C{tls} listener.
+        """
         self._reactor = reactor
         self.listener = listener
         self._server = server
+        self._tlsOptions = tlsOptions
         self.port: Optional[IListeningPort] = None
 
     def startService(self) -> None:
@@ -75,8 +87,12 @@ class ListenerService(Service):
                 maxPacketSize=MAX_DATAGRAM,
             )
         else:
+            factory: Any = STUNStreamFactory(self._server, listener.transport)
+            if listener.transport == "tls":
+                assert self._tlsOptions is not None
+                factory = TLSMemoryBIOFactory(self._tlsOptions, False, factory)
             self.port = self._reactor.listenTCP(
-                listener.port, STUNStreamFactory(self._server), interface=listener.interface
+                listener.port, factory, interface=listener.interface
             )
         super().startService()
         self.log.info(
@@ -111,10 +127,37 @@ class RelayService(MultiService):
     @ivar server: the controller all listeners share.
     """
 
-    def __init__(self, config: RelayConfig, server: TURNServer) -> None:
+    def __init__(
+        self,
+        config: RelayConfig,
+        server: TURNServer,
+        tlsOptions: Optional[ReloadingTLSOptions] = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.server = server
+        self.tlsOptions = tlsOptions
+
+    def startService(self) -> None:
+        super().startService()
+        if self.tlsOptions is not None:
+            self.tlsOptions.startWatching()
+
+    def stopService(self) -> Any:
+        if self.tlsOptions is not None:
+            self.tlsOptions.stopWatching()
+        return super().stopService()
+
+    def reloadTLS(self) -> bool:
+        """
+        Re-read the TLS certificate files now (SIGHUP and the admin console
+        call this).  New handshakes get the new certificate; established
+        connections keep theirs.
+
+        @return: whether new files are in service (L{False} also when no
+            listener uses TLS).
+        """
+        return self.tlsOptions is not None and self.tlsOptions.reload()
 
     def listeningAddresses(self) -> List[Tuple[str, TransportAddress]]:
         """
@@ -197,7 +240,20 @@ def makeRelayService(config: RelayConfig, reactor: Any) -> RelayService:
     """
     setLogLevel(config.logLevel)
     server = makeTURNServer(config, reactor)
-    relay = RelayService(config, server)
+    tlsOptions = None
+    if any(listener.transport == "tls" for listener in config.listeners):
+        if config.tlsCert is None or config.tlsKey is None:
+            raise ConfigError(
+                "a tls listener needs a certificate: set tls-cert and tls-key "
+                "(PEM files), or remove the tls listener"
+            )
+        try:
+            tlsOptions = ReloadingTLSOptions(
+                reactor, config.tlsCert, config.tlsKey, config.tlsChain, config.tlsCheckInterval
+            )
+        except ValueError as e:
+            raise ConfigError(f"tls-cert: {e}") from None
+    relay = RelayService(config, server, tlsOptions)
     for listener in config.listeners:
-        ListenerService(reactor, listener, server).setServiceParent(relay)
+        ListenerService(reactor, listener, server, tlsOptions).setServiceParent(relay)
     return relay

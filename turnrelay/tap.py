@@ -15,9 +15,11 @@ from typing import Any, Dict, List, Optional, TextIO
 
 import attr
 from twisted.python import usage
+from twisted.python.filepath import FilePath
 
 from turnrelay.config import SETTINGS, ConfigError, RelayConfig, buildConfig, loadConfigFile
 from turnrelay.service import RelayService, makeRelayService
+from turnrelay.transports.tls import fingerprint, loadCertificateOptions, makeSelfSignedCertificate
 
 
 class Options(usage.Options):
@@ -85,15 +87,17 @@ for _setting in SETTINGS:
         )
 
 
-def _withDemoUser(config: RelayConfig, out: TextIO) -> RelayConfig:
+def _demoDefaults(config: RelayConfig, out: TextIO) -> RelayConfig:
     """
-    Make up a user when none is configured and every listener is loopback,
-    so that the demo default is usable at once; print the credential (to
-    the terminal, not the log: logs must hold no secrets).
+    On a loopback-only server, make the demo usable at once: a self-signed
+    certificate for tls listeners without one, and a made-up user when
+    none is configured.  What a user needs is printed to the terminal, not
+    the log: logs must hold no secrets.
     """
-    if config.users or config.authSecrets:
-        return config
     if not all(ip_address(listener.interface).is_loopback for listener in config.listeners):
+        return config
+    config = _withDemoCertificate(config, out)
+    if config.users or config.authSecrets:
         return config
     password = secrets.token_urlsafe(12)
     listener = config.listeners[0]
@@ -106,6 +110,23 @@ def _withDemoUser(config: RelayConfig, out: TextIO) -> RelayConfig:
         flush=True,
     )
     return attr.evolve(config, users=(("demo", password),))
+
+
+def _withDemoCertificate(config: RelayConfig, out: TextIO) -> RelayConfig:
+    if config.tlsCert is not None or not any(ls.transport == "tls" for ls in config.listeners):
+        return config
+    directory = FilePath(config.stateDir).child("tls")
+    cert, key = directory.child("demo-cert.pem"), directory.child("demo-key.pem")
+    if not (cert.exists() and key.exists()):
+        makeSelfSignedCertificate(cert.path, key.path)
+    certificate = loadCertificateOptions(cert, key)[1]
+    print(
+        f"turnrelay demo: tls listeners use the self-signed certificate {cert.path}\n"
+        f"  SHA-256 fingerprint {fingerprint(certificate)}",
+        file=out,
+        flush=True,
+    )
+    return attr.evolve(config, tlsCert=cert.path, tlsKey=key.path)
 
 
 def makeService(
@@ -121,7 +142,7 @@ def makeService(
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
-    config = _withDemoUser(options.config, out)
+    config = _demoDefaults(options.config, out)
     try:
         return makeRelayService(config, reactor)
     except (ConfigError, ValueError) as e:

@@ -35,10 +35,13 @@ class STUNStreamProtocol(Protocol):
     """
 
     log = Logger()
-    transportProtocol = "tcp"
 
-    def __init__(self, server: TURNServer) -> None:
+    def __init__(self, server: TURNServer, transportProtocol: str = "tcp") -> None:
+        """
+        @param transportProtocol: C{"tcp"}, or C{"tls"} when wrapped in TLS.
+        """
         self.server = server
+        self.transportProtocol = transportProtocol
         self._framer = StreamFramer()
         self._closing = False
         self.clientAddress = TransportAddress("0.0.0.0", 0)
@@ -107,10 +110,11 @@ class STUNStreamFactory(Factory):
 
     noisy = False
 
-    def __init__(self, server: TURNServer) -> None:
+    def __init__(self, server: TURNServer, transportProtocol: str = "tcp") -> None:
         self.server = server
+        self.transportProtocol = transportProtocol
 
     def buildProtocol(self, addr: object) -> STUNStreamProtocol:
-        protocol = STUNStreamProtocol(self.server)
+        protocol = STUNStreamProtocol(self.server, self.transportProtocol)
         protocol.factory = self
         return protocol
