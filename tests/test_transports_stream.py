@@ -17,7 +17,7 @@ from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.channeldata import StreamFramer, encodeChannelData
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
-from turnrelay.transports.stream import STUNStreamFactory, STUNStreamProtocol
+from turnrelay.transports.stream import StreamLimits, STUNStreamFactory, STUNStreamProtocol
 from turnrelay.turn.server import TURNServer
 
 
@@ -162,3 +162,133 @@ class StreamProtocolTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         [response] = StreamFramer().feed(transport.value())
         self.assertEqual(decodeMessage(response).transactionID, b"%012d" % 2)
+
+
+class StreamLimitTests(SynchronousTestCase):
+    """
+    Limits on TCP and TLS connections: idle and handshake timeouts, the cap
+    on connections without an allocation, and dropping relayed data for slow
+    readers.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = TURNServer(self.clock)
+        self.limits = StreamLimits(
+            self.clock, idleTimeout=60, handshakeTimeout=10, maxUnallocated=2
+        )
+
+    def connect(self, transportProtocol: str = "tcp") -> tuple[STUNStreamProtocol, StringTransport]:
+        factory = STUNStreamFactory(self.server, transportProtocol, self.limits)
+        peer = IPv4Address("TCP", "127.0.0.5", 40000)
+        protocol = factory.buildProtocol(peer)
+        transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 3478), peerAddress=peer
+        )
+        protocol.makeConnection(transport)
+        self.addCleanup(self.close, protocol, transport)
+        return protocol, transport
+
+    def close(self, protocol: STUNStreamProtocol, transport: StringTransport) -> None:
+        if not getattr(transport, "lost", False):
+            transport.lost = True  # type: ignore[attr-defined]
+            protocol.connectionLost(None)
+
+    def test_idleTimeout(self) -> None:
+        """
+        A connection without an allocation is closed after a quiet spell;
+        every frame restarts the count.
+        """
+        protocol, transport = self.connect()
+        self.clock.advance(59)
+        protocol.dataReceived(request(1))
+        self.clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_partialFrameTimesOut(self) -> None:
+        """
+        A connection stuck in the middle of a frame (an HTTP request, say) is
+        closed by the idle timeout.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.clock.advance(60)
+        self.assertTrue(transport.disconnecting)
+
+    def test_allocationStopsIdleTimeout(self) -> None:
+        """
+        A connection with an allocation is not timed out; when the allocation
+        ends, the idle count starts again.
+        """
+        protocol, transport = self.connect()
+        allocation = object()
+        protocol.attach(allocation)  # type: ignore[arg-type]
+        self.assertEqual(self.limits.unallocated, 0)
+        self.clock.advance(3600)
+        self.assertFalse(transport.disconnecting)
+        protocol.detach(allocation)  # type: ignore[arg-type]
+        self.assertEqual(self.limits.unallocated, 1)
+        self.clock.advance(60)
+        self.assertTrue(transport.disconnecting)
+
+    def test_handshakeTimeout(self) -> None:
+        """
+        A TLS connection whose handshake does not finish in time is closed.
+        """
+        protocol, transport = self.connect("tls")
+        self.clock.advance(10)
+        self.assertTrue(transport.disconnecting)
+
+    def test_handshakeCompleted(self) -> None:
+        """
+        A finished handshake cancels the handshake timer.
+        """
+        protocol, transport = self.connect("tls")
+        protocol.handshakeCompleted()
+        self.clock.advance(10)
+        self.assertFalse(transport.disconnecting)
+
+    def test_maxUnallocated(self) -> None:
+        """
+        Connections beyond the cap on connections without an allocation are
+        closed as they arrive; closing one makes room.
+        """
+        first, _ = self.connect()
+        self.connect()
+        third, thirdTransport = self.connect()
+        self.assertTrue(thirdTransport.disconnecting)
+        self.assertEqual(self.limits.unallocated, 2)
+        first.connectionLost(None)
+        _, fourthTransport = self.connect()
+        self.assertFalse(fourthTransport.disconnecting)
+
+    def test_countsBalance(self) -> None:
+        """
+        Closing connections gives back their places and leaves no timer.
+        """
+        for _ in range(2):
+            protocol, transport = self.connect("tls")
+            protocol.connectionLost(None)
+            transport.lost = True  # type: ignore[attr-defined]
+        self.assertEqual(self.limits.unallocated, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_slowReaderDropsRelayed(self) -> None:
+        """
+        While the transport's buffer is full (the producer is paused), relayed
+        data is dropped and counted, responses still go out, and relaying
+        resumes when it drains.
+        """
+        protocol, transport = self.connect()
+        self.assertIs(transport.producer, protocol)
+        self.assertTrue(protocol.relay(b"one!"))
+        protocol.pauseProducing()
+        self.assertFalse(protocol.relay(b"two!"))
+        self.assertFalse(protocol.relay(b"thr!"))
+        protocol.send(b"resp")
+        self.assertEqual(protocol.droppedRelayed, 2)
+        protocol.resumeProducing()
+        self.assertTrue(protocol.relay(b"four"))
+        self.assertEqual(transport.value(), b"one!respfour")

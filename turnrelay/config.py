@@ -105,6 +105,11 @@ class RelayConfig:
         for changes (0: only on SIGHUP and admin request).
     @ivar stateDir: where turnrelay keeps what it generates (the demo's
         self-signed certificate).
+    @ivar streamIdleTimeout: seconds a TCP or TLS connection without an
+        allocation may stay silent.
+    @ivar tlsHandshakeTimeout: seconds a TLS handshake may take.
+    @ivar maxUnallocatedConnections: TCP and TLS connections that may be
+        open without an allocation at once.
     """
 
     listeners: Tuple[ListenerConfig, ...] = DEFAULT_LISTENERS
@@ -134,6 +139,9 @@ class RelayConfig:
     tlsChain: Optional[str] = None
     tlsCheckInterval: float = 60.0
     stateDir: str = "state"
+    streamIdleTimeout: float = 60.0
+    tlsHandshakeTimeout: float = 10.0
+    maxUnallocatedConnections: int = 1000
 
     def effectiveRelayIP(self) -> Optional[str]:
         """
@@ -552,6 +560,29 @@ SETTINGS: Tuple[Setting, ...] = (
         _parseNumber("tls-check-interval", 0, 86400, float),
         "tlsCheckInterval",
         metavar="SECONDS",
+    ),
+    Setting(
+        "stream-idle-timeout",
+        "Seconds a TCP or TLS connection without an allocation may stay silent before "
+        "it is closed (default: 60).",
+        _parseNumber("stream-idle-timeout", 1, 86400, float),
+        "streamIdleTimeout",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "tls-handshake-timeout",
+        "Seconds a TLS handshake may take (default: 10).",
+        _parseNumber("tls-handshake-timeout", 1, 600, float),
+        "tlsHandshakeTimeout",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "max-unallocated-connections",
+        "TCP and TLS connections that may be open without an allocation at once; "
+        "more are closed as they arrive (default: 1000).",
+        _parseNumber("max-unallocated-connections", 1, 10**6),
+        "maxUnallocatedConnections",
+        metavar="N",
     ),
     Setting(
         "state-dir",

@@ -39,5 +39,13 @@ class IReplyChannel(Interface):
 
     def send(data: bytes) -> None:
         """
-        Send bytes to the client: one datagram, or a write on the stream.
+        Send a response to the client: one datagram, or a write on the stream.
+        """
+
+    def relay(data: bytes) -> bool:
+        """
+        Send relayed data (ChannelData, a Data indication) to the client, or
+        drop it if the client cannot take it now.
+
+        @return: whether it was sent.
         """

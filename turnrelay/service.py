@@ -35,7 +35,7 @@ from turnrelay.config import ConfigError, ListenerConfig, RelayConfig
 from turnrelay.logs import Logger, setLogLevel
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX, CHANNEL_NUMBER_MAX_RFC5766
-from turnrelay.transports.stream import STUNStreamFactory
+from turnrelay.transports.stream import StreamLimits, STUNStreamFactory
 from turnrelay.transports.tls import ReloadingTLSOptions
 from turnrelay.transports.udp import STUNDatagramProtocol
 from turnrelay.turn.policy import PeerPolicy
@@ -66,14 +66,17 @@ class ListenerService(Service):
         reactor: Any,
         listener: ListenerConfig,
         server: TURNServer,
+        streamLimits: Optional[StreamLimits] = None,
         tlsOptions: Optional[ReloadingTLSOptions] = None,
     ) -> None:
         """
+        @param streamLimits: the limits shared by TCP and TLS listeners.
         @param tlsOptions: the TLS options of a C{tls} listener.
         """
         self._reactor = reactor
         self.listener = listener
         self._server = server
+        self._streamLimits = streamLimits
         self._tlsOptions = tlsOptions
         self.port: Optional[IListeningPort] = None
 
@@ -87,7 +90,7 @@ class ListenerService(Service):
                 maxPacketSize=MAX_DATAGRAM,
             )
         else:
-            factory: Any = STUNStreamFactory(self._server, listener.transport)
+            factory: Any = STUNStreamFactory(self._server, listener.transport, self._streamLimits)
             if listener.transport == "tls":
                 assert self._tlsOptions is not None
                 factory = TLSMemoryBIOFactory(self._tlsOptions, False, factory)
@@ -254,6 +257,13 @@ def makeRelayService(config: RelayConfig, reactor: Any) -> RelayService:
         except ValueError as e:
             raise ConfigError(f"tls-cert: {e}") from None
     relay = RelayService(config, server, tlsOptions)
+    streamLimits = StreamLimits(
+        reactor,
+        idleTimeout=config.streamIdleTimeout,
+        handshakeTimeout=config.tlsHandshakeTimeout,
+        maxUnallocated=config.maxUnallocatedConnections,
+    )
     for listener in config.listeners:
-        ListenerService(reactor, listener, server, tlsOptions).setServiceParent(relay)
+        service = ListenerService(reactor, listener, server, streamLimits, tlsOptions)
+        service.setServiceParent(relay)
     return relay

@@ -158,6 +158,10 @@ class FakeReplyChannel:
     def send(self, data: bytes) -> None:
         self.sent.append(data)
 
+    def relay(self, data: bytes) -> bool:
+        self.sent.append(data)
+        return True
+
     def attach(self, allocation: Any) -> None:
         self.allocation = allocation
 

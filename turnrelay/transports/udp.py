@@ -51,6 +51,14 @@ class UDPReplyChannel:
                 "could not send to {client}: {error}", client=self.rawAddress, error=e
             )
 
+    def relay(self, data: bytes) -> bool:
+        try:
+            self.protocol.sendto(data, self.rawAddress)
+        except OSError:
+            # EAGAIN: the socket buffer is full; drop, as a router would.
+            return False
+        return True
+
     def attach(self, allocation: Allocation) -> None:
         self.allocation = allocation
         self.protocol.clients[self.rawAddress] = self

@@ -304,11 +304,13 @@ class Allocation:
             frame = _channelDataHeader(binding.number, size) + payload
             if size & 3 and self.fiveTuple.transportProtocol != "udp":
                 frame += _PADDING[size & 3]
-            self.channel.send(frame)
         else:
-            self.channel.send(encodeDataIndication(_indicationID(), peer, payload))
-        self.packetsFromPeer += 1
-        self.bytesFromPeer += size
+            frame = encodeDataIndication(_indicationID(), peer, payload)
+        if self.channel.relay(frame):
+            self.packetsFromPeer += 1
+            self.bytesFromPeer += size
+        else:
+            self.dropped += 1
 
     # The end -------------------------------------------------------------------
 

@@ -126,6 +126,7 @@ class TURNServer:
     """
 
     log = Logger()
+    clock: IReactorTime
 
     def __init__(
         self,
@@ -138,7 +139,7 @@ class TURNServer:
         limits: RelayLimits = RelayLimits(),
         externalIP: Optional[str] = None,
     ) -> None:
-        self._clock = clock
+        self.clock = clock
         self.software = software
         self.authenticator = authenticator or LongTermAuthenticator(
             "turnrelay", ChainedCredentials([]), NonceMinter(clock)
@@ -459,7 +460,7 @@ class TURNServer:
                 reservationToken = os.urandom(8)
                 self._reservations[reservationToken] = (
                     nextPort,
-                    self._clock.callLater(
+                    self.clock.callLater(
                         RESERVATION_LIFETIME, self._reservationExpired, reservationToken
                     ),
                 )
@@ -471,7 +472,7 @@ class TURNServer:
         bound = pool.address(relayPort)
         relayed = TransportAddress(self.externalIP or bound.host, bound.port)
         allocation = Allocation(
-            self._clock,
+            self.clock,
             channel.fiveTuple,
             channel,
             auth.username,
@@ -481,7 +482,7 @@ class TURNServer:
             limits.lifetime(request.get(A.LIFETIME)),
             self._allocationExpired,
             pool.close,
-            TokenBucket(self._clock, limits.bandwidth) if limits.bandwidth else None,
+            TokenBucket(self.clock, limits.bandwidth) if limits.bandwidth else None,
         )
         relayPort.protocol.allocation = allocation
         self.registry.add(allocation)
