@@ -27,12 +27,14 @@ REALM = "example.org"
 USERS = {"alice": "alice-password", "bob": "bob-password"}
 REST_SECRETS = [b"north-secret-1", b"south-secret-2"]
 RELAY_IP = "198.51.100.1"
+RELAY_IP6 = "2001:db8:1::1"
 # Peers in the tests: documentation addresses the harness's policy allows;
 # 203.0.113.0/24 stays denied.  No packet leaves the fake reactor.
-ALLOWED = "198.51.100.0/24"
+ALLOWED = ["198.51.100.0/24", "2001:db8:1::/48"]
 PEER_A = TransportAddress("198.51.100.20", 5000)
 PEER_B = TransportAddress("198.51.100.21", 6000)
 DENIED_PEER = TransportAddress("203.0.113.5", 5000)
+PEER_6 = TransportAddress("2001:db8:1::20", 7000)
 
 
 class Harness:
@@ -47,6 +49,8 @@ class Harness:
         maxPort: int = 50099,
         externalIP: Optional[str] = None,
         software: Optional[str] = None,
+        relayIP: Optional[str] = RELAY_IP,
+        relayIP6: Optional[str] = None,
     ) -> None:
         self.reactor = FakeUDPReactor()
         credentials = ChainedCredentials(
@@ -56,12 +60,16 @@ class Harness:
             clock=self.reactor,
             software=software,
             authenticator=LongTermAuthenticator(REALM, credentials, NonceMinter(self.reactor)),
-            peerPolicy=PeerPolicy(allow=[ALLOWED]),
-            relayPorts=RelayPortPool(self.reactor, RELAY_IP, minPort, maxPort),
+            peerPolicy=PeerPolicy(allow=ALLOWED),
+            relayPorts=self.pool(relayIP, minPort, maxPort),
+            relayPorts6=self.pool(relayIP6, minPort, maxPort),
             limits=limits,
             externalIP=externalIP,
         )
         self._nextClientPort = 40000
+
+    def pool(self, relayIP: Optional[str], minPort: int, maxPort: int) -> Optional[RelayPortPool]:
+        return None if relayIP is None else RelayPortPool(self.reactor, relayIP, minPort, maxPort)
 
     def client(
         self,

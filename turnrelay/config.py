@@ -82,6 +82,9 @@ class RelayConfig:
     @ivar nonceLifetime: seconds before a nonce goes stale (438).
     @ivar relayIP: the IPv4 address relay sockets bind to; by default the
         first listener's specific IPv4 address.
+    @ivar relayIP6: the IPv6 address IPv6 relay sockets bind to; by default
+        the first listener's specific IPv6 address, else none (IPv6 relays
+        are then not offered: 440).
     @ivar externalIP: the address advertised in XOR-RELAYED-ADDRESS when the
         relay IP is behind NAT.
     @ivar minPort: the lowest relay port.
@@ -120,6 +123,7 @@ class RelayConfig:
     restMaxTTL: float = 86400.0
     nonceLifetime: float = 600.0
     relayIP: Optional[str] = None
+    relayIP6: Optional[str] = None
     externalIP: Optional[str] = None
     minPort: int = 49152
     maxPort: int = 65535
@@ -158,6 +162,20 @@ class RelayConfig:
                 return listener.interface
         if all(ipaddress.ip_address(ls.interface).is_loopback for ls in self.listeners):
             return "127.0.0.1"
+        return None
+
+    def effectiveRelayIP6(self) -> Optional[str]:
+        """
+        The IPv6 relay address: the configured one, else the first
+        listener's specific IPv6 address.
+
+        @return: the address, or L{None}: no IPv6 relays.
+        """
+        if self.relayIP6 is not None:
+            return self.relayIP6
+        for listener in self.listeners:
+            if ":" in listener.interface and listener.interface != "::":
+                return listener.interface
         return None
 
 
@@ -244,8 +262,18 @@ def _parseIPv4(name: str) -> Callable[[Any], str]:
             return str(ipaddress.IPv4Address(str(value)))
         except ValueError:
             raise ConfigError(
-                f"{name}: {value!r} is not an IPv4 address (IPv6 relays are not offered yet)"
+                f"{name}: {value!r} is not an IPv4 address (IPv6 relays take relay-ip6)"
             ) from None
+
+    return parse
+
+
+def _parseIPv6(name: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        try:
+            return str(ipaddress.IPv6Address(str(value).strip("[]")))
+        except ValueError:
+            raise ConfigError(f"{name}: {value!r} is not an IPv6 address") from None
 
     return parse
 
@@ -429,6 +457,14 @@ SETTINGS: Tuple[Setting, ...] = (
         "The IPv4 address relay sockets bind to (default: the first listener's IPv4 address).",
         _parseIPv4("relay-ip"),
         "relayIP",
+        metavar="ADDRESS",
+    ),
+    Setting(
+        "relay-ip6",
+        "The IPv6 address IPv6 relay sockets bind to (default: the first listener's "
+        "specific IPv6 address, else none: IPv6 relays are not offered).",
+        _parseIPv6("relay-ip6"),
+        "relayIP6",
         metavar="ADDRESS",
     ),
     Setting(

@@ -196,7 +196,8 @@ def makeTURNServer(config: RelayConfig, reactor: Any) -> TURNServer:
     # Our listening addresses are never peers.  The relay addresses are: two
     # clients of this server relay to each other through them, and the
     # controller keeps peers on them inside the relay port range.
-    relayHosts = {relayIP, config.externalIP}
+    relayIP6 = config.effectiveRelayIP6()
+    relayHosts = {relayIP, relayIP6, config.externalIP}
     ownAddresses = [
         listener.interface
         for listener in config.listeners
@@ -227,6 +228,9 @@ def makeTURNServer(config: RelayConfig, reactor: Any) -> TURNServer:
         peerPolicy=policy,
         relayPorts=(
             RelayPortPool(reactor, relayIP, config.minPort, config.maxPort) if relayIP else None
+        ),
+        relayPorts6=(
+            RelayPortPool(reactor, relayIP6, config.minPort, config.maxPort) if relayIP6 else None
         ),
         limits=limits,
         externalIP=config.externalIP,

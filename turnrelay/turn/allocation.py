@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import struct
 from random import getrandbits
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from turnrelay.logs import Logger
-from turnrelay.stun.address import TransportAddress
+from turnrelay.stun.address import FAMILY_IPV6, TransportAddress
 from turnrelay.stun.message import encodeDataIndication
 
 PERMISSION_LIFETIME = 300.0
@@ -84,39 +84,63 @@ class TokenBucket:
         return True
 
 
+class Relay:
+    """
+    One relayed transport address of an allocation and its socket; a dual
+    allocation (RFC 8656 section 7.2) has one for each address family.
+
+    @ivar address: the address advertised in XOR-RELAYED-ADDRESS.
+    @ivar port: the relay socket (an C{IUDPTransport} and C{IListeningPort}).
+    @ivar sendto: the socket's own C{sendto}: Twisted's C{write()}
+        re-validates the address text of every datagram, which costs as much
+        as the rest of the data path.
+    @ivar close: closes the socket and returns its port to its pool.
+    """
+
+    __slots__ = ("address", "port", "sendto", "close")
+
+    def __init__(self, address: TransportAddress, port: Any, close: Callable[[Any], None]) -> None:
+        self.address = address
+        self.port = port
+        self.sendto = port.socket.sendto
+        self.close = close
+
+
 class ChannelBinding:
     """
     A channel number bound to a peer transport address (RFC 8656 section 12).
 
     @ivar number: 0x4000 to 0x4FFF (or 0x7FFF, as RFC 5766 allowed).
     @ivar peer: the peer's address.
-    @ivar header: the first two bytes of every ChannelData frame for it.
+    @ivar sendto: the send function of the relay socket of the peer's family.
     """
 
-    __slots__ = ("number", "peer", "header", "timer")
+    __slots__ = ("number", "peer", "sendto", "timer")
 
-    def __init__(self, number: int, peer: TransportAddress, timer: IDelayedCall) -> None:
+    def __init__(
+        self, number: int, peer: TransportAddress, sendto: Any, timer: IDelayedCall
+    ) -> None:
         self.number = number
         self.peer = peer
-        self.header = number.to_bytes(2, "big")
+        self.sendto = sendto
         self.timer = timer
 
 
 class Allocation:
     """
-    One client's relayed transport address and everything bound to it.
+    One client's relayed transport address (or two, one per family) and
+    everything bound to it.
 
-    The relay socket is opened by the caller and handed in; the allocation
-    closes it when it ends.  Counters are plain integers, updated on the data
-    path, and read by logs and the admin console.
+    The relay sockets are opened by the caller and handed in; the allocation
+    closes them when it ends.  Counters are plain integers, updated on the
+    data path, and read by logs and the admin console.
 
     @ivar fiveTuple: the client's 5-tuple.
     @ivar channel: the L{IReplyChannel} back to the client.
     @ivar username: who authenticated the Allocate; later requests must match.
     @ivar transactionID: the Allocate's transaction ID, to spot retransmissions.
     @ivar allocateResponse: the bytes answered to that Allocate.
-    @ivar relayedAddress: the address advertised in XOR-RELAYED-ADDRESS.
-    @ivar relayPort: the relay socket (an C{IUDPTransport} and C{IListeningPort}).
+    @ivar relays: address family -> L{Relay}, in the order advertised.
     @ivar permissions: peer IP -> expiry timer.
     @ivar channels: channel number -> L{ChannelBinding}.
     @ivar channelsByPeer: peer address -> L{ChannelBinding}.
@@ -131,8 +155,7 @@ class Allocation:
         "username",
         "transactionID",
         "allocateResponse",
-        "relayedAddress",
-        "relayPort",
+        "relays",
         "permissions",
         "channels",
         "channelsByPeer",
@@ -147,8 +170,6 @@ class Allocation:
         "_clock",
         "_timer",
         "_onExpiry",
-        "_closeRelayPort",
-        "_sendToPeer",
         "_released",
     )
 
@@ -159,17 +180,14 @@ class Allocation:
         channel: Any,
         username: str,
         transactionID: bytes,
-        relayedAddress: TransportAddress,
-        relayPort: Any,
+        relays: Sequence[Relay],
         lifetime: float,
         onExpiry: Any,
-        closeRelayPort: Any,
         bucket: Optional[TokenBucket] = None,
     ) -> None:
         """
+        @param relays: the relayed addresses, at most one per family.
         @param onExpiry: called with this allocation when its lifetime ends.
-        @param closeRelayPort: called with C{relayPort} when the allocation
-            ends, to close it and return the port to its pool.
         """
         self._clock = clock
         self.fiveTuple = fiveTuple
@@ -177,8 +195,7 @@ class Allocation:
         self.username = username
         self.transactionID = transactionID
         self.allocateResponse = b""
-        self.relayedAddress = relayedAddress
-        self.relayPort = relayPort
+        self.relays: Dict[int, Relay] = {relay.address.family: relay for relay in relays}
         self.permissions: Dict[str, IDelayedCall] = {}
         self.channels: Dict[int, ChannelBinding] = {}
         self.channelsByPeer: Dict[TransportAddress, ChannelBinding] = {}
@@ -189,15 +206,56 @@ class Allocation:
         self.packetsFromPeer = self.bytesFromPeer = 0
         self.dropped = 0
         self._onExpiry = onExpiry
-        self._closeRelayPort = closeRelayPort
-        # Straight to the socket: Twisted's write() re-validates the address
-        # text of every datagram, which costs as much as the rest of the path.
-        self._sendToPeer = relayPort.socket.sendto
         self._released = False
         self._timer = clock.callLater(lifetime, onExpiry, self)
 
     def __repr__(self) -> str:
         return f"<Allocation {self.relayedAddress} for {self.username!r} {self.fiveTuple}>"
+
+    @property
+    def relayedAddress(self) -> TransportAddress:
+        """
+        The first relayed address (the only one unless dual).
+        """
+        return next(iter(self.relays.values())).address
+
+    @property
+    def relayedAddresses(self) -> List[TransportAddress]:
+        """
+        Every relayed address, one per family.
+        """
+        return [relay.address for relay in self.relays.values()]
+
+    @property
+    def relayPort(self) -> Any:
+        """
+        The socket of the first relayed address.
+        """
+        return next(iter(self.relays.values())).port
+
+    def sendtoFor(self, family: int) -> Optional[Callable[[bytes, Any], Any]]:
+        """
+        @return: the send function of the relay socket of C{family}, or
+            L{None} if the allocation has no relayed address of it.
+        """
+        relay = self.relays.get(family)
+        return None if relay is None else relay.sendto
+
+    def removeRelay(self, family: int) -> None:
+        """
+        Give up one family of a dual allocation (a Refresh with LIFETIME 0
+        and REQUESTED-ADDRESS-FAMILY, RFC 8656 section 8.1): close its socket
+        and forget its permissions and channels.
+        """
+        relay = self.relays.pop(family)
+        for number, binding in list(self.channels.items()):
+            if binding.peer.family == family:
+                binding.timer.cancel()
+                del self.channels[number]
+                del self.channelsByPeer[binding.peer]
+        for host in [h for h in self.permissions if (":" in h) == (family == FAMILY_IPV6)]:
+            self.permissions.pop(host).cancel()
+        relay.close(relay.port)
 
     @property
     def lifetime(self) -> int:
@@ -252,7 +310,7 @@ class Allocation:
         binding = self.channels.get(number)
         if binding is None:
             timer = self._clock.callLater(CHANNEL_LIFETIME, self._channelExpired, number)
-            binding = ChannelBinding(number, peer, timer)
+            binding = ChannelBinding(number, peer, self.relays[peer.family].sendto, timer)
             self.channels[number] = binding
             self.channelsByPeer[peer] = binding
         else:
@@ -265,11 +323,13 @@ class Allocation:
 
     # The data path -------------------------------------------------------------
 
-    def sendToPeer(self, payload: bytes, peer: Any) -> None:
+    def sendToPeer(self, payload: bytes, peer: Any, sendto: Callable[[bytes, Any], Any]) -> None:
         """
         Relay a client's payload to a peer from the relayed address.
 
-        The caller has checked the permission.
+        @param sendto: the send function of the relay socket of the peer's
+            family (L{ChannelBinding.sendto}, L{sendtoFor}).  The caller has
+            checked the permission.
         """
         size = len(payload)
         bucket = self.bucket
@@ -277,7 +337,7 @@ class Allocation:
             self.dropped += 1
             return
         try:
-            self._sendToPeer(payload, peer)
+            sendto(payload, peer)
         except OSError:
             # EAGAIN: the socket buffer is full; drop, as a router would.
             self.dropped += 1
@@ -330,7 +390,8 @@ class Allocation:
         self.permissions.clear()
         self.channels.clear()
         self.channelsByPeer.clear()
-        self._closeRelayPort(self.relayPort)
+        for relay in self.relays.values():
+            relay.close(relay.port)
 
     def usage(self) -> Dict[str, Any]:
         """
@@ -339,7 +400,7 @@ class Allocation:
         return {
             "username": self.username,
             "client": str(self.fiveTuple),
-            "relayed": str(self.relayedAddress),
+            "relayed": " ".join(str(address) for address in self.relayedAddresses),
             "duration": round(self._clock.seconds() - self.createdAt, 3),
             "packetsToPeer": self.packetsToPeer,
             "bytesToPeer": self.bytesToPeer,
@@ -399,7 +460,7 @@ class AllocationRegistry:
         allocation.channel.attach(allocation)
         self.log.info(
             "allocation {relayed} created for {username} on {client}, lifetime {lifetime} s",
-            relayed=str(allocation.relayedAddress),
+            relayed=" ".join(str(address) for address in allocation.relayedAddresses),
             username=allocation.username,
             client=str(allocation.fiveTuple),
             lifetime=allocation.lifetime,

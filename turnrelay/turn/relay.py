@@ -154,12 +154,21 @@ class RelayPortPool:
         host = listening.getHost()
         return TransportAddress(host.host, host.port)
 
+    def _dontFragmentOption(self) -> Optional[Tuple[int, int, int]]:
+        if ":" in self.relayIP:
+            option = getattr(socket, "IPV6_DONTFRAG", None)
+            return None if option is None else (socket.IPPROTO_IPV6, option, 1)
+        if IP_MTU_DISCOVER is None or IP_PMTUDISC_DO is None:
+            return None
+        return (socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+
     @property
     def dontFragmentSupported(self) -> bool:
         """
-        Whether this OS lets relay sockets set DF (Linux does).
+        Whether this OS lets relay sockets set DF (Linux does, for IPv4 and
+        IPv6).
         """
-        return IP_MTU_DISCOVER is not None and ":" not in self.relayIP
+        return self._dontFragmentOption() is not None
 
     def setDontFragment(self, listening: Any) -> bool:
         """
@@ -169,10 +178,11 @@ class RelayPortPool:
         @return: whether the OS allows it; if not, the caller answers 420.
         """
         sock = getattr(listening, "socket", None)
-        if sock is None or IP_MTU_DISCOVER is None or IP_PMTUDISC_DO is None:
+        option = self._dontFragmentOption()
+        if sock is None or option is None:
             return False
         try:
-            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            sock.setsockopt(*option)
         except OSError as e:
             self.log.warn("cannot set DF on relay sockets: {error}", error=e)
             return False

@@ -34,7 +34,7 @@ from turnrelay.stun.message import (
     decodeMessage,
     isAllowedClass,
 )
-from turnrelay.turn.allocation import Allocation, AllocationRegistry, TokenBucket
+from turnrelay.turn.allocation import Allocation, AllocationRegistry, Relay, TokenBucket
 from turnrelay.turn.policy import PeerPolicy
 from turnrelay.turn.relay import NoRelayPort, RelayPortPool
 
@@ -117,8 +117,9 @@ class TURNServer:
     @ivar registry: the allocations of all clients.
     @ivar authenticator: checks the long-term credentials of requests.
     @ivar peerPolicy: which peers may be relayed to.
-    @ivar relayPorts: where relay sockets come from, or L{None} to refuse
-        Allocate with 508.
+    @ivar relayPorts: where IPv4 relay sockets come from, or L{None}.
+    @ivar relayPorts6: where IPv6 relay sockets come from, or L{None}.
+        Without either, Allocate gets 508.
     @ivar limits: lifetimes and quotas.
     @ivar externalIP: the address advertised in XOR-RELAYED-ADDRESS when
         the relay sits behind NAT, or L{None} to advertise the bound one.
@@ -138,6 +139,7 @@ class TURNServer:
         relayPorts: Optional[RelayPortPool] = None,
         limits: RelayLimits = RelayLimits(),
         externalIP: Optional[str] = None,
+        relayPorts6: Optional[RelayPortPool] = None,
     ) -> None:
         self.clock = clock
         self.software = software
@@ -147,14 +149,25 @@ class TURNServer:
         self.registry = registry if registry is not None else AllocationRegistry()
         self.peerPolicy = peerPolicy if peerPolicy is not None else PeerPolicy()
         self.relayPorts = relayPorts
+        self.relayPorts6 = relayPorts6
         self.limits = limits
         self.externalIP = externalIP
-        self._relayHosts = frozenset(
-            host
-            for host in (externalIP, relayPorts and relayPorts.relayIP)
-            if host and not self._explicitlyAllowed(host)
-        )
-        self._reservations: Dict[bytes, Tuple[Any, IDelayedCall]] = {}
+        self._pools: Dict[int, RelayPortPool] = {
+            family: pool
+            for family, pool in ((FAMILY_IPV4, relayPorts), (FAMILY_IPV6, relayPorts6))
+            if pool is not None
+        }
+        # Our relay addresses, with the pool whose port range peers on them
+        # are kept to.
+        self._relayHosts: Dict[str, Optional[RelayPortPool]] = {}
+        for pool in self._pools.values():
+            self._relayHosts[pool.relayIP] = pool
+        if externalIP is not None:
+            self._relayHosts[externalIP] = relayPorts
+        for host in list(self._relayHosts):
+            if self._explicitlyAllowed(host):
+                del self._relayHosts[host]
+        self._reservations: Dict[bytes, Tuple[Any, RelayPortPool, IDelayedCall]] = {}
         self._requestHandlers: Dict[
             int, Callable[[STUNMessage, IReplyChannel, AuthResult], STUNMessage]
         ] = {
@@ -222,7 +235,7 @@ class TURNServer:
         if len(data) < end or peer[0] not in allocation.permissions:
             allocation.dropped += 1
             return
-        allocation.sendToPeer(data[4:end], peer)
+        allocation.sendToPeer(data[4:end], peer, binding.sendto)
 
     def channelClosed(self, channel: IReplyChannel, reason: str) -> None:
         """
@@ -406,14 +419,6 @@ class TURNServer:
             raise _Reply(400, "REQUESTED-TRANSPORT missing")
         if transport != A.TRANSPORT_UDP:
             raise _Reply(442, f"REQUESTED-TRANSPORT {transport} not served")
-        pool = self.relayPorts
-        dontFragment = A.DONT_FRAGMENT in request
-        if dontFragment and (pool is None or not pool.dontFragmentSupported):
-            raise _Reply(
-                420,
-                "DONT-FRAGMENT cannot be honoured here",
-                (A.UNKNOWN_ATTRIBUTES, (A.DONT_FRAGMENT,)),
-            )
         token = request.get(A.RESERVATION_TOKEN)
         evenPort = request.get(A.EVEN_PORT)
         requestedFamily = request.get(A.REQUESTED_ADDRESS_FAMILY)
@@ -424,15 +429,30 @@ class TURNServer:
             raise _Reply(400, "RESERVATION-TOKEN with EVEN-PORT or an address family")
         if requestedFamily is not None and additionalFamily is not None:
             raise _Reply(400, "both REQUESTED- and ADDITIONAL-ADDRESS-FAMILY")
-        if requestedFamily is not None and requestedFamily != FAMILY_IPV4:
-            raise _Reply(440, f"address family {requestedFamily} not offered")
+        pools = self._pools
         extra: list[Tuple[int, Any]] = []
         if additionalFamily is not None:
+            # "IPv4, and IPv6 as well" (RFC 8656 section 7.2).
             if additionalFamily != FAMILY_IPV6 or evenPort:
                 raise _Reply(400, "ADDITIONAL-ADDRESS-FAMILY not IPv6, or with EVEN-PORT R")
-            # IPv4 plus IPv6 was asked; only IPv4 relays are offered.
-            extra.append(
-                (A.ADDRESS_ERROR_CODE, A.AddressErrorCode(FAMILY_IPV6, 440, "IPv6 not offered"))
+            families = [family for family in (FAMILY_IPV4, FAMILY_IPV6) if family in pools]
+            if not families:
+                raise _Reply(508, "no relay address configured")
+            for missing in {FAMILY_IPV4, FAMILY_IPV6} - set(families):
+                extra.append(
+                    (A.ADDRESS_ERROR_CODE, A.AddressErrorCode(missing, 440, "Family not offered"))
+                )
+        else:
+            family = FAMILY_IPV4 if requestedFamily is None else requestedFamily
+            if family not in pools:
+                raise _Reply(440, f"address family {family} not offered")
+            families = [family]
+        dontFragment = A.DONT_FRAGMENT in request
+        if dontFragment and not all(pools[family].dontFragmentSupported for family in families):
+            raise _Reply(
+                420,
+                "DONT-FRAGMENT cannot be honoured here",
+                (A.UNKNOWN_ATTRIBUTES, (A.DONT_FRAGMENT,)),
             )
         limits = self.limits
         assert auth.username is not None
@@ -440,55 +460,59 @@ class TURNServer:
             limits.totalQuota and len(self.registry) >= limits.totalQuota
         ):
             raise _Reply(486, "allocation quota reached")
-        if pool is None:
-            raise _Reply(508, "no relay address configured")
+        relays: list[Relay] = []
         reservationToken = None
-        if token is not None:
-            reserved = self._reservations.pop(token, None)
-            if reserved is None:
-                raise _Reply(508, "unknown or expired RESERVATION-TOKEN")
-            relayPort, timer = reserved
-            timer.cancel()
-        else:
-            try:
-                relayPort, nextPort = pool.open(
-                    even=evenPort is not None, reserveNext=bool(evenPort)
-                )
-            except NoRelayPort:
-                raise _Reply(508, "no free relay port") from None
-            if nextPort is not None:
-                reservationToken = os.urandom(8)
-                self._reservations[reservationToken] = (
-                    nextPort,
-                    self.clock.callLater(
-                        RESERVATION_LIFETIME, self._reservationExpired, reservationToken
-                    ),
-                )
-        if dontFragment and not pool.setDontFragment(relayPort):
-            pool.close(relayPort)
-            raise _Reply(
-                420, "DONT-FRAGMENT could not be set", (A.UNKNOWN_ATTRIBUTES, (A.DONT_FRAGMENT,))
-            )
-        bound = pool.address(relayPort)
-        relayed = TransportAddress(self.externalIP or bound.host, bound.port)
+        try:
+            if token is not None:
+                reserved = self._reservations.pop(token, None)
+                if reserved is None:
+                    raise _Reply(508, "unknown or expired RESERVATION-TOKEN")
+                relayPort, pool, timer = reserved
+                timer.cancel()
+                relays.append(self._relay(pool, relayPort))
+            else:
+                for family in families:
+                    pool = pools[family]
+                    primary = not relays
+                    try:
+                        relayPort, nextPort = pool.open(
+                            even=primary and evenPort is not None,
+                            reserveNext=primary and bool(evenPort),
+                        )
+                    except NoRelayPort:
+                        raise _Reply(508, "no free relay port") from None
+                    relays.append(self._relay(pool, relayPort))
+                    if nextPort is not None:
+                        reservationToken = self._reserve(pool, nextPort)
+            if dontFragment:
+                for relay in relays:
+                    if not pools[relay.address.family].setDontFragment(relay.port):
+                        raise _Reply(
+                            420,
+                            "DONT-FRAGMENT could not be set",
+                            (A.UNKNOWN_ATTRIBUTES, (A.DONT_FRAGMENT,)),
+                        )
+        except _Reply:
+            for relay in relays:
+                relay.close(relay.port)
+            raise
         allocation = Allocation(
             self.clock,
             channel.fiveTuple,
             channel,
             auth.username,
             request.transactionID,
-            relayed,
-            relayPort,
+            relays,
             limits.lifetime(request.get(A.LIFETIME)),
             self._allocationExpired,
-            pool.close,
             TokenBucket(self.clock, limits.bandwidth) if limits.bandwidth else None,
         )
-        relayPort.protocol.allocation = allocation
+        for relay in relays:
+            relay.port.protocol.allocation = allocation
         self.registry.add(allocation)
         response = request.successResponse(
-            [
-                (A.XOR_RELAYED_ADDRESS, relayed),
+            [(A.XOR_RELAYED_ADDRESS, relay.address) for relay in relays]
+            + [
                 (A.LIFETIME, allocation.lifetime),
                 (A.XOR_MAPPED_ADDRESS, channel.clientAddress),
             ]
@@ -498,13 +522,31 @@ class TURNServer:
         response.attributes.extend(extra)
         return response
 
+    def _relay(self, pool: RelayPortPool, relayPort: Any) -> Relay:
+        """
+        Wrap a relay socket, advertising the external IP for IPv4 behind NAT.
+        """
+        bound = pool.address(relayPort)
+        host = bound.host
+        if self.externalIP is not None and pool is self.relayPorts:
+            host = self.externalIP
+        return Relay(TransportAddress(host, bound.port), relayPort, pool.close)
+
+    def _reserve(self, pool: RelayPortPool, relayPort: Any) -> bytes:
+        """
+        Hold a port for a later Allocate with the returned RESERVATION-TOKEN.
+        """
+        token = os.urandom(8)
+        timer = self.clock.callLater(RESERVATION_LIFETIME, self._reservationExpired, token)
+        self._reservations[token] = (relayPort, pool, timer)
+        return token
+
     def _allocationExpired(self, allocation: Allocation) -> None:
         self.registry.remove(allocation, "expired")
 
     def _reservationExpired(self, token: bytes) -> None:
-        relayPort, _ = self._reservations.pop(token)
-        assert self.relayPorts is not None
-        self.relayPorts.close(relayPort)
+        relayPort, pool, _ = self._reservations.pop(token)
+        pool.close(relayPort)
 
     # Refresh (RFC 8656 section 8) -----------------------------------------------
 
@@ -513,10 +555,14 @@ class TURNServer:
     ) -> STUNMessage:
         allocation: Allocation = channel.allocation
         family = request.get(A.REQUESTED_ADDRESS_FAMILY)
-        if family is not None and family != allocation.relayedAddress.family:
+        if family is not None and family not in allocation.relays:
             raise _Reply(443, "REQUESTED-ADDRESS-FAMILY differs from the allocation's")
         requested = request.get(A.LIFETIME)
         if requested == 0:
+            if family is not None and len(allocation.relays) > 1:
+                # One family of a dual allocation goes; the other stays.
+                allocation.removeRelay(family)
+                return request.successResponse([(A.LIFETIME, 0)])
             self.registry.remove(allocation, "deleted")
             return request.successResponse([(A.LIFETIME, 0)])
         lifetime = self.limits.lifetime(requested)
@@ -550,10 +596,10 @@ class TURNServer:
         clients may relay to each other's relayed addresses, never to other
         services of this host (security notes section 1.3).
         """
-        pool = self.relayPorts
-        return peer[0] in self._relayHosts and (
-            pool is None or not pool.minPort <= peer[1] <= pool.maxPort
-        )
+        if peer[0] not in self._relayHosts:
+            return False
+        pool = self._relayHosts[peer[0]]
+        return pool is None or not pool.minPort <= peer[1] <= pool.maxPort
 
     def _checkPeer(self, allocation: Allocation, peer: TransportAddress, withPort: bool) -> None:
         """
@@ -578,7 +624,7 @@ class TURNServer:
             raise _Reply(400, "no XOR-PEER-ADDRESS")
         # All or nothing: check every address before installing any.
         for peer in peers:
-            if peer.family != allocation.relayedAddress.family:
+            if peer.family not in allocation.relays:
                 raise _Reply(443, "peer address family differs from the allocation's")
         for peer in peers:
             # A permission is for an IP address: the port is arbitrary.
@@ -604,7 +650,7 @@ class TURNServer:
             )
         if allocation.channelConflict(number, peer):
             raise _Reply(400, f"channel 0x{number:04X} or peer {peer} already bound otherwise")
-        if peer.family != allocation.relayedAddress.family:
+        if peer.family not in allocation.relays:
             raise _Reply(443, "peer address family differs from the allocation's")
         self._checkPeer(allocation, peer, withPort=True)
         limits = self.limits
@@ -630,11 +676,11 @@ class TURNServer:
             return
         peer = message.get(A.XOR_PEER_ADDRESS)
         data = message.get(A.DATA)
+        sendto = None if peer is None else allocation.sendtoFor(peer.family)
         if (
-            peer is None
+            sendto is None
             or data is None
             or message.unknownComprehensionRequired(UNDERSTOOD_ATTRIBUTES)
-            or peer.family != allocation.relayedAddress.family
             or peer.port == 0
             or peer.host not in allocation.permissions
             or self._ownPortRefused(peer)
@@ -642,8 +688,9 @@ class TURNServer:
             allocation.dropped += 1
             return
         if A.DONT_FRAGMENT in message:
-            pool = self.relayPorts
-            if pool is None or not pool.setDontFragment(allocation.relayPort):
+            # DF stays set on that relay socket from then on.
+            pool = self._pools[peer.family]
+            if not pool.setDontFragment(allocation.relays[peer.family].port):
                 allocation.dropped += 1
                 return
-        allocation.sendToPeer(data, peer)
+        allocation.sendToPeer(data, peer, sendto)
