@@ -77,10 +77,13 @@ class Harness:
         password: Optional[str] = None,
         host: str = "192.0.2.50",
         sha256: bool = False,
+        transport: str = "udp",
     ) -> TURNClient:
         self._nextClientPort += 1
         channel = FakeReplyChannel(
-            TransportAddress(host, self._nextClientPort), TransportAddress("192.0.2.1", 3478)
+            TransportAddress(host, self._nextClientPort),
+            TransportAddress("192.0.2.1", 3478),
+            transport,
         )
         if password is None:
             password = USERS.get(username, "")

@@ -221,9 +221,9 @@ class LongTermAuthenticatorTests(SynchronousTestCase):
 
     def test_foreignNonce(self) -> None:
         """
-        A nonce issued to another client address, or not by us, gets 438 (item 28).
+        A nonce issued to another client host, or not by us, gets 438 (item 28).
         """
-        other = TransportAddress(CLIENT.host, CLIENT.port + 1)
+        other = TransportAddress("192.0.2.99", CLIENT.port)
         result = self.authenticator.authenticate(self.request(), other)
         self.assertEqual((result.errorCode, result.reason), (438, "stale-nonce"))
         forged = self.request(nonce="obMatJos2gAAA" + "A" * 32)

@@ -46,10 +46,21 @@ class NonceMinterTests(SynchronousTestCase):
 
     def test_otherPort(self) -> None:
         """
-        A nonce is bound to its client's port as well as its host (item 28).
+        A nonce is valid from another port of its client's host: RFC 6062 data
+        connections reuse their control connection's nonce.
         """
         nonce = self.minter.mint(CLIENT)
-        self.assertFalse(self.minter.check(nonce, TransportAddress(CLIENT.host, CLIENT.port + 1)))
+        self.assertTrue(self.minter.check(nonce, TransportAddress(CLIENT.host, CLIENT.port + 1)))
+
+    def test_neverTheSameNonce(self) -> None:
+        """
+        Two sources, even two ports of one host in the same second, are never
+        handed the same nonce (item 28).
+        """
+        nonces = {
+            self.minter.mint(TransportAddress(CLIENT.host, CLIENT.port + n)) for n in range(50)
+        }
+        self.assertEqual(len(nonces), 50)
 
     def test_expiry(self) -> None:
         """

@@ -153,9 +153,9 @@ class AllocateTests(TURNTestCase):
 
     def test_unsupportedTransport(self) -> None:
         """
-        REQUESTED-TRANSPORT other than UDP gets 442 (item 48).
+        REQUESTED-TRANSPORT other than UDP and TCP gets 442 (item 48).
         """
-        for protocol in (A.TRANSPORT_TCP, 1, 132):
+        for protocol in (1, 132, 255):
             response = self.client.request(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, protocol)])
             self.assertError(response, 442)
         self.assertEqual(len(self.harness.server.registry), 0)

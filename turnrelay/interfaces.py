@@ -26,6 +26,13 @@ class IReplyChannel(Interface):
     fiveTuple = Attribute("The L{FiveTuple} that identifies the client's allocation.")
     allocation = Attribute("The client's L{Allocation}, or L{None}: the data path's shortcut.")
 
+    def startRelayingTo(peerConnection: Any) -> None:
+        """
+        From now on, carry raw bytes to and from C{peerConnection}, with no
+        STUN framing: a data connection of an RFC 6062 TCP allocation, after
+        its ConnectionBind succeeded.  Streams only.
+        """
+
     def attach(allocation: Any) -> None:
         """
         The registry made C{allocation} for this client: keep it, and keep

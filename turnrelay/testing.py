@@ -90,17 +90,47 @@ class FakeUDPPort:
     loseConnection = stopListening
 
 
+@implementer(IListeningPort)
+class FakeTCPPort:
+    """
+    A listening TCP port of L{FakeUDPReactor}.
+
+    @ivar factory: the factory connections would be built with.
+    @ivar listening: whether L{stopListening} has not been called yet.
+    """
+
+    def __init__(self, factory: Any, host: str, port: int) -> None:
+        self.factory = factory
+        self.host = host
+        self.portNumber = port
+        self.listening = True
+
+    def getHost(self) -> IPv4Address | IPv6Address:
+        if ":" in self.host:
+            return IPv6Address("TCP", self.host, self.portNumber)
+        return IPv4Address("TCP", self.host, self.portNumber)
+
+    def startListening(self) -> None:
+        pass
+
+    def stopListening(self) -> None:
+        self.listening = False
+
+
 @implementer(IReactorUDP)
 class FakeUDPReactor(MemoryReactorClock):
     """
-    A L{MemoryReactorClock} that can also listen on UDP.
+    A L{MemoryReactorClock} that can also listen on UDP, and whose TCP ports
+    know their address (relay ports among them).
 
     @ivar udpPorts: every L{FakeUDPPort} opened, oldest first.
+    @ivar tcpPorts: every L{FakeTCPPort} opened, oldest first.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.udpPorts: List[FakeUDPPort] = []
+        self.tcpPorts: List[FakeTCPPort] = []
         self._nextPort = 40000
         self.busyUDPPorts: set[int] = set()
 
@@ -113,6 +143,18 @@ class FakeUDPReactor(MemoryReactorClock):
             if udpPort.portNumber == port and udpPort.listening:
                 return udpPort
         raise KeyError(port)
+
+    def listenTCP(
+        self, port: Any, factory: Any, backlog: int = 50, interface: str = ""
+    ) -> FakeTCPPort:
+        # A Binding (twisted.internet.tcp.makeBinding) carries its port.
+        number = getattr(port, "_port", port)
+        if number == 0:
+            number, self._nextPort = self._nextPort, self._nextPort + 1
+        self.tcpServers.append((number, factory, backlog, interface))
+        tcpPort = FakeTCPPort(factory, interface or "0.0.0.0", number)
+        self.tcpPorts.append(tcpPort)
+        return tcpPort
 
     def listenUDP(
         self,
@@ -153,6 +195,7 @@ class FakeReplyChannel:
         self.transportProtocol = transportProtocol
         self.fiveTuple = FiveTuple(transportProtocol, clientAddress, serverAddress)
         self.allocation: Any = None
+        self.relayingTo: Any = None
         self.sent: List[bytes] = []
 
     def send(self, data: bytes) -> None:
@@ -161,6 +204,9 @@ class FakeReplyChannel:
     def relay(self, data: bytes) -> bool:
         self.sent.append(data)
         return True
+
+    def startRelayingTo(self, peerConnection: Any) -> None:
+        self.relayingTo = peerConnection
 
     def attach(self, allocation: Any) -> None:
         self.allocation = allocation

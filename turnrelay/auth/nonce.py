@@ -3,9 +3,15 @@
 Stateless nonces for the long-term credential mechanism.
 
 A nonce carries its own issue time and a MAC binding that time to the
-client's transport address, so the server can hand out 401 challenges
-without remembering anything about the client and still recognise, later,
-a nonce it issued to that address and how old it is.
+client's IP address, so the server can hand out 401 challenges without
+remembering anything about the client and still recognise, later, a nonce
+it issued to that host and how old it is.
+
+The MAC covers the IP address but not the port: an RFC 6062 client opens a
+data connection from a new port and sends ConnectionBind with the nonce of
+its control connection (coturn's client does, and does not retry after
+438).  Four random bytes in every nonce keep RFC 8489's rule that no two
+sources are handed the same nonce.
 
 @see: RFC 8489 section 9.2; RFC 8656 section 5.
 """
@@ -23,26 +29,25 @@ from twisted.internet.interfaces import IReactorTime
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.credentials import FEATURE_PASSWORD_ALGORITHMS, nonceCookie
 
-# Issue time (8 bytes) and the truncated MAC (16 bytes): 24 bytes are 32
-# base64 characters exactly, with no padding and no spare bits.
+# Issue time (8 bytes), a random salt (4) and the truncated MAC (12): 24
+# bytes are 32 base64 characters exactly, with no padding and no spare bits.
 _TIME_SIZE = 8
-_MAC_SIZE = 16
+_SALT_SIZE = 4
+_MAC_SIZE = 12
 _BODY_CHARACTERS = 32
 _URLSAFE_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def _addressBytes(clientAddress: TransportAddress) -> bytes:
     """
-    The client's host and port as the MAC covers them: the packed IP
-    address (so that different spellings of one address agree), then the
-    port as two bytes.
+    The client's host as the MAC covers it: the packed IP address, so that
+    different spellings of one address agree.
     """
-    host, port = clientAddress
+    host = clientAddress[0]
     try:
-        packed = ipaddress.ip_address(host).packed
+        return ipaddress.ip_address(host).packed
     except ValueError:
-        packed = host.encode("utf-8")
-    return packed + port.to_bytes(2, "big")
+        return host.encode("utf-8")
 
 
 class NonceMinter:
@@ -50,9 +55,9 @@ class NonceMinter:
     Issue and check stateless nonces.
 
     A nonce is the RFC 8489 nonce cookie followed by URL-safe base64 (no
-    padding) of the issue time in whole seconds and a truncated
-    HMAC-SHA256, keyed with a server secret, over that time and the
-    client's address.  Servers that share C{secret} accept each other's
+    padding) of the issue time in whole seconds, four random bytes and a
+    truncated HMAC-SHA256, keyed with a server secret, over those and the
+    client's IP address.  Servers that share C{secret} accept each other's
     nonces.
 
     @ivar clock: where the time comes from.
@@ -88,24 +93,26 @@ class NonceMinter:
         self._cookie = nonceCookie(features)
         self._secret = os.urandom(32) if secret is None else secret
 
-    def _mac(self, issued: bytes, clientAddress: TransportAddress) -> bytes:
+    def _mac(self, issuedAndSalt: bytes, clientAddress: TransportAddress) -> bytes:
         """
-        The truncated MAC over an encoded issue time and a client address.
+        The truncated MAC over an encoded issue time, the salt and a client's
+        IP address.
         """
-        digest = hmac.new(self._secret, issued + _addressBytes(clientAddress), hashlib.sha256)
-        return digest.digest()[:_MAC_SIZE]
+        material = issuedAndSalt + _addressBytes(clientAddress)
+        return hmac.new(self._secret, material, hashlib.sha256).digest()[:_MAC_SIZE]
 
     def mint(self, clientAddress: TransportAddress) -> str:
         """
         Issue a nonce for one client.
 
         @param clientAddress: the client's transport address; the nonce is
-            valid from this address only (RFC 8489 section 9.2.4 forbids
-            handing one nonce to different sources).
+            valid from its IP address only, and never handed to anyone else
+            (RFC 8489 section 9.2.4).
         @return: the nonce, 45 characters.
         """
         issued = max(0, int(self.clock.seconds())).to_bytes(_TIME_SIZE, "big")
-        body = issued + self._mac(issued, clientAddress)
+        issuedAndSalt = issued + os.urandom(_SALT_SIZE)
+        body = issuedAndSalt + self._mac(issuedAndSalt, clientAddress)
         return self._cookie + base64.urlsafe_b64encode(body).decode("ascii")
 
     def check(self, nonce: str, clientAddress: TransportAddress) -> bool:
@@ -115,8 +122,9 @@ class NonceMinter:
         @param nonce: the NONCE a request carried; anything at all.
         @param clientAddress: the request's source.
         @return: C{True} if this minter (or one sharing its secret and
-            features) issued C{nonce} to C{clientAddress} no more than
-            C{lifetime} seconds ago; C{False} otherwise.  Never raises.
+            features) issued C{nonce} to C{clientAddress}'s IP address no
+            more than C{lifetime} seconds ago; C{False} otherwise.  Never
+            raises.
         """
         cookieLength = len(self._cookie)
         if not isinstance(nonce, str) or len(nonce) != cookieLength + _BODY_CHARACTERS:
@@ -125,9 +133,10 @@ class NonceMinter:
         if not nonce.startswith(self._cookie) or not _URLSAFE_ALPHABET.issuperset(body):
             return False
         raw = base64.urlsafe_b64decode(body)
-        issued, mac = raw[:_TIME_SIZE], raw[_TIME_SIZE:]
+        issuedAndSalt, mac = raw[: _TIME_SIZE + _SALT_SIZE], raw[_TIME_SIZE + _SALT_SIZE :]
+        issued = issuedAndSalt[:_TIME_SIZE]
         try:
-            expected = self._mac(issued, clientAddress)
+            expected = self._mac(issuedAndSalt, clientAddress)
         except (TypeError, ValueError, OverflowError, AttributeError):
             return False
         if not hmac.compare_digest(expected, mac):

@@ -120,6 +120,15 @@ class StreamFramer:
         """
         return len(self._buffer)
 
+    def takePending(self) -> bytes:
+        """
+        Hand over the bytes held for an incomplete frame and forget them: the
+        stream stops being framed (an RFC 6062 data connection).
+        """
+        pending = bytes(self._buffer)
+        self._buffer.clear()
+        return pending
+
     def feed(self, data: bytes) -> List[bytes]:
         """
         Add received bytes.

@@ -88,6 +88,7 @@ class STUNStreamProtocol(Protocol):
         self._paused = False
         self._idleTimer: Optional[IDelayedCall] = None
         self._handshakeTimer: Optional[IDelayedCall] = None
+        self._peerConnection: Any = None
         self.droppedRelayed = 0
         self.clientAddress = TransportAddress("0.0.0.0", 0)
         self.serverAddress = TransportAddress("0.0.0.0", 0)
@@ -132,6 +133,8 @@ class STUNStreamProtocol(Protocol):
     def connectionLost(self, reason: object = None) -> None:
         self._closing = True
         self._uncount()
+        if self._peerConnection is not None:
+            self._peerConnection.close()
         if self._handshakeTimer is not None and self._handshakeTimer.active():
             self._handshakeTimer.cancel()
         self.server.channelClosed(self, "closed with its connection")
@@ -178,6 +181,9 @@ class STUNStreamProtocol(Protocol):
     # Receiving -----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._peerConnection is not None:
+            self._peerConnection.write(data)
+            return
         if self._closing:
             return
         if self._idleTimer is not None:
@@ -188,7 +194,7 @@ class STUNStreamProtocol(Protocol):
             self._close(e.reason)
             return
         server = self.server
-        for frame in frames:
+        for index, frame in enumerate(frames):
             try:
                 if frame[0] < 0x40:
                     server.stunReceived(frame, self)
@@ -196,6 +202,23 @@ class STUNStreamProtocol(Protocol):
                     server.channelDataReceived(frame, self)
             except Exception:
                 self.log.failure("while handling a frame from {client}", client=self.clientAddress)
+            if self._peerConnection is not None:
+                # ConnectionBind succeeded: what follows is the peer's, raw.
+                rest = b"".join(frames[index + 1 :]) + self._framer.takePending()
+                if rest:
+                    self._peerConnection.write(rest)
+                return
+
+    def startRelayingTo(self, peerConnection: Any) -> None:
+        """
+        Become an RFC 6062 data connection: raw bytes to and from the peer.
+        The peer connection then owns the transport's producer slot.
+        """
+        self._peerConnection = peerConnection
+        self._uncount()
+        if self._handshakeTimer is not None and self._handshakeTimer.active():
+            self._handshakeTimer.cancel()
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
 
     # Sending -------------------------------------------------------------------
 

@@ -59,6 +59,9 @@ class UDPReplyChannel:
             return False
         return True
 
+    def startRelayingTo(self, peerConnection: Any) -> None:
+        raise NotImplementedError("a UDP client cannot become a TCP data connection")
+
     def attach(self, allocation: Allocation) -> None:
         self.allocation = allocation
         self.protocol.clients[self.rawAddress] = self

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from turnrelay.logs import Logger
 from turnrelay.stun.address import FAMILY_IPV6, TransportAddress
+from turnrelay.stun.attributes import TRANSPORT_UDP
 from turnrelay.stun.message import encodeDataIndication
 
 PERMISSION_LIFETIME = 300.0
@@ -102,7 +103,8 @@ class Relay:
     def __init__(self, address: TransportAddress, port: Any, close: Callable[[Any], None]) -> None:
         self.address = address
         self.port = port
-        self.sendto = port.socket.sendto
+        # A TCP relayed address (RFC 6062) listens, and sends nothing itself.
+        self.sendto = getattr(getattr(port, "socket", None), "sendto", None)
         self.close = close
 
 
@@ -141,6 +143,10 @@ class Allocation:
     @ivar transactionID: the Allocate's transaction ID, to spot retransmissions.
     @ivar allocateResponse: the bytes answered to that Allocate.
     @ivar relays: address family -> L{Relay}, in the order advertised.
+    @ivar transport: the relayed transport, C{TRANSPORT_UDP} or
+        C{TRANSPORT_TCP} (RFC 6062).
+    @ivar peerConnections: CONNECTION-ID -> C{PeerConnection}, for TCP
+        allocations.
     @ivar permissions: peer IP -> expiry timer.
     @ivar channels: channel number -> L{ChannelBinding}.
     @ivar channelsByPeer: peer address -> L{ChannelBinding}.
@@ -156,6 +162,8 @@ class Allocation:
         "transactionID",
         "allocateResponse",
         "relays",
+        "transport",
+        "peerConnections",
         "permissions",
         "channels",
         "channelsByPeer",
@@ -184,6 +192,7 @@ class Allocation:
         lifetime: float,
         onExpiry: Any,
         bucket: Optional[TokenBucket] = None,
+        transport: int = TRANSPORT_UDP,
     ) -> None:
         """
         @param relays: the relayed addresses, at most one per family.
@@ -196,6 +205,8 @@ class Allocation:
         self.transactionID = transactionID
         self.allocateResponse = b""
         self.relays: Dict[int, Relay] = {relay.address.family: relay for relay in relays}
+        self.transport = transport
+        self.peerConnections: Dict[int, Any] = {}
         self.permissions: Dict[str, IDelayedCall] = {}
         self.channels: Dict[int, ChannelBinding] = {}
         self.channelsByPeer: Dict[TransportAddress, ChannelBinding] = {}
@@ -392,6 +403,9 @@ class Allocation:
         self.channelsByPeer.clear()
         for relay in self.relays.values():
             relay.close(relay.port)
+        # Peer connections end with their allocation (RFC 6062 section 5.5).
+        for connection in list(self.peerConnections.values()):
+            connection.close()
 
     def usage(self) -> Dict[str, Any]:
         """

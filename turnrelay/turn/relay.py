@@ -13,6 +13,7 @@ from typing import Any, Optional, Set, Tuple
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.tcp import makeBinding
 
 from turnrelay.logs import Logger
 from turnrelay.stun.address import TransportAddress
@@ -84,6 +85,7 @@ class RelayPortPool:
         self._attempts = attempts
         self._random = rng or random.SystemRandom()
         self._inUse: Set[int] = set()
+        self._inUseTCP: Set[int] = set()
 
     @property
     def inUse(self) -> int:
@@ -92,11 +94,11 @@ class RelayPortPool:
         """
         return len(self._inUse)
 
-    def _candidates(self, even: bool) -> Any:
+    def _candidates(self, inUse: Set[int]) -> Any:
         span = self.maxPort - self.minPort + 1
-        if span - len(self._inUse) <= self._attempts:
+        if span - len(inUse) <= self._attempts:
             # A nearly full range: try every free port once, in random order.
-            ports = [p for p in range(self.minPort, self.maxPort + 1) if p not in self._inUse]
+            ports = [p for p in range(self.minPort, self.maxPort + 1) if p not in inUse]
             self._random.shuffle(ports)
             yield from ports
             return
@@ -120,7 +122,7 @@ class RelayPortPool:
         @return: the listening port, and the reserved next one or L{None}.
         @raise NoRelayPort: no port could be had.
         """
-        for port in self._candidates(even):
+        for port in self._candidates(self._inUse):
             if port in self._inUse or (even and port % 2):
                 continue
             if reserveNext and (port + 1 > self.maxPort or port + 1 in self._inUse):
@@ -146,6 +148,47 @@ class RelayPortPool:
         """
         self._inUse.discard(listening.getHost().port)
         listening.stopListening()
+
+    def _binding(self, port: int) -> Any:
+        # The relayed address listens for peers and connects to them from
+        # the same port (RFC 6062): both sockets must share it.
+        return makeBinding(self.relayIP, port, reuseAddress=True, reusePort=True)
+
+    def openTCP(self, factory: Any) -> Any:
+        """
+        Listen for peers on a TCP relayed address (RFC 6062 section 5.1).
+
+        @raise NoRelayPort: no port could be had.
+        """
+        for port in self._candidates(self._inUseTCP):
+            if port in self._inUseTCP:
+                continue
+            try:
+                listening = self._reactor.listenTCP(  # type: ignore[attr-defined]
+                    self._binding(port), factory, interface=self.relayIP
+                )
+            except CannotListenError:
+                continue
+            self._inUseTCP.add(port)
+            return listening
+        raise NoRelayPort(f"no free TCP relay port in {self.minPort}-{self.maxPort}")
+
+    def closeTCP(self, listening: Any) -> None:
+        """
+        Stop listening on a TCP relayed address and return its port.
+        """
+        self._inUseTCP.discard(listening.getHost().port)
+        listening.stopListening()
+
+    def connectTCP(
+        self, relayPort: int, peer: TransportAddress, factory: Any, timeout: float
+    ) -> Any:
+        """
+        Connect to a peer from a TCP relayed address (RFC 6062 section 5.2).
+        """
+        return self._reactor.connectTCP(  # type: ignore[attr-defined]
+            peer.host, peer.port, factory, timeout=timeout, bindAddress=self._binding(relayPort)
+        )
 
     def address(self, listening: Any) -> TransportAddress:
         """

@@ -24,7 +24,7 @@ from turnrelay.auth.nonce import NonceMinter
 from turnrelay.interfaces import IReplyChannel
 from turnrelay.logs import Logger
 from turnrelay.stun import attributes as A
-from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
+from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress, unmapIPv4
 from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX_RFC5766, isChannelNumber
 from turnrelay.stun.message import (
     MessageClass,
@@ -37,6 +37,12 @@ from turnrelay.stun.message import (
 from turnrelay.turn.allocation import Allocation, AllocationRegistry, Relay, TokenBucket
 from turnrelay.turn.policy import PeerPolicy
 from turnrelay.turn.relay import NoRelayPort, RelayPortPool
+from turnrelay.turn.tcprelay import (
+    CONNECT_TIMEOUT,
+    IncomingPeerFactory,
+    OutgoingPeerFactory,
+    PeerConnection,
+)
 
 # The comprehension-required attributes turnrelay implements.  ICE's
 # PRIORITY and USE-CANDIDATE, RFC 5780's CHANGE-REQUEST, PADDING and
@@ -69,6 +75,8 @@ class RelayLimits:
     @ivar maxChannels: channel bindings per allocation (508 beyond).
     @ivar bandwidth: bytes per second per allocation and direction; excess
         is dropped.  0 for no cap.
+    @ivar tcpConnectTimeout: seconds a Connect may take before 447 (RFC
+        6062 section 5.2: at least 30).
     @ivar maxChannelNumber: the highest channel number bound: RFC 5766's
         0x7FFF by default, for the clients that still use it, or RFC 8656's
         0x4FFF.
@@ -82,6 +90,7 @@ class RelayLimits:
     maxChannels: int = 64
     bandwidth: int = 0
     maxChannelNumber: int = CHANNEL_NUMBER_MAX_RFC5766
+    tcpConnectTimeout: float = CONNECT_TIMEOUT
 
     def lifetime(self, requested: Optional[int]) -> int:
         """
@@ -168,13 +177,18 @@ class TURNServer:
             if self._explicitlyAllowed(host):
                 del self._relayHosts[host]
         self._reservations: Dict[bytes, Tuple[Any, RelayPortPool, IDelayedCall]] = {}
+        # RFC 6062 peer connections by CONNECTION-ID, for ConnectionBind,
+        # which arrives on a connection of its own.
+        self.peerConnections: Dict[int, PeerConnection] = {}
         self._requestHandlers: Dict[
-            int, Callable[[STUNMessage, IReplyChannel, AuthResult], STUNMessage]
+            int, Callable[[STUNMessage, IReplyChannel, AuthResult], Optional[STUNMessage]]
         ] = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,
             Method.CREATE_PERMISSION: self._createPermission,
             Method.CHANNEL_BIND: self._channelBind,
+            Method.CONNECT: self._connect,
+            Method.CONNECTION_BIND: self._connectionBind,
         }
 
     # Entry points ----------------------------------------------------------------
@@ -336,11 +350,15 @@ class TURNServer:
                 if allocation is not None:
                     self._allocateAgain(request, channel, auth, allocation)
                     return
+            elif request.method == Method.CONNECTION_BIND:
+                pass  # on a new connection: it has its own rules
             elif allocation is None:
                 raise _Reply(437, "no allocation on this 5-tuple")
             elif allocation.username != auth.username:
                 raise _Reply(441, "the allocation belongs to another user")
             response = self._requestHandlers[request.method](request, channel, auth)
+            if response is None:
+                return  # the handler answers, now or later
         except _Reply as reply:
             self._warnRefused(request, channel, auth, reply.code, reply.reason)
             response = request.errorResponse(reply.code)
@@ -417,6 +435,8 @@ class TURNServer:
         transport = request.get(A.REQUESTED_TRANSPORT)
         if transport is None:
             raise _Reply(400, "REQUESTED-TRANSPORT missing")
+        if transport == A.TRANSPORT_TCP:
+            return self._allocateTCP(request, channel, auth)
         if transport != A.TRANSPORT_UDP:
             raise _Reply(442, f"REQUESTED-TRANSPORT {transport} not served")
         token = request.get(A.RESERVATION_TOKEN)
@@ -456,10 +476,7 @@ class TURNServer:
             )
         limits = self.limits
         assert auth.username is not None
-        if (limits.userQuota and self.registry.countForUser(auth.username) >= limits.userQuota) or (
-            limits.totalQuota and len(self.registry) >= limits.totalQuota
-        ):
-            raise _Reply(486, "allocation quota reached")
+        self._checkQuota(auth.username)
         relays: list[Relay] = []
         reservationToken = None
         try:
@@ -521,6 +538,62 @@ class TURNServer:
             response.add(A.RESERVATION_TOKEN, reservationToken)
         response.attributes.extend(extra)
         return response
+
+    def _checkQuota(self, username: str) -> None:
+        limits = self.limits
+        if (limits.userQuota and self.registry.countForUser(username) >= limits.userQuota) or (
+            limits.totalQuota and len(self.registry) >= limits.totalQuota
+        ):
+            raise _Reply(486, "allocation quota reached")
+
+    def _allocateTCP(
+        self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult
+    ) -> STUNMessage:
+        """
+        An Allocate for a TCP relayed address (RFC 6062 section 5.1).
+        """
+        if channel.transportProtocol == "udp":
+            raise _Reply(400, "TCP allocations need a TCP or TLS control connection")
+        for attribute in (A.DONT_FRAGMENT, A.EVEN_PORT, A.RESERVATION_TOKEN):
+            if attribute in request:
+                raise _Reply(400, f"{A.attributeName(attribute)} in a TCP Allocate")
+        if A.ADDITIONAL_ADDRESS_FAMILY in request:
+            raise _Reply(400, "ADDITIONAL-ADDRESS-FAMILY in a TCP Allocate")
+        family = request.get(A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV4)
+        pool = self._pools.get(family)
+        if pool is None:
+            raise _Reply(440, f"address family {family} not offered")
+        assert auth.username is not None
+        self._checkQuota(auth.username)
+        holder: list[Allocation] = []
+        try:
+            listening = pool.openTCP(
+                IncomingPeerFactory(lambda addr: self._peerConnecting(holder[0], addr))
+            )
+        except NoRelayPort:
+            raise _Reply(508, "no free relay port") from None
+        relay = self._relay(pool, listening)
+        relay.close = pool.closeTCP
+        allocation = Allocation(
+            self.clock,
+            channel.fiveTuple,
+            channel,
+            auth.username,
+            request.transactionID,
+            [relay],
+            self.limits.lifetime(request.get(A.LIFETIME)),
+            self._allocationExpired,
+            transport=A.TRANSPORT_TCP,
+        )
+        holder.append(allocation)
+        self.registry.add(allocation)
+        return request.successResponse(
+            [
+                (A.XOR_RELAYED_ADDRESS, relay.address),
+                (A.LIFETIME, allocation.lifetime),
+                (A.XOR_MAPPED_ADDRESS, channel.clientAddress),
+            ]
+        )
 
     def _relay(self, pool: RelayPortPool, relayPort: Any) -> Relay:
         """
@@ -642,6 +715,8 @@ class TURNServer:
         allocation: Allocation = channel.allocation
         number = request.get(A.CHANNEL_NUMBER)
         peer = request.get(A.XOR_PEER_ADDRESS)
+        if allocation.transport != A.TRANSPORT_UDP:
+            raise _Reply(400, "channels are for UDP allocations")
         if number is None or peer is None:
             raise _Reply(400, "CHANNEL-NUMBER or XOR-PEER-ADDRESS missing")
         if not isChannelNumber(number, self.limits.maxChannelNumber):
@@ -664,6 +739,126 @@ class TURNServer:
             raise _Reply(508, "channel or permission limit reached")
         allocation.bindChannel(number, peer)
         return request.successResponse()
+
+    # TCP allocations (RFC 6062) -----------------------------------------------
+
+    def _newConnectionID(self) -> int:
+        while True:
+            connectionID = int.from_bytes(os.urandom(4), "big")
+            if connectionID not in self.peerConnections:
+                return connectionID
+
+    def _newPeerConnection(
+        self,
+        allocation: Allocation,
+        peer: TransportAddress,
+        onConnected: Callable[[PeerConnection], None],
+    ) -> PeerConnection:
+        connection = PeerConnection(
+            self.clock,
+            allocation,
+            peer,
+            self._newConnectionID(),
+            onConnected,
+            self._peerConnectionClosed,
+        )
+        self.peerConnections[connection.connectionID] = connection
+        allocation.peerConnections[connection.connectionID] = connection
+        return connection
+
+    def _peerConnectionClosed(self, connection: PeerConnection) -> None:
+        self.peerConnections.pop(connection.connectionID, None)
+        connection.allocation.peerConnections.pop(connection.connectionID, None)
+
+    def _connect(
+        self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult
+    ) -> Optional[STUNMessage]:
+        """
+        Connect the relayed address to a peer; answer when connected (with
+        CONNECTION-ID) or when that failed (447) (RFC 6062 section 5.2).
+        """
+        allocation: Allocation = channel.allocation
+        if allocation.transport != A.TRANSPORT_TCP:
+            raise _Reply(400, "Connect needs a TCP allocation")
+        peer = request.get(A.XOR_PEER_ADDRESS)
+        if peer is None:
+            raise _Reply(400, "no XOR-PEER-ADDRESS")
+        if peer.family not in allocation.relays:
+            raise _Reply(443, "peer address family differs from the allocation's")
+        self._checkPeer(allocation, peer, withPort=True)
+        if any(c.peer == peer for c in allocation.peerConnections.values()):
+            raise _Reply(446, f"a connection with {peer} exists already")
+
+        def connected(connection: PeerConnection) -> None:
+            response = request.successResponse([(A.CONNECTION_ID, connection.connectionID)])
+            self._respond(request, response, channel, auth)
+
+        def failed(connection: PeerConnection, reason: Any) -> None:
+            self._warnRefused(request, channel, auth, 447, f"{peer}: {reason.getErrorMessage()}")
+            self._respond(request, request.errorResponse(447), channel, auth)
+
+        connection = self._newPeerConnection(allocation, peer, connected)
+        relayPort = allocation.relays[peer.family].address.port
+        self._pools[peer.family].connectTCP(
+            relayPort, peer, OutgoingPeerFactory(connection, failed), self.limits.tcpConnectTimeout
+        )
+        return None
+
+    def _peerConnecting(self, allocation: Allocation, address: Any) -> Optional[PeerConnection]:
+        """
+        A peer connects to a TCP relayed address: take it only with a
+        permission, and tell the client with a ConnectionAttempt indication
+        (RFC 6062 section 5.3).
+        """
+        peer = TransportAddress(unmapIPv4(address.host), address.port)
+        if peer.host not in allocation.permissions:
+            self.log.info(
+                "TCP connection from {peer} to {relayed} refused: no permission",
+                peer=str(peer),
+                relayed=str(allocation.relayedAddress),
+            )
+            return None
+
+        def connected(connection: PeerConnection) -> None:
+            indication = STUNMessage(
+                Method.CONNECTION_ATTEMPT,
+                MessageClass.INDICATION,
+                os.urandom(12),
+                [(A.XOR_PEER_ADDRESS, peer), (A.CONNECTION_ID, connection.connectionID)],
+            )
+            allocation.channel.send(indication.encode())
+
+        return self._newPeerConnection(allocation, peer, connected)
+
+    def _connectionBind(
+        self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult
+    ) -> Optional[STUNMessage]:
+        """
+        Claim a peer connection on a new client connection, which then carries
+        that peer's bytes as they are (RFC 6062 section 5.4).
+        """
+        if channel.transportProtocol == "udp":
+            raise _Reply(400, "ConnectionBind needs a TCP or TLS connection")
+        if channel.allocation is not None:
+            raise _Reply(400, "ConnectionBind on a connection that holds an allocation")
+        connection = self.peerConnections.get(request.get(A.CONNECTION_ID, -1))
+        if connection is None or connection.state != "pending":
+            raise _Reply(400, "no pending connection with that CONNECTION-ID")
+        if connection.allocation.username != auth.username:
+            raise _Reply(441, "the connection belongs to another user")
+        # The success response is the last STUN on this connection: send it,
+        # then splice.
+        self._respond(request, request.successResponse(), channel, auth)
+        channel.startRelayingTo(connection)
+        connection.bind(channel)
+        self.log.info(
+            "TCP connection {connectionID:08x} of {relayed} with {peer} bound to {client}",
+            connectionID=connection.connectionID,
+            relayed=str(connection.allocation.relayedAddress),
+            peer=str(connection.peer),
+            client=channel.clientAddress,
+        )
+        return None
 
     # Send indications (RFC 8656 section 11.2) -----------------------------------
 
