@@ -4,6 +4,8 @@ Tests for L{turnrelay.tap} and the twistd plugin.
 
 from __future__ import annotations
 
+import signal
+
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python.usage import UsageError
@@ -128,3 +130,36 @@ class MakeServiceTests(SynchronousTestCase):
         maker = makers["turnrelay"]
         self.assertIs(maker.options, tap.Options)
         self.assertIs(maker.makeService, tap.makeService)
+
+
+class SignalTests(SynchronousTestCase):
+    """
+    twistd's SIGHUP handling.
+    """
+
+    def test_sighupReloadsTLS(self) -> None:
+        """
+        Once the reactor has started, SIGHUP reloads the TLS certificate; before
+        that, building the service installs no handler.
+        """
+        original = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, original)
+        options = tap.Options()
+        options.parseOptions(["--listen", "udp:0"])
+        reactor = FakeUDPReactor()
+        relay = tap.makeService(options, reactor=reactor)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), original)
+        reloads: list[bool] = []
+
+        def reloadTLS() -> bool:
+            reloads.append(True)
+            return True
+
+        relay.reloadTLS = reloadTLS  # type: ignore[method-assign]
+        reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore[attr-defined]
+        [(trigger, args, kwargs)] = reactor.triggers["after"]["startup"]
+        trigger(*args, **kwargs)
+        handler = signal.getsignal(signal.SIGHUP)
+        assert callable(handler)
+        handler(signal.SIGHUP, None)
+        self.assertEqual(reloads, [True])

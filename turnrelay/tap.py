@@ -9,6 +9,7 @@ has one name on the command line and in the configuration file.
 from __future__ import annotations
 
 import secrets
+import signal
 import sys
 from ipaddress import ip_address
 from typing import Any, Dict, List, Optional, TextIO
@@ -18,8 +19,11 @@ from twisted.python import usage
 from twisted.python.filepath import FilePath
 
 from turnrelay.config import SETTINGS, ConfigError, RelayConfig, buildConfig, loadConfigFile
+from turnrelay.logs import Logger
 from turnrelay.service import RelayService, makeRelayService
 from turnrelay.transports.tls import fingerprint, loadCertificateOptions, makeSelfSignedCertificate
+
+_log = Logger()
 
 
 class Options(usage.Options):
@@ -144,6 +148,22 @@ def makeService(
         reactor = globalReactor
     config = _demoDefaults(options.config, out)
     try:
-        return makeRelayService(config, reactor)
+        relay = makeRelayService(config, reactor)
     except (ConfigError, ValueError) as e:
         raise usage.UsageError(str(e)) from None
+    # twistd may own signals; the library may not.  Only once the reactor
+    # runs, so that building the service has no side effect.
+    reactor.addSystemEventTrigger("after", "startup", _handleSIGHUP, reactor, relay)
+    return relay
+
+
+def _handleSIGHUP(reactor: Any, relay: RelayService) -> None:
+    """
+    Make SIGHUP reload the TLS certificate files.
+    """
+
+    def reload() -> None:
+        _log.info("SIGHUP: reloading the TLS certificate")
+        relay.reloadTLS()
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
