@@ -500,3 +500,25 @@ class LifetimeTests(TURNTestCase):
         text = repr(events)
         self.assertNotIn("alice-password", text)
         self.assertNotIn(self.client.key().hex(), text)
+
+
+class StopTests(TURNTestCase):
+    """
+    Stopping the controller ends everything it holds.
+    """
+
+    def test_stop(self) -> None:
+        """
+        stop() ends every allocation and EVEN-PORT reservation, closes their
+        relay sockets and leaves no timer.
+        """
+        harness = Harness()
+        client = harness.client()
+        client.allocate((A.EVEN_PORT, True))
+        harness.client().allocate()
+        d = harness.server.stop()
+        self.assertEqual(len(harness.server.registry), 0)
+        self.assertFalse(any(port.listening for port in harness.reactor.udpPorts))
+        self.assertEqual(harness.server.relayPorts.inUse, 0)  # type: ignore[union-attr]
+        self.assertEqual(harness.reactor.getDelayedCalls(), [])
+        self.successResultOf(d)

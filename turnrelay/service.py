@@ -20,6 +20,7 @@ from ipaddress import ip_address
 from typing import Any, List, Optional, Tuple
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import DeferredList, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -149,7 +150,11 @@ class RelayService(MultiService):
     def stopService(self) -> Any:
         if self.tlsOptions is not None:
             self.tlsOptions.stopWatching()
-        return super().stopService()
+        # Allocations first, while their clients can still be told nothing
+        # more; then the listeners.  Done when every socket is closed.
+        relaysClosed = self.server.stop()
+        listenersClosed = maybeDeferred(super().stopService)
+        return DeferredList([relaysClosed, listenersClosed])
 
     def reloadTLS(self) -> bool:
         """

@@ -10,6 +10,7 @@ import socket
 import sys
 from typing import Any, Optional, Set, Tuple
 
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
@@ -86,6 +87,7 @@ class RelayPortPool:
         self._random = rng or random.SystemRandom()
         self._inUse: Set[int] = set()
         self._inUseTCP: Set[int] = set()
+        self._closing: Set[Deferred[Any]] = set()
 
     @property
     def inUse(self) -> int:
@@ -147,7 +149,20 @@ class RelayPortPool:
         Close a relay socket and return its port to the pool.
         """
         self._inUse.discard(listening.getHost().port)
-        listening.stopListening()
+        self._whenClosed(listening)
+
+    def _whenClosed(self, listening: Any) -> None:
+        # Closing a socket completes on a later reactor turn: keep track, so
+        # that a stopping service can wait for it (see closed()).
+        d = maybeDeferred(listening.stopListening)
+        self._closing.add(d)
+        d.addBoth(lambda result: self._closing.discard(d))
+
+    def closed(self) -> Deferred[Any]:
+        """
+        @return: a L{Deferred} that fires when every socket being closed is.
+        """
+        return DeferredList(list(self._closing))
 
     def _binding(self, port: int) -> Any:
         # The relayed address listens for peers and connects to them from
@@ -178,7 +193,7 @@ class RelayPortPool:
         Stop listening on a TCP relayed address and return its port.
         """
         self._inUseTCP.discard(listening.getHost().port)
-        listening.stopListening()
+        self._whenClosed(listening)
 
     def connectTCP(
         self, relayPort: int, peer: TransportAddress, factory: Any, timeout: float

@@ -16,6 +16,7 @@ from ipaddress import ip_address, ip_network
 from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
 import attr
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from turnrelay.auth.credentials import ChainedCredentials
@@ -250,6 +251,21 @@ class TURNServer:
             allocation.dropped += 1
             return
         allocation.sendToPeer(data[4:end], peer, binding.sendto)
+
+    def stop(self) -> Deferred[Any]:
+        """
+        End everything: every allocation (logging its usage) and every
+        EVEN-PORT reservation.  A stopping service calls this.
+
+        @return: a L{Deferred} that fires when the relay sockets are closed.
+        """
+        for allocation in self.registry:
+            self.registry.remove(allocation, "ended: the relay is stopping")
+        for token, (relayPort, pool, timer) in list(self._reservations.items()):
+            timer.cancel()
+            del self._reservations[token]
+            pool.close(relayPort)
+        return DeferredList([pool.closed() for pool in self._pools.values()])
 
     def channelClosed(self, channel: IReplyChannel, reason: str) -> None:
         """
