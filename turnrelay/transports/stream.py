@@ -66,6 +66,8 @@ class STUNStreamProtocol(Protocol):
     The protocol is the producer of what it writes to its transport: when
     the transport's buffer fills because the client reads slowly, relayed
     data is dropped (and counted) until it drains.  Responses still go out.
+    That holds about 64 KB for a slow reader over TCP; over TLS about twice
+    that, as Twisted's TLS layer keeps its own buffer above TCP's.
 
     @ivar server: the controller the messages go to.
     @ivar clientAddress: the client's address.
