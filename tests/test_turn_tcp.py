@@ -387,3 +387,45 @@ class IncomingConnectionTests(TCPAllocationTestCase):
         _, transport = self.accept(PEER_A.host)
         self.reactor.advance(30)
         self.assertTrue(transport.disconnecting)
+
+
+class TCPUsageTests(TCPAllocationTestCase):
+    """
+    What a TCP allocation relays counts in its usage, as for UDP.
+    """
+
+    def test_usageCounted(self) -> None:
+        """
+        Bytes spliced each way count toward the allocation's usage.
+        """
+        self.connect()
+        self.peer, _ = self.peerConnected()
+        protocol, transport = self.dataConnection()
+        self.connectionBind(protocol, transport, self.peer.connectionID)
+        protocol.dataReceived(b"12345")
+        self.peer.dataReceived(b"abc")
+        usage = self.allocation.usage()
+        self.assertEqual((usage["bytesToPeer"], usage["bytesFromPeer"]), (5, 3))
+        self.assertEqual((usage["packetsToPeer"], usage["packetsFromPeer"]), (1, 1))
+
+
+class TCPPortSharingTests(TURNTestCase):
+    """
+    TCP relayed ports listen with SO_REUSEPORT; pools of one process must
+    still never hand out the same one twice.
+    """
+
+    def test_processWide(self) -> None:
+        """
+        Two pools with the same one-port range: the second gets no port while
+        the first holds it, and gets it once released.
+        """
+        from turnrelay.testing import FakeUDPReactor
+        from turnrelay.turn.relay import NoRelayPort, RelayPortPool
+
+        first = RelayPortPool(FakeUDPReactor(), RELAY_IP, 50555, 50555)
+        second = RelayPortPool(FakeUDPReactor(), RELAY_IP, 50555, 50555)
+        listening = first.openTCP(object())
+        self.assertRaises(NoRelayPort, second.openTCP, object())
+        first.closeTCP(listening)
+        second.closeTCP(second.openTCP(object()))

@@ -19,6 +19,7 @@ import attr
 
 from turnrelay.logs import LEVELS
 from turnrelay.stun.attributes import TEXT_MAX_CHARACTERS
+from turnrelay.turn.server import RelayLimits
 
 
 class ConfigError(ValueError):
@@ -52,6 +53,9 @@ class ListenerConfig:
         interface = self.interface.replace(":", "\\:")
         return f"{self.transport}:{self.port}:interface={interface}"
 
+
+# The relay's own defaults for lifetimes and quotas: one home for them.
+_LIMITS = RelayLimits()
 
 DEFAULT_LISTENERS = (
     ListenerConfig("udp", 3478, "127.0.0.1"),
@@ -127,12 +131,12 @@ class RelayConfig:
     externalIP: Optional[str] = None
     minPort: int = 49152
     maxPort: int = 65535
-    maxLifetime: int = 3600
-    userQuota: int = 10
-    totalQuota: int = 10000
-    maxPermissions: int = 64
-    maxChannels: int = 64
-    bandwidth: int = 0
+    maxLifetime: int = _LIMITS.maxLifetime
+    userQuota: int = _LIMITS.userQuota
+    totalQuota: int = _LIMITS.totalQuota
+    maxPermissions: int = _LIMITS.maxPermissions
+    maxChannels: int = _LIMITS.maxChannels
+    bandwidth: int = _LIMITS.bandwidth
     allowPeers: Tuple[str, ...] = ()
     denyPeers: Tuple[str, ...] = ()
     allowLoopbackPeers: bool = False

@@ -22,6 +22,13 @@ from turnrelay.stun.address import TransportAddress
 # Large enough for any UDP payload a peer can send.
 MAX_DATAGRAM = 65535
 
+# TCP relayed addresses listen with SO_REUSEPORT (they must connect out from
+# the port they listen on), which would let a second pool of this process
+# listen on the same address too: every pool of the process reserves its
+# TCP relay ports here first.  (Another process of the same user could
+# still share one: give each process its own relay port range.)
+_TCP_RELAY_PORTS: Set[Tuple[str, int]] = set()
+
 # Setting DF on a UDP socket: Python before 3.12 does not name the options,
 # but on Linux they are fixed kernel ABI (linux/in.h).
 _LINUX = sys.platform.startswith("linux")
@@ -176,7 +183,7 @@ class RelayPortPool:
         @raise NoRelayPort: no port could be had.
         """
         for port in self._candidates(self._inUseTCP):
-            if port in self._inUseTCP:
+            if port in self._inUseTCP or (self.relayIP, port) in _TCP_RELAY_PORTS:
                 continue
             try:
                 listening = self._reactor.listenTCP(  # type: ignore[attr-defined]
@@ -185,6 +192,7 @@ class RelayPortPool:
             except CannotListenError:
                 continue
             self._inUseTCP.add(port)
+            _TCP_RELAY_PORTS.add((self.relayIP, port))
             return listening
         raise NoRelayPort(f"no free TCP relay port in {self.minPort}-{self.maxPort}")
 
@@ -192,7 +200,9 @@ class RelayPortPool:
         """
         Stop listening on a TCP relayed address and return its port.
         """
-        self._inUseTCP.discard(listening.getHost().port)
+        port = listening.getHost().port
+        self._inUseTCP.discard(port)
+        _TCP_RELAY_PORTS.discard((self.relayIP, port))
         self._whenClosed(listening)
 
     def connectTCP(

@@ -490,7 +490,6 @@ class TURNServer:
                 "DONT-FRAGMENT cannot be honoured here",
                 (A.UNKNOWN_ATTRIBUTES, (A.DONT_FRAGMENT,)),
             )
-        limits = self.limits
         assert auth.username is not None
         self._checkQuota(auth.username)
         relays: list[Relay] = []
@@ -529,27 +528,9 @@ class TURNServer:
             for relay in relays:
                 relay.close(relay.port)
             raise
-        allocation = Allocation(
-            self.clock,
-            channel.fiveTuple,
-            channel,
-            auth.username,
-            request.transactionID,
-            relays,
-            limits.lifetime(request.get(A.LIFETIME)),
-            self._allocationExpired,
-            TokenBucket(self.clock, limits.bandwidth) if limits.bandwidth else None,
-        )
+        allocation, response = self._register(request, channel, auth, relays, A.TRANSPORT_UDP)
         for relay in relays:
             relay.port.protocol.allocation = allocation
-        self.registry.add(allocation)
-        response = request.successResponse(
-            [(A.XOR_RELAYED_ADDRESS, relay.address) for relay in relays]
-            + [
-                (A.LIFETIME, allocation.lifetime),
-                (A.XOR_MAPPED_ADDRESS, channel.clientAddress),
-            ]
-        )
         if reservationToken is not None:
             response.add(A.RESERVATION_TOKEN, reservationToken)
         response.attributes.extend(extra)
@@ -588,38 +569,63 @@ class TURNServer:
             )
         except NoRelayPort:
             raise _Reply(508, "no free relay port") from None
-        relay = self._relay(pool, listening)
-        relay.close = pool.closeTCP
+        relay = self._relay(pool, listening, pool.closeTCP)
+        allocation, response = self._register(request, channel, auth, [relay], A.TRANSPORT_TCP)
+        holder.append(allocation)
+        return response
+
+    def _register(
+        self,
+        request: STUNMessage,
+        channel: IReplyChannel,
+        auth: AuthResult,
+        relays: list[Relay],
+        transport: int,
+    ) -> Tuple[Allocation, STUNMessage]:
+        """
+        Make and register an allocation over its relays.
+
+        @return: it, and the success response to the Allocate (RFC 8656
+            section 7.2: relayed addresses, LIFETIME, XOR-MAPPED-ADDRESS).
+        """
+        limits = self.limits
+        assert auth.username is not None
+        # TCP relays are paced by TCP itself; the bucket is for datagrams.
+        bucket = None
+        if limits.bandwidth and transport == A.TRANSPORT_UDP:
+            bucket = TokenBucket(self.clock, limits.bandwidth)
         allocation = Allocation(
             self.clock,
             channel.fiveTuple,
             channel,
             auth.username,
             request.transactionID,
-            [relay],
-            self.limits.lifetime(request.get(A.LIFETIME)),
+            relays,
+            limits.lifetime(request.get(A.LIFETIME)),
             self._allocationExpired,
-            transport=A.TRANSPORT_TCP,
+            bucket,
+            transport,
         )
-        holder.append(allocation)
         self.registry.add(allocation)
-        return request.successResponse(
-            [
-                (A.XOR_RELAYED_ADDRESS, relay.address),
-                (A.LIFETIME, allocation.lifetime),
-                (A.XOR_MAPPED_ADDRESS, channel.clientAddress),
-            ]
+        response = request.successResponse(
+            [(A.XOR_RELAYED_ADDRESS, relay.address) for relay in relays]
+            + [(A.LIFETIME, allocation.lifetime), (A.XOR_MAPPED_ADDRESS, channel.clientAddress)]
         )
+        return allocation, response
 
-    def _relay(self, pool: RelayPortPool, relayPort: Any) -> Relay:
+    def _relay(
+        self, pool: RelayPortPool, relayPort: Any, close: Optional[Callable[[Any], None]] = None
+    ) -> Relay:
         """
         Wrap a relay socket, advertising the external IP for IPv4 behind NAT.
+
+        @param close: how to close it; the pool's UDP C{close} by default.
         """
         bound = pool.address(relayPort)
         host = bound.host
         if self.externalIP is not None and pool is self.relayPorts:
             host = self.externalIP
-        return Relay(TransportAddress(host, bound.port), relayPort, pool.close)
+        return Relay(TransportAddress(host, bound.port), relayPort, close or pool.close)
 
     def _reserve(self, pool: RelayPortPool, relayPort: Any) -> bytes:
         """

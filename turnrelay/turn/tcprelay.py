@@ -41,8 +41,9 @@ class PeerConnection(Protocol):
     @ivar state: C{"connecting"}, C{"pending"} (waiting for ConnectionBind),
         C{"bound"} or C{"closed"}.
     @ivar dataConnection: the client's data connection once bound.
-    @ivar bytesToPeer: bytes relayed to the peer.
-    @ivar bytesFromPeer: bytes relayed from the peer.
+
+    What it relays counts toward its allocation's usage (C{bytesToPeer},
+    C{bytesFromPeer}; a "packet" is one read or one write).
     """
 
     log = Logger()
@@ -69,7 +70,6 @@ class PeerConnection(Protocol):
         self.state = "connecting"
         self.dataConnection: Any = None
         self.failure: Optional[Failure] = None
-        self.bytesToPeer = self.bytesFromPeer = 0
         self._onConnected = onConnected
         self._onClosed = onClosed
         self._early: List[bytes] = []
@@ -96,7 +96,9 @@ class PeerConnection(Protocol):
         self.close()
 
     def dataReceived(self, data: bytes) -> None:
-        self.bytesFromPeer += len(data)
+        allocation = self.allocation
+        allocation.packetsFromPeer += 1
+        allocation.bytesFromPeer += len(data)
         if self.state == "bound":
             self.dataConnection.transport.write(data)
             return
@@ -128,7 +130,9 @@ class PeerConnection(Protocol):
         """
         Relay bytes from the client's data connection to the peer.
         """
-        self.bytesToPeer += len(data)
+        allocation = self.allocation
+        allocation.packetsToPeer += 1
+        allocation.bytesToPeer += len(data)
         self.transport.write(data)  # type: ignore[union-attr]
 
     def close(self) -> None:
