@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 import attr
 
 from turnrelay.logs import LEVELS
+from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import TEXT_MAX_CHARACTERS
 from turnrelay.turn.server import RelayLimits
 
@@ -112,6 +113,13 @@ class RelayConfig:
         for changes (0: only on SIGHUP and admin request).
     @ivar stateDir: where turnrelay keeps what it generates (the demo's
         self-signed certificate).
+    @ivar alternateServers: where a draining relay sends new clients (300
+        Try Alternate with ALTERNATE-SERVER).
+    @ivar drainTimeout: seconds a drain waits for allocations to end before
+        ending them.
+    @ivar serverName: the name or address clients use in C{turn:} URLs, for
+        the credentials endpoint and the admin console; by default the
+        external IP, else the relay IP.
     @ivar streamIdleTimeout: seconds a TCP or TLS connection without an
         allocation may stay silent.
     @ivar tlsHandshakeTimeout: seconds a TLS handshake may take.
@@ -147,6 +155,9 @@ class RelayConfig:
     tlsChain: Optional[str] = None
     tlsCheckInterval: float = 60.0
     stateDir: str = "state"
+    alternateServers: Tuple[TransportAddress, ...] = ()
+    drainTimeout: float = 3600.0
+    serverName: Optional[str] = None
     streamIdleTimeout: float = 60.0
     tlsHandshakeTimeout: float = 10.0
     maxUnallocatedConnections: int = 1000
@@ -312,6 +323,29 @@ def _parseLogLevel(value: Any) -> str:
     text = str(value).lower()
     if text not in LEVELS:
         raise ConfigError(f"log-level: {value!r}; expected one of {', '.join(LEVELS)}")
+    return text
+
+
+def _parseAlternate(value: Any) -> TransportAddress:
+    text = str(value)
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if not colon or address is None or not port.isdigit() or not 0 < int(port) <= 0xFFFF:
+        raise ConfigError(
+            f"alternate-server: {text!r} is not ADDRESS:PORT, such as 192.0.2.7:3478 "
+            "or [2001:db8::7]:3478 (RFC 8489 needs an address, not a name)"
+        )
+    return TransportAddress(str(address), int(port))
+
+
+def _parseServerName(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in "/?#@ "):
+        raise ConfigError(f"server-name: {text!r} is not a host name or address")
     return text
 
 
@@ -600,6 +634,31 @@ SETTINGS: Tuple[Setting, ...] = (
         _parseNumber("tls-check-interval", 0, 86400, float),
         "tlsCheckInterval",
         metavar="SECONDS",
+    ),
+    Setting(
+        "alternate-server",
+        "While draining, send new clients here (300 Try Alternate), as ADDRESS:PORT; "
+        "give one of each family (repeatable; without one, a draining relay answers 403).",
+        _parseAlternate,
+        "alternateServers",
+        repeatable=True,
+        metavar="ADDRESS:PORT",
+    ),
+    Setting(
+        "drain-timeout",
+        "Seconds a drain waits for the allocations left to end before ending them; "
+        "0 waits for ever (default: 3600).",
+        _parseNumber("drain-timeout", 0, 7 * 86400, float),
+        "drainTimeout",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "server-name",
+        "The host name or address clients use in turn: URLs (default: external-ip, else "
+        "relay-ip); turns: URLs need the name the certificate is for.",
+        _parseServerName,
+        "serverName",
+        metavar="NAME",
     ),
     Setting(
         "stream-idle-timeout",

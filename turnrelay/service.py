@@ -16,11 +16,12 @@ Nothing here installs log observers or signal handlers, or picks a reactor.
 
 from __future__ import annotations
 
+from collections import Counter
 from ipaddress import ip_address
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -29,21 +30,38 @@ from turnrelay.auth.credentials import (
     ICredentialStore,
     RESTSecrets,
     StaticCredentials,
+    mintRESTCredential,
 )
 from turnrelay.auth.longterm import LongTermAuthenticator
 from turnrelay.auth.nonce import NonceMinter
 from turnrelay.config import ConfigError, ListenerConfig, RelayConfig
 from turnrelay.logs import Logger, setLogLevel
-from turnrelay.stun.address import TransportAddress
+from turnrelay.stun.address import FAMILY_IPV6, TransportAddress
 from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX, CHANNEL_NUMBER_MAX_RFC5766
 from turnrelay.transports.stream import StreamLimits, STUNStreamFactory
 from turnrelay.transports.tls import ReloadingTLSOptions
 from turnrelay.transports.udp import STUNDatagramProtocol
+from turnrelay.turn.allocation import UsageTotals
 from turnrelay.turn.policy import PeerPolicy
 from turnrelay.turn.relay import RelayPortPool
 from turnrelay.turn.server import RelayLimits, TURNServer
 
 log = Logger()
+
+# What reloadConfig cannot change in a running relay.
+_RESTART_SETTINGS = (
+    ("listen", "listeners"),
+    ("relay-ip", "relayIP"),
+    ("relay-ip6", "relayIP6"),
+    ("external-ip", "externalIP"),
+    ("min-port", "minPort"),
+    ("max-port", "maxPort"),
+    ("nonce-lifetime", "nonceLifetime"),
+    ("tls-cert", "tlsCert"),
+    ("tls-key", "tlsKey"),
+    ("stream-idle-timeout", "streamIdleTimeout"),
+    ("max-unallocated-connections", "maxUnallocatedConnections"),
+)
 
 # Large enough for any STUN message or ChannelData frame.
 MAX_DATAGRAM = 65535
@@ -131,16 +149,21 @@ class RelayService(MultiService):
     @ivar server: the controller all listeners share.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         config: RelayConfig,
         server: TURNServer,
         tlsOptions: Optional[ReloadingTLSOptions] = None,
+        reactor: Any = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.server = server
         self.tlsOptions = tlsOptions
+        self._reactor = reactor if reactor is not None else server.clock
+        self.startedAt = self._reactor.seconds()
 
     def startService(self) -> None:
         super().startService()
@@ -167,6 +190,125 @@ class RelayService(MultiService):
         """
         return self.tlsOptions is not None and self.tlsOptions.reload()
 
+    def drain(self, timeout: Optional[float] = None) -> Deferred[None]:
+        """
+        Take no new allocations (300 Try Alternate to C{alternate-server},
+        or 403), and let the existing ones run to the end of their lifetime.
+
+        @param timeout: seconds after which the allocations left are ended;
+            C{drain-timeout} by default, 0 for none.
+        @return: a L{Deferred} that fires when the last allocation has ended.
+        """
+        server = self.server
+        server.draining = True
+        left = len(server.registry)
+        timeout = self.config.drainTimeout if timeout is None else timeout
+        self.log.info(
+            "draining: no new allocations; {left} left, ended after {timeout} s at the latest",
+            left=left,
+            timeout=timeout,
+        )
+        done = server.registry.whenEmpty()
+        if timeout and left:
+
+            def deadline() -> None:
+                for allocation in server.registry:
+                    server.registry.remove(allocation, "ended: the drain deadline passed")
+
+            timer = self._reactor.callLater(timeout, deadline)
+
+            def cancel(result: Any) -> Any:
+                if timer.active():
+                    timer.cancel()
+                return result
+
+            done.addBoth(cancel)
+        return done
+
+    def stats(self) -> Dict[str, Any]:
+        """
+        Live figures: allocations by transport and family, permissions,
+        channels, TCP peer connections, what was relayed (live and ended
+        allocations together), requests and refused authentications.
+        """
+        server = self.server
+        allocations: Counter[Tuple[str, str]] = Counter()
+        relayed: Dict[str, Dict[str, int]] = {}
+        permissions = channels = connections = 0
+        for transport, totals in server.registry.ended.items():
+            relayed[transport] = dict(totals.counts)
+        for allocation in server.registry:
+            transport = allocation.fiveTuple.transportProtocol
+            for address in allocation.relayedAddresses:
+                allocations[transport, "ipv6" if address.family == FAMILY_IPV6 else "ipv4"] += 1
+            permissions += len(allocation.permissions)
+            channels += len(allocation.channels)
+            connections += len(allocation.peerConnections)
+            counts = relayed.setdefault(transport, dict.fromkeys(UsageTotals.FIELDS, 0))
+            for field in UsageTotals.FIELDS:
+                counts[field] += getattr(allocation, field)
+        return {
+            "uptime": round(self._reactor.seconds() - self.startedAt, 3),
+            "draining": server.draining,
+            "allocations": len(server.registry),
+            "allocationsByTransportAndFamily": dict(allocations),
+            "permissions": permissions,
+            "channels": channels,
+            "tcpPeerConnections": connections,
+            "relayed": relayed,
+            "requests": dict(server.requests),
+            "authFailures": dict(server.authFailures),
+            "tlsReloads": 0 if self.tlsOptions is None else self.tlsOptions.reloads,
+        }
+
+    def mintCredential(self, userID: str, ttl: float = 86400.0) -> Tuple[str, str]:
+        """
+        Mint a TURN REST API credential with the first static-auth-secret,
+        as a web application would.
+
+        @param ttl: seconds it stays valid, at most rest-max-ttl.
+        @return: C{(username, password)}.
+        @raise ValueError: no static-auth-secret is configured.
+        """
+        if not self.config.authSecrets:
+            raise ValueError("no static-auth-secret is configured: set one to mint credentials")
+        ttl = min(ttl, self.config.restMaxTTL)
+        secret = self.config.authSecrets[0].encode()
+        return mintRESTCredential(secret, userID, ttl, self._reactor.seconds())
+
+    def reloadConfig(self, config: RelayConfig) -> List[str]:
+        """
+        Apply a changed configuration without a restart: users, secrets,
+        realm, peer policy, limits and quotas, alternate servers, SOFTWARE,
+        log level, and the TLS certificate files.  Established allocations
+        keep going.
+
+        @return: the settings that changed but need a restart to apply
+            (listeners, relay addresses and ports).
+        """
+        old, self.config = self.config, config
+        server = self.server
+        authenticator = server.authenticator
+        authenticator.realm = config.realm
+        authenticator.credentials = _credentials(config, self._reactor)
+        server.setPeerPolicy(_peerPolicy(config))
+        server.limits = _limits(config)
+        server.software = config.software
+        server.alternateServers = config.alternateServers
+        setLogLevel(config.logLevel)
+        if self.tlsOptions is not None:
+            self.tlsOptions.reload()
+        needRestart = [
+            name
+            for name, field in _RESTART_SETTINGS
+            if getattr(old, field) != getattr(config, field)
+        ]
+        self.log.info(
+            "configuration reloaded; needing a restart to apply: {needRestart}",
+            needRestart=", ".join(needRestart) or "nothing",
+        )
+        return needRestart
+
     def listeningAddresses(self) -> List[Tuple[str, TransportAddress]]:
         """
         @return: C{(transport, address)} for every open listener.
@@ -178,44 +320,35 @@ class RelayService(MultiService):
         return addresses
 
 
-def makeTURNServer(config: RelayConfig, reactor: Any) -> TURNServer:
-    """
-    Build the controller and everything it owns from a configuration.
-
-    @raise ConfigError: the configuration cannot be served (no relay IP).
-    """
-    relayIP = config.effectiveRelayIP()
-    if relayIP is None:
-        log.error(
-            "no relay-ip is set and no listener has a specific IPv4 address: "
-            "every Allocate will be refused with 508; set relay-ip to relay"
-        )
+def _credentials(config: RelayConfig, reactor: Any) -> ChainedCredentials:
     stores: List[ICredentialStore] = [StaticCredentials(config.realm, dict(config.users))]
     if config.authSecrets:
         secrets = [secret.encode() for secret in config.authSecrets]
         stores.append(RESTSecrets(reactor, secrets, config.restMaxTTL))
-    credentials = ChainedCredentials(stores)
-    authenticator = LongTermAuthenticator(
-        config.realm, credentials, NonceMinter(reactor, lifetime=config.nonceLifetime)
-    )
+    return ChainedCredentials(stores)
+
+
+def _peerPolicy(config: RelayConfig) -> PeerPolicy:
     # Our listening addresses are never peers.  The relay addresses are: two
     # clients of this server relay to each other through them, and the
     # controller keeps peers on them inside the relay port range.
-    relayIP6 = config.effectiveRelayIP6()
-    relayHosts = {relayIP, relayIP6, config.externalIP}
+    relayHosts = {config.effectiveRelayIP(), config.effectiveRelayIP6(), config.externalIP}
     ownAddresses = [
         listener.interface
         for listener in config.listeners
         if listener.interface not in relayHosts
         and not ip_address(listener.interface).is_unspecified
     ]
-    policy = PeerPolicy(
+    return PeerPolicy(
         allow=config.allowPeers,
         deny=config.denyPeers,
         allowLoopback=config.allowLoopbackPeers,
         ownAddresses=ownAddresses,
     )
-    limits = RelayLimits(
+
+
+def _limits(config: RelayConfig) -> RelayLimits:
+    return RelayLimits(
         maxLifetime=config.maxLifetime,
         userQuota=config.userQuota,
         totalQuota=config.totalQuota,
@@ -226,20 +359,40 @@ def makeTURNServer(config: RelayConfig, reactor: Any) -> TURNServer:
             CHANNEL_NUMBER_MAX if config.channelNumbers == "rfc8656" else CHANNEL_NUMBER_MAX_RFC5766
         ),
     )
-    return TURNServer(
+
+
+def makeTURNServer(config: RelayConfig, reactor: Any) -> TURNServer:
+    """
+    Build the controller and everything it owns from a configuration.
+    """
+    relayIP = config.effectiveRelayIP()
+    if relayIP is None:
+        log.error(
+            "no relay-ip is set and no listener has a specific IPv4 address: "
+            "every Allocate will be refused with 508; set relay-ip to relay"
+        )
+    relayIP6 = config.effectiveRelayIP6()
+    authenticator = LongTermAuthenticator(
+        config.realm,
+        _credentials(config, reactor),
+        NonceMinter(reactor, lifetime=config.nonceLifetime),
+    )
+    server = TURNServer(
         clock=reactor,
         software=config.software,
         authenticator=authenticator,
-        peerPolicy=policy,
+        peerPolicy=_peerPolicy(config),
         relayPorts=(
             RelayPortPool(reactor, relayIP, config.minPort, config.maxPort) if relayIP else None
         ),
         relayPorts6=(
             RelayPortPool(reactor, relayIP6, config.minPort, config.maxPort) if relayIP6 else None
         ),
-        limits=limits,
+        limits=_limits(config),
         externalIP=config.externalIP,
     )
+    server.alternateServers = config.alternateServers
+    return server
 
 
 def makeRelayService(config: RelayConfig, reactor: Any) -> RelayService:
@@ -265,7 +418,7 @@ def makeRelayService(config: RelayConfig, reactor: Any) -> RelayService:
             )
         except ValueError as e:
             raise ConfigError(f"tls-cert: {e}") from None
-    relay = RelayService(config, server, tlsOptions)
+    relay = RelayService(config, server, tlsOptions, reactor)
     streamLimits = StreamLimits(
         reactor,
         idleTimeout=config.streamIdleTimeout,

@@ -109,6 +109,7 @@ class ReloadingTLSOptions:
     Server TLS options that follow their certificate files.
 
     @ivar certificate: the certificate new handshakes get.
+    @ivar reloads: how many times new files were put in service.
     """
 
     log = Logger()
@@ -138,6 +139,7 @@ class ReloadingTLSOptions:
         self._stamps = self._stat()
         self._checkInterval = checkInterval
         self._watcher: Optional[LoopingCall] = None
+        self.reloads = 0
 
     def _stat(self) -> Tuple[Tuple[float, int], ...]:
         stamps = []
@@ -170,6 +172,7 @@ class ReloadingTLSOptions:
             )
             return False
         self._options, self.certificate = options, certificate
+        self.reloads += 1
         self.log.info(
             "TLS certificate reloaded from {path}: {subject}, SHA-256 {fingerprint}",
             path=self._paths[0].path,

@@ -16,6 +16,7 @@ import struct
 from random import getrandbits
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from turnrelay.logs import Logger
@@ -174,7 +175,10 @@ class Allocation:
         "bytesToPeer",
         "packetsFromPeer",
         "bytesFromPeer",
-        "dropped",
+        "droppedPermission",
+        "droppedInvalid",
+        "droppedBandwidth",
+        "droppedCongestion",
         "_clock",
         "_timer",
         "_onExpiry",
@@ -215,7 +219,11 @@ class Allocation:
         self.expiresAt = self.createdAt + lifetime
         self.packetsToPeer = self.bytesToPeer = 0
         self.packetsFromPeer = self.bytesFromPeer = 0
-        self.dropped = 0
+        # Dropped packets, by cause: no permission; not valid (an unbound
+        # channel, a short frame); over the bandwidth cap; a full socket
+        # buffer or a client reading too slowly.
+        self.droppedPermission = self.droppedInvalid = 0
+        self.droppedBandwidth = self.droppedCongestion = 0
         self._onExpiry = onExpiry
         self._released = False
         self._timer = clock.callLater(lifetime, onExpiry, self)
@@ -267,6 +275,18 @@ class Allocation:
         for host in [h for h in self.permissions if (":" in h) == (family == FAMILY_IPV6)]:
             self.permissions.pop(host).cancel()
         relay.close(relay.port)
+
+    @property
+    def dropped(self) -> int:
+        """
+        Packets dropped, whatever the cause.
+        """
+        return (
+            self.droppedPermission
+            + self.droppedInvalid
+            + self.droppedBandwidth
+            + self.droppedCongestion
+        )
 
     @property
     def lifetime(self) -> int:
@@ -345,13 +365,13 @@ class Allocation:
         size = len(payload)
         bucket = self.bucket
         if bucket is not None and not bucket.take(size):
-            self.dropped += 1
+            self.droppedBandwidth += 1
             return
         try:
             sendto(payload, peer)
         except OSError:
             # EAGAIN: the socket buffer is full; drop, as a router would.
-            self.dropped += 1
+            self.droppedCongestion += 1
             return
         self.packetsToPeer += 1
         self.bytesToPeer += size
@@ -363,12 +383,12 @@ class Allocation:
         indication otherwise; nothing without a permission (section 9).
         """
         if peer[0] not in self.permissions:
-            self.dropped += 1
+            self.droppedPermission += 1
             return
         size = len(payload)
         bucket = self.bucket
         if bucket is not None and not bucket.take(size):
-            self.dropped += 1
+            self.droppedBandwidth += 1
             return
         binding = self.channelsByPeer.get(peer)
         if binding is not None:
@@ -381,7 +401,7 @@ class Allocation:
             self.packetsFromPeer += 1
             self.bytesFromPeer += size
         else:
-            self.dropped += 1
+            self.droppedCongestion += 1
 
     # The end -------------------------------------------------------------------
 
@@ -421,7 +441,41 @@ class Allocation:
             "packetsFromPeer": self.packetsFromPeer,
             "bytesFromPeer": self.bytesFromPeer,
             "dropped": self.dropped,
+            "droppedPermission": self.droppedPermission,
+            "droppedInvalid": self.droppedInvalid,
+            "droppedBandwidth": self.droppedBandwidth,
+            "droppedCongestion": self.droppedCongestion,
         }
+
+
+class UsageTotals:
+    """
+    What ended allocations relayed, so that totals stay monotonic counters
+    when allocations come and go (metrics add the live ones).
+    """
+
+    FIELDS = (
+        "packetsToPeer",
+        "bytesToPeer",
+        "packetsFromPeer",
+        "bytesFromPeer",
+        "droppedPermission",
+        "droppedInvalid",
+        "droppedBandwidth",
+        "droppedCongestion",
+    )
+
+    def __init__(self) -> None:
+        self.allocations = 0
+        self.counts: Dict[str, int] = dict.fromkeys(self.FIELDS, 0)
+
+    def add(self, allocation: Allocation) -> None:
+        """
+        Count an allocation that ended.
+        """
+        self.allocations += 1
+        for field in self.FIELDS:
+            self.counts[field] += getattr(allocation, field)
 
 
 class AllocationRegistry:
@@ -439,6 +493,20 @@ class AllocationRegistry:
     def __init__(self) -> None:
         self._allocations: Dict[FiveTuple, Allocation] = {}
         self._byUser: Dict[str, Set[Allocation]] = {}
+        self._emptyWaiters: List[Deferred[None]] = []
+        # Totals of ended allocations, by client transport.
+        self.ended: Dict[str, UsageTotals] = {}
+
+    def whenEmpty(self) -> Deferred[None]:
+        """
+        @return: a L{Deferred} that fires when no allocation is left (at
+            once if none is).
+        """
+        if not self._allocations:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._emptyWaiters.append(d)
+        return d
 
     def __len__(self) -> int:
         return len(self._allocations)
@@ -502,3 +570,9 @@ class AllocationRegistry:
             reason=reason,
             **allocation.usage(),
         )
+        transport = allocation.fiveTuple.transportProtocol
+        self.ended.setdefault(transport, UsageTotals()).add(allocation)
+        if not self._allocations:
+            waiters, self._emptyWaiters = self._emptyWaiters, []
+            for d in waiters:
+                d.callback(None)

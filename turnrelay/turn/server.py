@@ -12,8 +12,10 @@ and owns the one L{AllocationRegistry}.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from ipaddress import ip_address, ip_network
 from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
+from typing import Counter as CounterType
 
 import attr
 from twisted.internet.defer import Deferred, DeferredList
@@ -134,6 +136,12 @@ class TURNServer:
     @ivar externalIP: the address advertised in XOR-RELAYED-ADDRESS when
         the relay sits behind NAT, or L{None} to advertise the bound one.
     @ivar software: the SOFTWARE attribute added to responses, or L{None}.
+    @ivar draining: whether new allocations are turned away (300 to an
+        alternate server, or 403) while existing ones run their course.
+    @ivar alternateServers: where a draining relay sends new clients.
+    @ivar requests: responses sent, by C{(method, outcome)}; the outcome is
+        C{"success"} or the error code.
+    @ivar authFailures: refused authentications, by reason.
     """
 
     log = Logger()
@@ -160,6 +168,10 @@ class TURNServer:
         self.peerPolicy = peerPolicy if peerPolicy is not None else PeerPolicy()
         self.relayPorts = relayPorts
         self.relayPorts6 = relayPorts6
+        self.draining = False
+        self.alternateServers: Tuple[TransportAddress, ...] = ()
+        self.requests: CounterType[Tuple[str, str]] = Counter()
+        self.authFailures: CounterType[str] = Counter()
         self.limits = limits
         self.externalIP = externalIP
         self._pools: Dict[int, RelayPortPool] = {
@@ -167,16 +179,7 @@ class TURNServer:
             for family, pool in ((FAMILY_IPV4, relayPorts), (FAMILY_IPV6, relayPorts6))
             if pool is not None
         }
-        # Our relay addresses, with the pool whose port range peers on them
-        # are kept to.
-        self._relayHosts: Dict[str, Optional[RelayPortPool]] = {}
-        for pool in self._pools.values():
-            self._relayHosts[pool.relayIP] = pool
-        if externalIP is not None:
-            self._relayHosts[externalIP] = relayPorts
-        for host in list(self._relayHosts):
-            if self._explicitlyAllowed(host):
-                del self._relayHosts[host]
+        self.setPeerPolicy(self.peerPolicy)
         self._reservations: Dict[bytes, Tuple[Any, RelayPortPool, IDelayedCall]] = {}
         # RFC 6062 peer connections by CONNECTION-ID, for ConnectionBind,
         # which arrives on a connection of its own.
@@ -242,13 +245,13 @@ class TURNServer:
         if allocation is None:
             return
         binding = allocation.channels.get((data[0] << 8) | data[1])
-        if binding is None:
-            allocation.dropped += 1
-            return
         end = 4 + ((data[2] << 8) | data[3])
+        if binding is None or len(data) < end:
+            allocation.droppedInvalid += 1
+            return
         peer = binding.peer
-        if len(data) < end or peer[0] not in allocation.permissions:
-            allocation.dropped += 1
+        if peer[0] not in allocation.permissions:
+            allocation.droppedPermission += 1
             return
         allocation.sendToPeer(data[4:end], peer, binding.sendto)
 
@@ -324,6 +327,12 @@ class TURNServer:
         """
         if self.software is not None:
             response.add(A.SOFTWARE, self.software)
+        error = response.get(A.ERROR_CODE)
+        try:
+            method = Method(request.method).name
+        except ValueError:
+            method = "unknown"
+        self.requests[method, "success" if error is None else str(error.code)] += 1
         data = response.encode(
             key=auth.key if auth is not None else None,
             sha256=auth is not None and auth.useSHA256,
@@ -388,6 +397,7 @@ class TURNServer:
 
     def _authFailed(self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult) -> None:
         assert auth.errorCode is not None
+        self.authFailures[auth.reason] += 1
         # The first 401 is how every client starts: not worth a warning.
         emit = self.log.debug if auth.reason in ("no-integrity", "stale-nonce") else self.log.warn
         emit(
@@ -448,6 +458,8 @@ class TURNServer:
     def _allocate(
         self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult
     ) -> STUNMessage:
+        if self.draining:
+            self._redirect(channel)
         transport = request.get(A.REQUESTED_TRANSPORT)
         if transport is None:
             raise _Reply(400, "REQUESTED-TRANSPORT missing")
@@ -535,6 +547,25 @@ class TURNServer:
             response.add(A.RESERVATION_TOKEN, reservationToken)
         response.attributes.extend(extra)
         return response
+
+    def _redirect(self, channel: IReplyChannel) -> None:
+        """
+        Turn a new allocation away while draining: 300 Try Alternate with
+        ALTERNATE-SERVER, the first of the client's own family (RFC 8489
+        section 10; sent only to authenticated requests, with integrity), or
+        403 when no alternate is configured.
+        """
+        if not self.alternateServers:
+            raise _Reply(403, "the relay is draining")
+        family = channel.clientAddress.family
+        alternates = sorted(self.alternateServers, key=lambda a: a.family != family)
+        first = alternates[0]
+        others = [a for a in alternates if a.family != first.family][:1]
+        raise _Reply(
+            300,
+            "the relay is draining",
+            *[(A.ALTERNATE_SERVER, alternate) for alternate in [first, *others]],
+        )
 
     def _checkQuota(self, username: str) -> None:
         limits = self.limits
@@ -671,6 +702,23 @@ class TURNServer:
         return request.successResponse([(A.LIFETIME, lifetime)])
 
     # Permissions and channels (RFC 8656 sections 10 and 12) ----------------------
+
+    def setPeerPolicy(self, policy: PeerPolicy) -> None:
+        """
+        Put a peer policy in force (at start, and when the configuration is
+        reloaded).  Existing permissions stay until they expire.
+        """
+        self.peerPolicy = policy
+        # Our relay addresses, with the pool whose port range peers on them
+        # are kept to.
+        relayHosts: Dict[str, Optional[RelayPortPool]] = {}
+        for pool in self._pools.values():
+            relayHosts[pool.relayIP] = pool
+        if self.externalIP is not None:
+            relayHosts[self.externalIP] = self.relayPorts
+        self._relayHosts = {
+            host: pool for host, pool in relayHosts.items() if not self._explicitlyAllowed(host)
+        }
 
     def _explicitlyAllowed(self, host: str) -> bool:
         """
@@ -899,15 +947,17 @@ class TURNServer:
             or data is None
             or message.unknownComprehensionRequired(UNDERSTOOD_ATTRIBUTES)
             or peer.port == 0
-            or peer.host not in allocation.permissions
             or self._ownPortRefused(peer)
         ):
-            allocation.dropped += 1
+            allocation.droppedInvalid += 1
+            return
+        if peer.host not in allocation.permissions:
+            allocation.droppedPermission += 1
             return
         if A.DONT_FRAGMENT in message:
             # DF stays set on that relay socket from then on.
             pool = self._pools[peer.family]
             if not pool.setDontFragment(allocation.relays[peer.family].port):
-                allocation.dropped += 1
+                allocation.droppedInvalid += 1
                 return
         allocation.sendToPeer(data, peer, sendto)
