@@ -34,8 +34,8 @@ system-deps:
 	tools/install-system-deps
 
 lint: $(BIN)/.installed-test
-	$(BIN)/ruff check turnrelay tests twisted
-	$(BIN)/ruff format --check turnrelay tests twisted
+	$(BIN)/ruff check turnrelay tests twisted examples
+	$(BIN)/ruff format --check turnrelay tests twisted examples
 	$(BIN)/mypy
 
 test: system-deps lint

@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from turnrelay import tap
 from turnrelay.config import SETTINGS, ListenerConfig, RelayConfig
+from turnrelay.logs import setLogLevel
 from turnrelay.service import ListenerService, RelayService
 from turnrelay.testing import FakeUDPReactor
 
@@ -134,32 +135,66 @@ class MakeServiceTests(SynchronousTestCase):
 
 class SignalTests(SynchronousTestCase):
     """
-    twistd's SIGHUP handling.
+    twistd's signals: SIGHUP reloads, SIGUSR2 drains and exits.
     """
 
-    def test_sighupReloadsTLS(self) -> None:
-        """
-        Once the reactor has started, SIGHUP reloads the TLS certificate; before
-        that, building the service installs no handler.
-        """
-        original = signal.getsignal(signal.SIGHUP)
-        self.addCleanup(signal.signal, signal.SIGHUP, original)
-        options = tap.Options()
-        options.parseOptions(["--listen", "udp:0"])
-        reactor = FakeUDPReactor()
-        relay = tap.makeService(options, reactor=reactor)
-        self.assertEqual(signal.getsignal(signal.SIGHUP), original)
-        reloads: list[bool] = []
+    def setUp(self) -> None:
+        for signum in (signal.SIGHUP, signal.SIGUSR2):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+        self.configFile = self.mktemp()
+        with open(self.configFile, "w") as f:
+            f.write('listen = ["udp:0"]\nuser = ["alice:first-password"]\n')
+        self.options = tap.Options()
+        self.options.parseOptions(["--config", self.configFile])
+        self.reactor = FakeUDPReactor()
+        self.reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore[attr-defined]
+        self.relay = tap.makeService(self.options, reactor=self.reactor)
 
-        def reloadTLS() -> bool:
-            reloads.append(True)
-            return True
-
-        relay.reloadTLS = reloadTLS  # type: ignore[method-assign]
-        reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore[attr-defined]
-        [(trigger, args, kwargs)] = reactor.triggers["after"]["startup"]
+    def started(self) -> None:
+        [(trigger, args, kwargs)] = self.reactor.triggers["after"]["startup"]
         trigger(*args, **kwargs)
-        handler = signal.getsignal(signal.SIGHUP)
+
+    def deliver(self, signum: int) -> None:
+        handler = signal.getsignal(signum)
         assert callable(handler)
-        handler(signal.SIGHUP, None)
-        self.assertEqual(reloads, [True])
+        handler(signum, None)
+
+    def test_noHandlersBeforeStart(self) -> None:
+        """
+        Building the service installs no signal handler.
+        """
+        before = [signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR2)]
+        tap.makeService(self.options, reactor=FakeUDPReactor())
+        after = [signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGUSR2)]
+        self.assertEqual(after, before)
+
+    def test_sighupReloadsConfigFile(self) -> None:
+        """
+        SIGHUP re-reads the configuration file and puts it in force.
+        """
+        self.started()
+        with open(self.configFile, "w") as f:
+            f.write('listen = ["udp:0"]\nuser = ["bob:second-password"]\nlog-level = "warn"\n')
+        self.deliver(signal.SIGHUP)
+        self.assertEqual([name for name, _ in self.relay.config.users], ["bob"])
+        self.assertEqual(self.relay.config.logLevel, "warn")
+        setLogLevel("info")
+
+    def test_sighupKeepsOldOnError(self) -> None:
+        """
+        A broken configuration file on SIGHUP changes nothing.
+        """
+        self.started()
+        with open(self.configFile, "w") as f:
+            f.write("listen = [\n")
+        self.deliver(signal.SIGHUP)
+        self.assertEqual([name for name, _ in self.relay.config.users], ["alice"])
+
+    def test_sigusr2Drains(self) -> None:
+        """
+        SIGUSR2 drains the relay and stops the reactor once it is drained.
+        """
+        self.started()
+        self.deliver(signal.SIGUSR2)
+        self.assertTrue(self.relay.server.draining)
+        self.assertTrue(self.reactor.hasStopped)

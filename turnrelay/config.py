@@ -120,6 +120,20 @@ class RelayConfig:
     @ivar serverName: the name or address clients use in C{turn:} URLs, for
         the credentials endpoint and the admin console; by default the
         external IP, else the relay IP.
+    @ivar manhole: where the SSH admin console listens (TCP), or L{None}
+        (the default: off).
+    @ivar manholeAuthorizedKeys: the OpenSSH authorized_keys file whose keys
+        may log in to the console; read again at each login.
+    @ivar manholePasswords: an optional file of C{user:password} lines that
+        may log in too.
+    @ivar manholeAllowRemote: let the console listen on a non-loopback
+        address (refused otherwise).
+    @ivar metrics: where the Prometheus endpoint listens (TCP), or L{None}.
+    @ivar credentialsEndpoint: where the HTTP credentials endpoint listens
+        (TCP), or L{None}.
+    @ivar credentialsTokenFile: the file holding the bearer token that
+        callers of the credentials endpoint must present.
+    @ivar credentialsTTL: seconds the credentials it mints stay valid.
     @ivar streamIdleTimeout: seconds a TCP or TLS connection without an
         allocation may stay silent.
     @ivar tlsHandshakeTimeout: seconds a TLS handshake may take.
@@ -158,6 +172,14 @@ class RelayConfig:
     alternateServers: Tuple[TransportAddress, ...] = ()
     drainTimeout: float = 3600.0
     serverName: Optional[str] = None
+    manhole: Optional[ListenerConfig] = None
+    manholeAuthorizedKeys: Optional[str] = None
+    manholePasswords: Optional[str] = None
+    manholeAllowRemote: bool = False
+    metrics: Optional[ListenerConfig] = None
+    credentialsEndpoint: Optional[ListenerConfig] = None
+    credentialsTokenFile: Optional[str] = None
+    credentialsTTL: float = 86400.0
     streamIdleTimeout: float = 60.0
     tlsHandshakeTimeout: float = 10.0
     maxUnallocatedConnections: int = 1000
@@ -324,6 +346,19 @@ def _parseLogLevel(value: Any) -> str:
     if text not in LEVELS:
         raise ConfigError(f"log-level: {value!r}; expected one of {', '.join(LEVELS)}")
     return text
+
+
+def _parseAdminListen(name: str) -> Callable[[Any], ListenerConfig]:
+    def parse(value: Any) -> ListenerConfig:
+        try:
+            listener = parseListen(str(value))
+        except ConfigError as e:
+            raise ConfigError(f"{name}: {e}") from None
+        if listener.transport != "tcp":
+            raise ConfigError(f"{name}: {value!r} must be tcp:PORT[:interface=ADDRESS]")
+        return listener
+
+    return parse
 
 
 def _parseAlternate(value: Any) -> TransportAddress:
@@ -661,6 +696,66 @@ SETTINGS: Tuple[Setting, ...] = (
         metavar="NAME",
     ),
     Setting(
+        "manhole",
+        "Serve the SSH admin console here, for example tcp:2222:interface=127.0.0.1 "
+        "(default: off; loopback only unless manhole-allow-remote).",
+        _parseAdminListen("manhole"),
+        "manhole",
+        metavar="tcp:PORT[:interface=ADDRESS]",
+    ),
+    Setting(
+        "manhole-authorized-keys",
+        "OpenSSH authorized_keys file of the keys that may log in to the console "
+        "(read again at each login).",
+        _parsePath,
+        "manholeAuthorizedKeys",
+        metavar="FILE",
+    ),
+    Setting(
+        "manhole-passwords",
+        "Optional file of user:password lines that may log in to the console too.",
+        _parsePath,
+        "manholePasswords",
+        metavar="FILE",
+    ),
+    Setting(
+        "manhole-allow-remote",
+        "Let the console listen on an address other than loopback.",
+        _parseBool("manhole-allow-remote"),
+        "manholeAllowRemote",
+        flag=True,
+    ),
+    Setting(
+        "metrics",
+        "Serve Prometheus metrics over HTTP here, for example tcp:9641:interface=127.0.0.1 "
+        "(default: off).",
+        _parseAdminListen("metrics"),
+        "metrics",
+        metavar="tcp:PORT[:interface=ADDRESS]",
+    ),
+    Setting(
+        "credentials-endpoint",
+        "Serve TURN credentials (RTCIceServer JSON) over HTTP here, for web applications "
+        "(default: off; needs credentials-token-file and a static-auth-secret).",
+        _parseAdminListen("credentials-endpoint"),
+        "credentialsEndpoint",
+        metavar="tcp:PORT[:interface=ADDRESS]",
+    ),
+    Setting(
+        "credentials-token-file",
+        "File holding the bearer token callers of the credentials endpoint present.",
+        _parsePath,
+        "credentialsTokenFile",
+        metavar="FILE",
+    ),
+    Setting(
+        "credentials-ttl",
+        "Seconds the credentials the endpoint mints stay valid (default: 86400).",
+        _parseNumber("credentials-ttl", 60, 7 * 86400, float),
+        "credentialsTTL",
+        metavar="SECONDS",
+    ),
+    Setting(
         "stream-idle-timeout",
         "Seconds a TCP or TLS connection without an allocation may stay silent before "
         "it is closed (default: 60).",
@@ -724,6 +819,40 @@ def buildConfig(values: Mapping[str, Any], base: RelayConfig = RelayConfig()) ->
         )
     if (config.tlsCert is None) != (config.tlsKey is None):
         raise ConfigError("tls-cert and tls-key go together: give both or neither")
+    manhole = config.manhole
+    if manhole is not None:
+        if (
+            not config.manholeAllowRemote
+            and not ipaddress.ip_address(manhole.interface).is_loopback
+        ):
+            raise ConfigError(
+                f"manhole: {manhole} listens beyond loopback; anyone who reaches it can "
+                "run code in the relay.  Use interface=127.0.0.1, or set "
+                "manhole-allow-remote if you mean it"
+            )
+        if config.manholeAuthorizedKeys is None and config.manholePasswords is None:
+            raise ConfigError(
+                "manhole: nobody could log in; set manhole-authorized-keys (or manhole-passwords)"
+            )
+    for name, listener in (
+        ("metrics", config.metrics),
+        ("credentials-endpoint", config.credentialsEndpoint),
+    ):
+        if listener is None:
+            continue
+        address = ipaddress.ip_address(listener.interface)
+        if not (address.is_loopback or address.is_private) or address.is_unspecified:
+            raise ConfigError(
+                f"{name}: {listener} would serve plain HTTP to the world; listen on "
+                "loopback or a private address (and put a TLS proxy in front if needed)"
+            )
+    if config.credentialsEndpoint is not None and (
+        config.credentialsTokenFile is None or not config.authSecrets
+    ):
+        raise ConfigError(
+            "credentials-endpoint: needs credentials-token-file (the bearer token callers "
+            "present) and a static-auth-secret to mint with"
+        )
     return config
 
 

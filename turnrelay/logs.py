@@ -16,9 +16,11 @@ from typing import Optional, Union
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
+    jsonFileLogObserver,
 )
 from twisted.logger import Logger as _TwistedLogger
 
@@ -60,3 +62,13 @@ def logLevel(namespace: str = "turnrelay") -> str:
     @return: the name of the level in force for C{namespace}.
     """
     return _levels.logLevelForNamespace(namespace).name
+
+
+def jsonLogObserver() -> ILogObserver:
+    """
+    A log observer writing one JSON object per event to standard output, for
+    log pipelines: C{twistd --logger turnrelay.logs.jsonLogObserver turnrelay}.
+    Each event keeps its structured fields (an allocation's end carries its
+    username, duration and the packets and bytes relayed each way).
+    """
+    return jsonFileLogObserver(sys.stdout)

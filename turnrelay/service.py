@@ -428,4 +428,17 @@ def makeRelayService(config: RelayConfig, reactor: Any) -> RelayService:
     for listener in config.listeners:
         service = ListenerService(reactor, listener, server, streamLimits, tlsOptions)
         service.setServiceParent(relay)
+    # The operator's side doors, each only when configured.
+    if config.manhole is not None:
+        from turnrelay.admin.manhole import makeManholeService
+
+        makeManholeService(relay, config, reactor).setServiceParent(relay)
+    if config.metrics is not None:
+        from turnrelay.admin.metrics import makeMetricsService
+
+        makeMetricsService(relay, config, reactor).setServiceParent(relay)
+    if config.credentialsEndpoint is not None:
+        from turnrelay.admin.credentials import makeCredentialsService
+
+        makeCredentialsService(relay, config, reactor).setServiceParent(relay)
     return relay

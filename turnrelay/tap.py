@@ -56,22 +56,31 @@ class Options(usage.Options):
         self.config = RelayConfig()
 
     def postOptions(self) -> None:
-        values: Dict[str, Any] = {}
         try:
-            if self["config"] is not None:
-                values.update(loadConfigFile(self["config"]))
-            for setting in SETTINGS:
-                if setting.repeatable:
-                    if setting.name in self.repeated:
-                        values[setting.name] = self.repeated[setting.name]
-                elif setting.flag:
-                    if self[setting.name]:
-                        values[setting.name] = True
-                elif self[setting.name] is not None:
-                    values[setting.name] = self[setting.name]
-            self.config = buildConfig(values)
+            self.config = self.loadConfig()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+    def loadConfig(self) -> RelayConfig:
+        """
+        Read the configuration file, if any, and put the command line over
+        it: at start, and again on SIGHUP.
+
+        @raise ConfigError: a bad setting.
+        """
+        values: Dict[str, Any] = {}
+        if self["config"] is not None:
+            values.update(loadConfigFile(self["config"]))
+        for setting in SETTINGS:
+            if setting.repeatable:
+                if setting.name in self.repeated:
+                    values[setting.name] = self.repeated[setting.name]
+            elif setting.flag:
+                if self[setting.name]:
+                    values[setting.name] = True
+            elif self[setting.name] is not None:
+                values[setting.name] = self[setting.name]
+        return buildConfig(values)
 
 
 def _repeatable(name: str, help: str) -> Any:
@@ -153,17 +162,34 @@ def makeService(
         raise usage.UsageError(str(e)) from None
     # twistd may own signals; the library may not.  Only once the reactor
     # runs, so that building the service has no side effect.
-    reactor.addSystemEventTrigger("after", "startup", _handleSIGHUP, reactor, relay)
+    reactor.addSystemEventTrigger("after", "startup", _handleSignals, reactor, relay, options)
     return relay
 
 
-def _handleSIGHUP(reactor: Any, relay: RelayService) -> None:
+def _handleSignals(reactor: Any, relay: RelayService, options: Options) -> None:
     """
-    Make SIGHUP reload the TLS certificate files.
+    SIGHUP: re-read the configuration file and the TLS certificate, and put
+    what can change in force.  SIGUSR2: drain, then exit.  (SIGTERM is
+    twistd's: the relay stops, logging every allocation's usage.)
     """
 
     def reload() -> None:
-        _log.info("SIGHUP: reloading the TLS certificate")
-        relay.reloadTLS()
+        _log.info("SIGHUP: reloading the configuration and the TLS certificate")
+        try:
+            config = options.loadConfig()
+        except ConfigError as e:
+            _log.error("configuration not reloaded, nothing changed: {reason}", reason=str(e))
+            return
+        if not (config.users or config.authSecrets):
+            # Keep the demo user a loopback-only start made up.
+            config = attr.evolve(config, users=relay.config.users)
+        if config.tlsCert is None:
+            config = attr.evolve(config, tlsCert=relay.config.tlsCert, tlsKey=relay.config.tlsKey)
+        relay.reloadConfig(config)
+
+    def drain() -> None:
+        _log.info("SIGUSR2: draining, then exiting")
+        relay.drain().addCallback(lambda _: reactor.stop())
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
+    signal.signal(signal.SIGUSR2, lambda signum, frame: reactor.callFromThread(drain))

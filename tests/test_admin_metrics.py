@@ -1,0 +1,472 @@
+"""
+The Prometheus endpoint (L{turnrelay.admin.metrics}): a relay on a fake
+reactor with traffic driven through its controller, scraped over an HTTP
+connection on a string transport; and one scrape over real loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Dict, FrozenSet, List, Sequence, Tuple
+
+import attr
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.testing import StringTransport
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from zope.interface import provider
+
+from tests._loopback import reactor
+from tests._turnclient import TURNClient, TURNTestCase
+from turnrelay.admin.metrics import AdminWebService, makeMetricsService
+from turnrelay.config import ListenerConfig, buildConfig
+from turnrelay.service import RelayService, makeRelayService
+from turnrelay.stun import attributes as A
+from turnrelay.stun.address import TransportAddress
+from turnrelay.stun.channeldata import encodeChannelData
+from turnrelay.stun.message import Method
+from turnrelay.testing import FakeReplyChannel, FakeUDPPort, FakeUDPReactor
+
+METRICS_PORT = 9641
+PEER = TransportAddress("198.51.100.20", 5000)
+STRANGER = TransportAddress("198.51.100.99", 5001)
+DENIED_PEER = TransportAddress("203.0.113.5", 5000)
+CLIENT_HOST = "192.0.2.50"
+SETTINGS: Dict[str, Any] = {
+    "listen": ["udp:3478:interface=192.0.2.1", "tcp:3478:interface=192.0.2.1"],
+    "relay-ip": "198.51.100.1",
+    "realm": "example.org",
+    "user": ["alice:alice-password", "bob:bob-password"],
+    "static-auth-secret": ["a shared secret"],
+    "allow-peer": ["198.51.100.0/24"],
+    "user-quota": 1,
+    "metrics": f"tcp:{METRICS_PORT}:interface=127.0.0.1",
+}
+
+# What each label may say: small fixed vocabularies, never a user or address.
+LABEL_VALUES = {
+    "transport": {"udp", "tcp", "tls"},
+    "family": {"ipv4", "ipv6"},
+    "direction": {"to_peer", "from_peer"},
+    "cause": {"permission", "invalid", "bandwidth", "congestion"},
+    "method": {
+        "binding",
+        "allocate",
+        "refresh",
+        "create_permission",
+        "channel_bind",
+        "connect",
+        "connection_bind",
+        "unknown",
+    },
+    "reason": {
+        "no-integrity",
+        "missing-attribute",
+        "stale-nonce",
+        "bid-down",
+        "bad-realm",
+        "unknown-user",
+        "expired",
+        "bad-integrity",
+    },
+}
+
+Samples = Dict[Tuple[str, FrozenSet[Tuple[str, str]]], float]
+
+
+def httpRequest(
+    factory: Any, method: bytes, path: bytes, headers: Sequence[bytes] = ()
+) -> Tuple[int, Dict[bytes, bytes], bytes]:
+    """
+    Send one HTTP/1.1 request to a server factory over a string transport.
+
+    @return: the status code, the headers (lower-case names) and the body.
+    """
+    address = IPv4Address("TCP", "127.0.0.1", 54321)
+    protocol = factory.buildProtocol(address)
+    transport = StringTransport(peerAddress=address)
+    protocol.makeConnection(transport)
+    request = [method + b" " + path + b" HTTP/1.1", b"Host: relay.test", b"Connection: close"]
+    protocol.dataReceived(b"\r\n".join([*request, *headers]) + b"\r\n\r\n")
+    protocol.connectionLost(Failure(ConnectionDone()))
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    statusLine, *headerLines = head.split(b"\r\n")
+    responseHeaders = {}
+    for line in headerLines:
+        name, _, value = line.partition(b":")
+        responseHeaders[name.strip().lower()] = value.strip()
+    assert len(body) == int(responseHeaders[b"content-length"]), "short body"
+    return int(statusLine.split()[1]), responseHeaders, body
+
+
+def parseScrape(text: str) -> Samples:
+    """
+    Parse an exposition in the Prometheus text format.
+
+    @return: C{(sample name, labels) -> value}.
+    """
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """
+    @return: the value of one sample.
+    """
+    return samples[name, frozenset(labels.items())]
+
+
+class MetricsTestCase(TURNTestCase):
+    def setUp(self) -> None:
+        self.reactor = FakeUDPReactor()
+        self.relay = makeRelayService(buildConfig(SETTINGS), self.reactor)
+        self.relay.startService()
+        self.addCleanup(self.relay.stopService)
+        self.site = next(
+            factory for port, factory, _, _ in self.reactor.tcpServers if port == METRICS_PORT
+        )
+        self.clientPort = 40000
+
+    def client(
+        self, username: str = "alice", password: str = "alice-password", transport: str = "udp"
+    ) -> TURNClient:
+        self.clientPort += 1
+        channel = FakeReplyChannel(
+            TransportAddress(CLIENT_HOST, self.clientPort),
+            TransportAddress("192.0.2.1", 3478),
+            transport,
+        )
+        return TURNClient(self.relay.server, channel, username, password, False)
+
+    def scrapeText(self, accept: bytes = b"") -> Tuple[Dict[bytes, bytes], str]:
+        headers = [b"Accept: " + accept] if accept else []
+        status, responseHeaders, body = httpRequest(self.site, b"GET", b"/metrics", headers)
+        self.assertEqual(status, 200)
+        return responseHeaders, body.decode("utf-8")
+
+    def scrape(self) -> Samples:
+        return parseScrape(self.scrapeText()[1])
+
+    def relayPort(self, client: TURNClient) -> FakeUDPPort:
+        port = client.channel.allocation.relayPort
+        assert isinstance(port, FakeUDPPort)
+        return port
+
+    def channelData(self, client: TURNClient, payload: bytes, number: int = 0x4000) -> None:
+        self.relay.server.channelDataReceived(encodeChannelData(number, payload), client.channel)
+
+    def traffic(self) -> TURNClient:
+        """
+        Alice allocates over UDP, binds a channel, is refused two denied
+        peers and a second allocation (quota), and relays both ways; Bob
+        allocates over TCP; someone gets the password wrong.
+
+        @return: Alice.
+        """
+        alice = self.client()
+        self.assertSuccess(alice.allocate())
+        bind = [(A.CHANNEL_NUMBER, 0x4000), (A.XOR_PEER_ADDRESS, PEER)]
+        self.assertSuccess(alice.request(Method.CHANNEL_BIND, bind))
+        denied = [(A.XOR_PEER_ADDRESS, DENIED_PEER)]
+        self.assertError(alice.request(Method.CREATE_PERMISSION, denied), 403)
+        deniedBind = [(A.CHANNEL_NUMBER, 0x4001), (A.XOR_PEER_ADDRESS, DENIED_PEER)]
+        self.assertError(alice.request(Method.CHANNEL_BIND, deniedBind), 403)
+        self.assertSuccess(self.client("bob", "bob-password", "tcp").allocate())
+        self.assertError(self.client().allocate(), 486)
+        self.assertError(self.client(password="wrong").allocate(), 401)
+        self.channelData(alice, b"hello")
+        self.channelData(alice, b"world")
+        self.channelData(alice, b"??", number=0x4005)
+        port = self.relayPort(alice)
+        port.protocol.datagramReceived(b"back!!", (PEER.host, PEER.port))
+        port.protocol.datagramReceived(b"nope", (STRANGER.host, STRANGER.port))
+        self.assertEqual(alice.channel.sent, [encodeChannelData(0x4000, b"back!!")])
+        alice.channel.sent.clear()
+        return alice
+
+
+class ScrapeTests(MetricsTestCase):
+    """
+    What a scrape says after traffic through the controller.
+    """
+
+    def test_allocationsPermissionsChannels(self) -> None:
+        """
+        Live allocations are counted by transport and family, with
+        permissions and channels.
+        """
+        self.traffic()
+        samples = self.scrape()
+        self.assertEqual(value(samples, "turnrelay_allocations", transport="udp", family="ipv4"), 1)
+        self.assertEqual(value(samples, "turnrelay_allocations", transport="tcp", family="ipv4"), 1)
+        self.assertEqual(value(samples, "turnrelay_allocations", transport="udp", family="ipv6"), 0)
+        self.assertEqual(value(samples, "turnrelay_permissions"), 1)
+        self.assertEqual(value(samples, "turnrelay_channels"), 1)
+        self.assertEqual(value(samples, "turnrelay_tcp_peer_connections"), 0)
+        self.assertEqual(value(samples, "turnrelay_allocations_ended_total", transport="udp"), 0)
+
+    def test_relayedAndDropped(self) -> None:
+        """
+        Relayed packets and bytes are counted by transport and direction, and
+        dropped packets by cause.
+        """
+        self.traffic()
+        samples = self.scrape()
+        relayed = "turnrelay_relayed_packets_total"
+        self.assertEqual(value(samples, relayed, transport="udp", direction="to_peer"), 2)
+        self.assertEqual(value(samples, relayed, transport="udp", direction="from_peer"), 1)
+        self.assertEqual(value(samples, relayed, transport="tcp", direction="to_peer"), 0)
+        relayedBytes = "turnrelay_relayed_bytes_total"
+        self.assertEqual(value(samples, relayedBytes, transport="udp", direction="to_peer"), 10)
+        self.assertEqual(value(samples, relayedBytes, transport="udp", direction="from_peer"), 6)
+        dropped = "turnrelay_dropped_packets_total"
+        self.assertEqual(value(samples, dropped, transport="udp", cause="permission"), 1)
+        self.assertEqual(value(samples, dropped, transport="udp", cause="invalid"), 1)
+        self.assertEqual(value(samples, dropped, transport="udp", cause="bandwidth"), 0)
+        self.assertEqual(value(samples, dropped, transport="udp", cause="congestion"), 0)
+
+    def test_requestsAndRejections(self) -> None:
+        """
+        Responses are counted by method and code; quota (486) and peer-policy
+        (403) refusals and authentication failures have their own counters.
+        """
+        self.traffic()
+        samples = self.scrape()
+        requests = "turnrelay_requests_total"
+        self.assertEqual(value(samples, requests, method="allocate", code="success"), 2)
+        self.assertEqual(value(samples, requests, method="allocate", code="401"), 5)
+        self.assertEqual(value(samples, requests, method="allocate", code="486"), 1)
+        self.assertEqual(value(samples, requests, method="channel_bind", code="success"), 1)
+        self.assertEqual(value(samples, requests, method="channel_bind", code="403"), 1)
+        self.assertEqual(value(samples, requests, method="create_permission", code="403"), 1)
+        self.assertEqual(value(samples, "turnrelay_quota_rejections_total"), 1)
+        peer = "turnrelay_peer_rejections_total"
+        self.assertEqual(value(samples, peer, method="create_permission"), 1)
+        self.assertEqual(value(samples, peer, method="channel_bind"), 1)
+        self.assertEqual(value(samples, peer, method="connect"), 0)
+        failures = "turnrelay_auth_failures_total"
+        self.assertEqual(value(samples, failures, reason="no-integrity"), 4)
+        self.assertEqual(value(samples, failures, reason="bad-integrity"), 1)
+        self.assertEqual(value(samples, "turnrelay_tls_reloads_total"), 0)
+
+    def test_drainingAndStartTime(self) -> None:
+        """
+        The draining gauge turns to 1 on drain; the start time is the relay's.
+        """
+        self.reactor.advance(1000)
+        self.assertEqual(value(self.scrape(), "turnrelay_draining"), 0)
+        self.relay.drain()
+        samples = self.scrape()
+        self.assertEqual(value(samples, "turnrelay_draining"), 1)
+        self.assertEqual(value(samples, "turnrelay_start_time_seconds"), self.relay.startedAt)
+
+    def test_live(self) -> None:
+        """
+        Counters grow while the allocation lives, and keep what ended
+        allocations relayed.
+        """
+        alice = self.traffic()
+        before = self.scrape()
+        self.channelData(alice, b"more")
+        after = self.scrape()
+        labels = {"transport": "udp", "direction": "to_peer"}
+        self.assertEqual(value(before, "turnrelay_relayed_packets_total", **labels), 2)
+        self.assertEqual(value(after, "turnrelay_relayed_packets_total", **labels), 3)
+        self.assertEqual(value(after, "turnrelay_relayed_bytes_total", **labels), 14)
+        self.assertSuccess(alice.request(Method.REFRESH, [(A.LIFETIME, 0)]))
+        ended = self.scrape()
+        self.assertEqual(value(ended, "turnrelay_relayed_packets_total", **labels), 3)
+        self.assertEqual(value(ended, "turnrelay_allocations_ended_total", transport="udp"), 1)
+        self.assertEqual(value(ended, "turnrelay_allocations", transport="udp", family="ipv4"), 0)
+        self.assertEqual(value(ended, "turnrelay_permissions"), 0)
+
+    def test_noUsersOrAddressesInLabels(self) -> None:
+        """
+        Every label value comes from a small fixed vocabulary: no username
+        (static or REST) and no address appears.
+        """
+        self.traffic()
+        username, password = self.relay.mintCredential("carol", ttl=600)
+        self.assertSuccess(self.client(username, password).allocate())
+        text = self.scrapeText()[1]
+        for secretive in ("alice", "bob", "carol", username, CLIENT_HOST, PEER.host, "192.0.2.1"):
+            self.assertNotIn(secretive, text)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                for name, labelValue in sample.labels.items():
+                    if name == "code":
+                        self.assertTrue(labelValue == "success" or labelValue.isdigit())
+                    else:
+                        self.assertIn(labelValue, LABEL_VALUES[name], f"{name}={labelValue}")
+                    self.assertRaises(ValueError, ipaddress.ip_address, labelValue)
+
+    def test_conventions(self) -> None:
+        """
+        The relay's metrics are prefixed turnrelay_, counters end in _total
+        and byte counts are in bytes.
+        """
+        self.traffic()
+        families = list(text_string_to_metric_families(self.scrapeText()[1]))
+        ours = [family for family in families if family.name.startswith("turnrelay_")]
+        self.assertGreaterEqual(len(ours), 15)
+        for family in families:
+            self.assertTrue(family.name.startswith(("turnrelay_", "process_")), family.name)
+            for sample in family.samples:
+                if family.type == "counter":
+                    self.assertTrue(sample.name.endswith("_total"), sample.name)
+        names = {family.name for family in ours}
+        self.assertIn("turnrelay_relayed_bytes", names)
+
+
+class EndpointTests(MetricsTestCase):
+    """
+    The HTTP side: paths, content types, registries and logs.
+    """
+
+    def test_contentType(self) -> None:
+        """
+        GET /metrics answers in the Prometheus text format, uncached.
+        """
+        headers, text = self.scrapeText()
+        self.assertEqual(headers[b"content-type"], b"text/plain; version=0.0.4; charset=utf-8")
+        self.assertEqual(headers[b"cache-control"], b"no-store")
+        self.assertNotIn(b"server", headers)
+        self.assertIn("# TYPE turnrelay_allocations gauge", text)
+
+    def test_openMetrics(self) -> None:
+        """
+        A scraper that asks for OpenMetrics gets it.
+        """
+        accept = b"application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        headers, text = self.scrapeText(accept)
+        self.assertTrue(headers[b"content-type"].startswith(b"application/openmetrics-text"))
+        self.assertTrue(text.endswith("# EOF\n"))
+
+    def test_elsewhere404(self) -> None:
+        """
+        Every path but /metrics is 404, the root included.
+        """
+        for path in (b"/", b"/metric", b"/metrics/", b"/metrics/x", b"/credentials"):
+            status, _, _ = httpRequest(self.site, b"GET", path)
+            self.assertEqual(status, 404, path)
+
+    def test_ownRegistry(self) -> None:
+        """
+        Nothing is registered in prometheus_client's global registry.
+        """
+        self.assertNotIn(b"turnrelay_", generate_latest(REGISTRY))
+
+    def test_quiet(self) -> None:
+        """
+        A scrape logs nothing: no access log line, no factory start.
+        """
+        events: List[LogEvent] = []
+
+        @provider(ILogObserver)
+        def observe(event: LogEvent) -> None:
+            events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.site.doStart()
+        self.scrapeText()
+        self.site.doStop()
+        self.assertEqual(events, [])
+
+    def test_listensAndStops(self) -> None:
+        """
+        The service listens where configured, is named "metrics" in the
+        relay, and stops listening with the relay.
+        """
+        service = self.relay.getServiceNamed("metrics")
+        self.assertEqual(service.address, TransportAddress("127.0.0.1", METRICS_PORT))
+        port = service.port
+        self.successResultOf(self.relay.stopService())
+        self.assertFalse(port.listening)
+        self.assertIsNone(service.port)
+
+
+class KeepAliveClient(Protocol):
+    """
+    An HTTP client that sends one keep-alive request and waits.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.answered: Deferred[None] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(b"GET /metrics HTTP/1.1\r\nHost: relay.test\r\n\r\n")  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if not self.answered.called:
+            self.answered.callback(None)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed.callback(None)
+
+
+class LoopbackTests(TestCase):
+    """
+    Scrapes over a real socket on 127.0.0.1.
+    """
+
+    def relay(self) -> Tuple[RelayService, AdminWebService, int]:
+        fake = FakeUDPReactor()
+        config = buildConfig({k: v for k, v in SETTINGS.items() if k != "metrics"})
+        relay = makeRelayService(config, fake)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        metricsConfig = attr.evolve(config, metrics=ListenerConfig("tcp", 0, "127.0.0.1"))
+        service = makeMetricsService(relay, metricsConfig, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        assert service.address is not None
+        return relay, service, service.address.port
+
+    async def test_scrape(self) -> None:
+        """
+        GET /metrics over loopback answers 200 with the text format.
+        """
+        relay, service, port = self.relay()
+        pool = HTTPConnectionPool(reactor)
+        self.addCleanup(pool.closeCachedConnections)
+        agent = Agent(reactor, pool=pool)
+        url = f"http://127.0.0.1:{port}/metrics".encode("ascii")
+        response = await agent.request(b"GET", url)
+        body = await readBody(response)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"),
+            [b"text/plain; version=0.0.4; charset=utf-8"],
+        )
+        samples = parseScrape(body.decode("utf-8"))
+        self.assertEqual(value(samples, "turnrelay_allocations", transport="udp", family="ipv4"), 0)
+        missing = await readBody(await agent.request(b"GET", url.replace(b"/metrics", b"/")))
+        self.assertEqual(missing, b"Not found\n")
+
+    async def test_stopClosesConnections(self) -> None:
+        """
+        Stopping the service closes the connections kept alive, and fires
+        when they are gone.
+        """
+        relay, service, port = self.relay()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        client = await connectProtocol(endpoint, KeepAliveClient())
+        await client.answered
+        self.assertTrue(client.received.startswith(b"HTTP/1.1 200 OK"))
+        await service.stopService()
+        await client.closed

@@ -1,0 +1,546 @@
+# -*- test-case-name: tests.test_admin_manhole -*-
+"""
+What the SSH admin console (L{turnrelay.admin.manhole}) offers: the live
+objects of a running relay, and small helpers that answer in readable text.
+
+The helpers are plain methods of L{AdminConsole}: they read and act through
+the relay's public API (L{turnrelay.service.RelayService}) and return text,
+so they are tested without SSH and can be called from any code holding the
+relay.
+
+Every helper returns a L{ConsoleText}: a C{str} whose C{repr} is the text
+itself.  The console shows the value of an expression with C{repr}, so
+C{allocations()} prints a table, not a quoted string full of C{\\n}; code
+and tests use the value as the ordinary string it is (C{print()} works as
+well).
+"""
+
+from __future__ import annotations
+
+import inspect
+import pydoc
+import re
+import time
+from collections.abc import Iterable
+from ipaddress import ip_address
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from twisted.internet.interfaces import IReactorTime
+
+from turnrelay.logs import LEVELS, Logger, logLevel, setLogLevel
+from turnrelay.stun.address import TransportAddress
+from turnrelay.stun.attributes import TRANSPORT_TCP
+from turnrelay.transports.tls import fingerprint
+from turnrelay.turn.allocation import Allocation, AllocationRegistry
+
+KILL_REASON = "killed by the administrator"
+
+# The helpers, in the order help() lists them.
+HELPERS = ("allocations", "kill", "stats", "drain", "reloadTLS", "mint", "loglevel", "help")
+
+# The live objects, with what help() says of them.
+OBJECTS = (
+    ("relay", "the relay service (RelayService): root of turnrelay's service tree"),
+    ("server", "the TURN controller (TURNServer) every transport hands requests to"),
+    ("registry", "the live allocations (AllocationRegistry): iterate, len(), forUser(name)"),
+    ("config", "the configuration in force when the session started (RelayConfig)"),
+    ("console", "this console (AdminConsole), whose methods the helpers are"),
+)
+
+_EPYTEXT_MARKUP = re.compile(r"[BCILMU]\{([^{}]*)\}")
+
+
+class ConsoleText(str):
+    """
+    Text the console shows as it is.
+
+    The console displays an expression's value with C{repr}; this C{str}
+    answers C{repr} with the text itself.  Anything built from it with
+    string operations is a plain C{str} again.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str.__str__(self)
+
+
+class AdminConsole:
+    """
+    The admin console's namespace and helpers, for one relay.
+
+    @ivar relay: the L{turnrelay.service.RelayService} administered.
+    """
+
+    log = Logger()
+
+    def __init__(self, relay: Any, clock: IReactorTime) -> None:
+        """
+        @param relay: the running relay.
+        @param clock: the relay's clock, for ages and expiry times.
+        """
+        self.relay = relay
+        self._clock = clock
+
+    @property
+    def registry(self) -> AllocationRegistry:
+        """
+        The relay's live allocations.
+        """
+        registry: AllocationRegistry = self.relay.server.registry
+        return registry
+
+    def namespace(self) -> Dict[str, Any]:
+        """
+        The names a console session starts with: the live objects and the
+        helpers.  Built for each session, so that C{config} is the
+        configuration in force then (C{reloadConfig} replaces it).
+        """
+        relay = self.relay
+        names: Dict[str, Any] = {
+            "relay": relay,
+            "server": relay.server,
+            "registry": relay.server.registry,
+            "config": relay.config,
+            "console": self,
+        }
+        for name in HELPERS:
+            names[name] = getattr(self, name)
+        return names
+
+    # Allocations -------------------------------------------------------------
+
+    def allocations(self, user: Optional[str] = None, address: Any = None) -> ConsoleText:
+        """
+        A table of the live allocations, optionally filtered.
+
+        One row per allocation, oldest first: user, client and server
+        address, transport, relayed addresses, age, lifetime left,
+        permissions, channels, packets and bytes relayed to and from peers,
+        packets dropped.
+
+        @param user: only this username's allocations.
+        @param address: only the allocations whose client, relayed or peer
+            address is this one: C{"ip"} or C{"ip:port"} (C{"[ip6]:port"}).
+        """
+        registry = self.registry
+        chosen = list(registry) if user is None else registry.forUser(user)
+        if address is not None:
+            wanted = _canonicalAddress(str(address))
+            chosen = [a for a in chosen if wanted in _addressesOf(a)]
+        if not chosen:
+            if user is None and address is None:
+                return ConsoleText("no allocations")
+            return ConsoleText(f"no allocation matches{_describeFilter(user, address)}")
+        chosen.sort(key=lambda allocation: allocation.createdAt)
+        now = self._clock.seconds()
+        header = (
+            "USER",
+            "CLIENT",
+            "TRANSPORT",
+            "RELAYED",
+            "AGE",
+            "LEFT",
+            "PERMS",
+            "CHANNELS",
+            "TO PEERS",
+            "FROM PEERS",
+            "DROPPED",
+        )
+        rows = [_allocationRow(allocation, now) for allocation in chosen]
+        table = _table(header, rows, rightAligned={4, 5, 6, 7, 10})
+        total = len(registry)
+        count = f"{len(rows)} allocation{'s' if len(rows) != 1 else ''}"
+        if len(rows) != total:
+            count += f" of {total}{_describeFilter(user, address, ' matching')}"
+        return ConsoleText(f"{table}\n{count}")
+
+    def kill(self, target: Any) -> ConsoleText:
+        """
+        End an allocation, or all of a user's, now.
+
+        The log gives the reason "killed by the administrator"; the client
+        learns of it at its next request (437).
+
+        @param target: an L{Allocation} (or several), a relayed address
+            such as C{"198.51.100.1:49152"}, or a username (all of its
+            allocations).
+        """
+        registry = self.registry
+        if isinstance(target, Allocation):
+            victims = [target]
+        elif isinstance(target, str):
+            wanted = _canonicalAddress(target)
+            victims = [
+                allocation
+                for allocation in registry
+                if any(str(address) == wanted for address in allocation.relayedAddresses)
+            ]
+            if not victims:
+                victims = registry.forUser(target)
+            if not victims:
+                return ConsoleText(
+                    f"nothing killed: no allocation has the relayed address or username {target!r}"
+                )
+        elif isinstance(target, Iterable) and all(isinstance(a, Allocation) for a in target):
+            victims = list(target)
+        else:
+            return ConsoleText(
+                "kill() takes an allocation, a relayed address such as "
+                f"'198.51.100.1:49152' or a username; not {type(target).__name__}"
+            )
+        lines = []
+        for allocation in victims:
+            relayed = ", ".join(str(address) for address in allocation.relayedAddresses)
+            if registry.get(allocation.fiveTuple) is not allocation:
+                lines.append(f"  {relayed} ({allocation.username}) had already ended")
+                continue
+            registry.remove(allocation, KILL_REASON)
+            lines.append(f"  {relayed} ({allocation.username}, {allocation.fiveTuple})")
+        killed = sum(1 for line in lines if not line.endswith("had already ended"))
+        head = f"killed {killed} allocation{'s' if killed != 1 else ''}:"
+        return ConsoleText("\n".join([head, *lines]))
+
+    # The relay ---------------------------------------------------------------
+
+    def stats(self) -> ConsoleText:
+        """
+        The relay's live figures.
+
+        Uptime, allocations, permissions, channels, what was relayed,
+        requests answered, refused authentications.
+        """
+        figures = dict(self.relay.stats())
+        lines: List[Tuple[str, str]] = []
+
+        def take(key: str, label: str, render: Callable[[Any], str] = str) -> None:
+            if key in figures:
+                lines.append((label, render(figures.pop(key))))
+
+        take("uptime", "uptime", lambda seconds: _duration(seconds))
+        take("draining", "draining", lambda draining: "yes" if draining else "no")
+        take("allocations", "allocations")
+        take(
+            "allocationsByTransportAndFamily",
+            "  by transport",
+            lambda counts: _counts({f"{t}/{f}": n for (t, f), n in counts.items()}),
+        )
+        take("permissions", "permissions")
+        take("channels", "channels")
+        take("tcpPeerConnections", "TCP peer connections")
+        relayed = figures.pop("relayed", {})
+        take(
+            "requests",
+            "requests answered",
+            lambda counts: _counts({f"{m} {o}": n for (m, o), n in counts.items()}),
+        )
+        take("authFailures", "refused authentications", _counts)
+        take("tlsReloads", "TLS certificate reloads")
+        for key, value in sorted(figures.items()):
+            lines.append((key, str(value)))
+        width = max(len(label) for label, _ in lines) if lines else 0
+        text = [f"{label:<{width}}  {value}" for label, value in lines]
+        text.append("relayed (live and ended allocations), by client transport:")
+        if not relayed:
+            text.append("  nothing yet")
+        for transport, counts in sorted(relayed.items()):
+            dropped = sum(n for field, n in counts.items() if field.startswith("dropped"))
+            toPeers = _traffic(counts.get("packetsToPeer", 0), counts.get("bytesToPeer", 0))
+            fromPeers = _traffic(counts.get("packetsFromPeer", 0), counts.get("bytesFromPeer", 0))
+            text.append(
+                f"  {transport}: to peers {toPeers}; from peers {fromPeers}; {dropped} dropped"
+            )
+        return ConsoleText("\n".join(text))
+
+    def drain(self, timeout: Optional[float] = None) -> ConsoleText:
+        """
+        Take no new allocations, and let the live ones run out.
+
+        New clients get 300 Try Alternate to alternate-server, or 403.
+
+        @param timeout: seconds after which the allocations left are ended;
+            drain-timeout by default, 0 to wait for ever.
+        """
+        relay = self.relay
+        relay.drain(timeout)
+        left = len(self.registry)
+        timeout = relay.config.drainTimeout if timeout is None else timeout
+        alternates = relay.config.alternateServers
+        refusal = (
+            "sent to " + ", ".join(str(address) for address in alternates)
+            if alternates
+            else "refused (403)"
+        )
+        lines = [f"draining: new allocations are {refusal}"]
+        if not left:
+            lines.append("no allocations are left: the drain is complete")
+        else:
+            lines.append(
+                f"{left} allocation{'s are' if left != 1 else ' is'} left, running to "
+                "the end of their lifetime"
+                + (f"; any left in {_duration(timeout)} will be ended" if timeout else "")
+            )
+            lines.append("stats() and allocations() show what remains")
+        return ConsoleText("\n".join(lines))
+
+    def reloadTLS(self) -> ConsoleText:
+        """
+        Read the TLS certificate files again, now.
+
+        New handshakes get the new certificate; established connections
+        keep theirs.
+        """
+        relay = self.relay
+        if relay.tlsOptions is None:
+            return ConsoleText("no tls listener: there is no certificate to reload")
+        if not relay.reloadTLS():
+            return ConsoleText(
+                "TLS certificate not reloaded: the files did not load (the log says why); "
+                "the old certificate stays in service"
+            )
+        certificate = relay.tlsOptions.certificate
+        return ConsoleText(
+            f"TLS certificate reloaded: {certificate.subject.rfc4514_string()}, "
+            f"SHA-256 {fingerprint(certificate)}"
+        )
+
+    def mint(self, userID: str, ttl: float = 86400) -> ConsoleText:
+        """
+        Mint a TURN REST API credential (shown here, never logged).
+
+        It is made as the web application would, with the first
+        static-auth-secret.
+
+        @param userID: who it is for; it ends the username.
+        @param ttl: seconds it stays valid, at most rest-max-ttl.
+        """
+        try:
+            username, password = self.relay.mintCredential(userID, ttl)
+        except ValueError as e:
+            return ConsoleText(f"cannot mint a credential: {e}")
+        expiry = int(username.partition(":")[0])
+        valid = max(0, expiry - int(self._clock.seconds()))
+        self.log.info(
+            "admin console minted a TURN REST credential for {userID}, valid {valid} s",
+            userID=userID,
+            valid=valid,
+        )
+        until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expiry))
+        return ConsoleText(
+            f"username: {username}\npassword: {password}\n"
+            f"realm:    {self.relay.config.realm}\nvalid for {_duration(valid)}, until {until}"
+        )
+
+    def loglevel(self, level: Any = None) -> ConsoleText:
+        """
+        Show turnrelay's log level, or set it.
+
+        The levels: debug, info, warn, error, critical.
+
+        @param level: the new level; L{None} to show the current one.
+        """
+        current = logLevel()
+        if level is None:
+            return ConsoleText(f"log level: {current} (one of {', '.join(LEVELS)})")
+        name = str(getattr(level, "name", level)).lower()
+        if name not in LEVELS:
+            return ConsoleText(
+                f"log level unchanged ({current}): {level!r} is not one of {', '.join(LEVELS)}"
+            )
+        # Said before the change, so that it shows whichever way it goes.
+        self.log.info(
+            "log level set to {newLevel} from the admin console (was {was})",
+            newLevel=name,
+            was=current,
+        )
+        setLogLevel(name)
+        return ConsoleText(f"log level: {name} (was {current})")
+
+    def help(self, topic: Any = None) -> ConsoleText:
+        """
+        List what is here, or document one thing: help(kill).
+
+        help(registry) documents an object, as pydoc would.
+
+        @param topic: what to document; L{None} for the list.
+        """
+        if topic is None:
+            return self._overview()
+        for name in HELPERS:
+            if topic == getattr(self, name):
+                method = getattr(self, name)
+                doc = _EPYTEXT_MARKUP.sub(r"\1", inspect.getdoc(method) or "")
+                return ConsoleText(f"{name}{_signature(method)}\n\n{doc}")
+        # pydoc's plain text, never its pager (which would read the terminal).
+        renderer = pydoc.plaintext  # type: ignore[attr-defined]
+        return ConsoleText(pydoc.render_doc(topic, renderer=renderer))
+
+    def _overview(self) -> ConsoleText:
+        lines = ["turnrelay admin console: Python, inside the running relay.", ""]
+        width = max(len(name) for name, _ in OBJECTS)
+        lines += [f"  {name:<{width}}  {what}" for name, what in OBJECTS]
+        lines += ["", "Helpers (each answers in text):"]
+        calls = [(name + _signature(getattr(self, name)), name) for name in HELPERS]
+        width = max(len(call) for call, _ in calls)
+        for call, name in calls:
+            lines.append(f"  {call:<{width}}  {_summary(getattr(self, name))}")
+        lines += [
+            "",
+            "help(kill) shows one helper in full.  exit() or Ctrl-D ends the session;",
+            "a script piped into `ssh -tt` ends with its input.",
+        ]
+        return ConsoleText("\n".join(lines))
+
+
+# Formatting ----------------------------------------------------------------
+
+
+def _signature(function: Callable[..., Any]) -> str:
+    """
+    C{function}'s parameters as the operator types them: no annotations.
+    """
+    signature = inspect.signature(function)
+    parameters = [
+        parameter.replace(annotation=inspect.Parameter.empty)
+        for parameter in signature.parameters.values()
+    ]
+    return str(signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty))
+
+
+def _summary(function: Callable[..., Any]) -> str:
+    """
+    The first paragraph of C{function}'s docstring, on one line.
+    """
+    doc = inspect.getdoc(function) or ""
+    paragraph = " ".join(doc.split("\n\n")[0].split()).rstrip(".")
+    return _EPYTEXT_MARKUP.sub(r"\1", paragraph)
+
+
+def _duration(seconds: float) -> str:
+    """
+    C{seconds} the way people read them: C{45s}, C{12m05s}, C{3h02m}, C{2d04h}.
+    """
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _size(count: int) -> str:
+    """
+    A byte count: exact below 10,000 bytes, then in kB, MB, GB (powers of 1000).
+    """
+    if count < 10_000:
+        return f"{count} B"
+    value = float(count)
+    units = ("kB", "MB", "GB", "TB")
+    for unit in units:
+        value /= 1000
+        if value < 1000 or unit == units[-1]:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def _traffic(packets: int, octets: int) -> str:
+    return f"{packets} pkt{'s' if packets != 1 else ''}, {_size(octets)}"
+
+
+def _counts(counts: Dict[str, int]) -> str:
+    if not counts:
+        return "none"
+    return ", ".join(f"{key} {n}" for key, n in sorted(counts.items()))
+
+
+def _describeFilter(user: Optional[str], address: Any, verb: str = "") -> str:
+    parts = []
+    if user is not None:
+        parts.append(f"user={user!r}")
+    if address is not None:
+        parts.append(f"address={str(address)!r}")
+    return (verb + " " + " and ".join(parts)) if parts else ""
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], rightAligned: set[int]) -> str:
+    """
+    Align C{rows} under C{header}, two spaces between columns.
+    """
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [
+            cell.rjust(width) if i in rightAligned else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    return "\n".join(line(cells) for cells in (header, *rows))
+
+
+def _allocationRow(allocation: Allocation, now: float) -> List[str]:
+    fiveTuple = allocation.fiveTuple
+    transport = fiveTuple.transportProtocol
+    if allocation.transport == TRANSPORT_TCP:
+        transport += ", tcp relay"
+    return [
+        allocation.username,
+        f"{fiveTuple.clientAddress}->{fiveTuple.serverAddress}",
+        transport,
+        ", ".join(str(address) for address in allocation.relayedAddresses),
+        _duration(now - allocation.createdAt),
+        _duration(allocation.lifetime),
+        str(len(allocation.permissions)),
+        str(len(allocation.channels)),
+        _traffic(allocation.packetsToPeer, allocation.bytesToPeer),
+        _traffic(allocation.packetsFromPeer, allocation.bytesFromPeer),
+        str(allocation.dropped),
+    ]
+
+
+# Addresses -----------------------------------------------------------------
+
+
+def _canonicalAddress(text: str) -> str:
+    """
+    C{"ip"} or C{"ip:port"} (C{"[ip6]:port"}) in the spelling
+    L{TransportAddress} uses, so that C{2001:DB8::1} finds C{2001:db8::1}.
+    Text that is not an address comes back stripped.
+    """
+    text = text.strip()
+    try:
+        return str(ip_address(text.strip("[]")))
+    except ValueError:
+        pass
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    else:
+        host, _, port = text.rpartition(":")
+    try:
+        return str(TransportAddress(str(ip_address(host)), int(port)))
+    except ValueError:
+        return text
+
+
+def _addressesOf(allocation: Allocation) -> set[str]:
+    """
+    Every address text that finds C{allocation}: its client's, its relayed
+    ones and its peers', each as C{ip:port} and as C{ip}.
+    """
+    addresses: List[TransportAddress] = [allocation.fiveTuple.clientAddress]
+    addresses += allocation.relayedAddresses
+    addresses += allocation.channelsByPeer
+    for connection in allocation.peerConnections.values():
+        peer = getattr(connection, "peer", None)
+        if isinstance(peer, TransportAddress):
+            addresses.append(peer)
+    found = set(allocation.permissions)
+    for address in addresses:
+        found.add(str(address))
+        found.add(address.host)
+    return found

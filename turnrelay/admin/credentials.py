@@ -1,0 +1,252 @@
+# -*- test-case-name: tests.test_admin_credentials -*-
+"""
+The credentials endpoint: a web application's server asks it for TURN
+credentials and hands the answer to its page, which passes it to
+C{RTCPeerConnection} as an C{RTCIceServer}::
+
+    GET /credentials?user=ID
+    Authorization: Bearer TOKEN
+
+    200 OK
+    Content-Type: application/json
+    Cache-Control: no-store
+
+    {"urls": ["turn:turn.example.org:3478?transport=udp", ...],
+     "username": "1700086400:ID", "credential": "...", "ttl": 86400}
+
+The credential is a TURN REST API one (L{RelayService.mintCredential
+<turnrelay.service.RelayService.mintCredential>}), so the web application
+needs neither the shared secret nor the formula.  POST works the same way.
+
+The bearer token is read from C{credentials-token-file} at every request (a
+small file: cheaper than it sounds, and simpler than caching it), so a new
+token applies at once, without a reload; a file that cannot be read at
+start-up stops the relay, and one that goes missing later makes every
+request fail with 503.  The token is compared in constant time and never
+logged, and neither is the credential.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+from ipaddress import ip_address
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from turnrelay.admin.web import AdminWebService, OnePageRoot, QuietSite
+from turnrelay.config import ConfigError, RelayConfig
+from turnrelay.logs import Logger
+from turnrelay.stun.address import TransportAddress
+
+# The URL scheme and ?transport= of each listener transport (RFC 7065).
+_SCHEMES = {
+    "udp": ("turn", "udp"),
+    "tcp": ("turn", "tcp"),
+    "tls": ("turns", "tcp"),
+}
+# User ids are short: the REST username (expiry, ':', id) must fit STUN's
+# USERNAME (RFC 8489 section 14.3) with room to spare.
+MAX_USER_ID = 128
+
+
+class TokenUnavailable(Exception):
+    """
+    The token file cannot be read, or holds no token.
+    """
+
+
+def readToken(path: str) -> bytes:
+    """
+    Read the bearer token: the file's content without surrounding
+    whitespace.
+
+    @raise TokenUnavailable: the file cannot be read or is blank, in which
+        case no request may pass.
+    """
+    try:
+        with open(path, "rb") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise TokenUnavailable(f"credentials-token-file {path!r}: {e.strerror}") from None
+    if not token:
+        raise TokenUnavailable(f"credentials-token-file {path!r} is empty")
+    return token
+
+
+def presentedToken(request: Request) -> Optional[bytes]:
+    """
+    @return: the token of an C{Authorization: Bearer} header (the scheme is
+        case-insensitive, RFC 9110 section 11.1), or L{None}.
+    """
+    header = request.getHeader(b"authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(b" ")
+    if scheme.lower() != b"bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def urlHost(host: str) -> str:
+    """
+    A host as it is written in a URL: IPv6 addresses in brackets.
+    """
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def iceServerURLs(config: RelayConfig, listeners: List[Tuple[str, TransportAddress]]) -> List[str]:
+    """
+    The C{turn:} and C{turns:} URLs (RFC 7065) of a relay's listeners.
+
+    The host is C{server-name}, else C{external-ip}, else the listener's
+    address when it is specific, else the relay IP.
+
+    @param listeners: C{(transport, address)} of each listener, as
+        L{RelayService.listeningAddresses
+        <turnrelay.service.RelayService.listeningAddresses>} gives them.
+    @return: one URL per listener, duplicates left out, in listener order;
+        none for a listener with no address to advertise.
+    """
+    urls: List[str] = []
+    for transport, address in listeners:
+        host = config.serverName or config.externalIP
+        if host is None:
+            host = (
+                address.host
+                if not ip_address(address.host).is_unspecified
+                else config.effectiveRelayIP()
+            )
+        if host is None:
+            continue
+        scheme, parameter = _SCHEMES[transport]
+        url = f"{scheme}:{urlHost(host)}:{address.port}?transport={parameter}"
+        if url not in urls:
+            urls.append(url)
+    return urls
+
+
+class _Refusal(Exception):
+    """
+    A request answered with an error.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class CredentialsPage(Resource):
+    """
+    C{/credentials}: mints a TURN credential for a caller holding the
+    bearer token, and answers with an C{RTCIceServer} and its lifetime.
+
+    The relay's current configuration (C{relay.config}) is read at every
+    request, so a configuration reload changes the TTL and the URLs' host.
+
+    @ivar relay: the L{turnrelay.service.RelayService} to mint with.
+    """
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, relay: Any) -> None:
+        super().__init__()
+        self.relay = relay
+
+    def render_GET(self, request: Request) -> bytes:
+        try:
+            self._authorize(request)
+            body = self._iceServer(self._userID(request))
+        except _Refusal as refusal:
+            request.setResponseCode(refusal.code)
+            body = {"error": refusal.message}
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body).encode("utf-8") + b"\n"
+
+    render_POST = render_GET
+
+    def _authorize(self, request: Request) -> None:
+        config: RelayConfig = self.relay.config
+        try:
+            if config.credentialsTokenFile is None:
+                raise TokenUnavailable("credentials-token-file is no longer set")
+            token = readToken(config.credentialsTokenFile)
+        except TokenUnavailable as e:
+            self.log.error("credentials endpoint refuses every request: {why}", why=str(e))
+            raise _Refusal(503, "the credentials endpoint has no token configured") from None
+        presented = presentedToken(request)
+        if presented is not None and hmac.compare_digest(presented, token):
+            return
+        challenge = b'Bearer realm="turnrelay"'
+        if presented is not None:
+            challenge += b', error="invalid_token"'
+        request.setHeader(b"www-authenticate", challenge)
+        self.log.warn(
+            "credentials request from {client} refused: {why}",
+            client=getattr(request.getClientAddress(), "host", "?"),
+            why="wrong bearer token" if presented is not None else "no bearer token",
+        )
+        raise _Refusal(401, "a valid bearer token is required")
+
+    def _userID(self, request: Request) -> str:
+        values = (request.args or {}).get(b"user")
+        if not values:
+            return secrets.token_urlsafe(12)
+        try:
+            userID = values[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Refusal(400, "user must be UTF-8") from None
+        if not 0 < len(userID) <= MAX_USER_ID or not userID.isprintable():
+            raise _Refusal(400, f"user must be 1 to {MAX_USER_ID} printable characters")
+        if ":" in userID:
+            raise _Refusal(400, "user must not contain ':', the REST username separator")
+        return userID
+
+    def _iceServer(self, userID: str) -> Dict[str, Any]:
+        relay = self.relay
+        config: RelayConfig = relay.config
+        urls = iceServerURLs(config, relay.listeningAddresses())
+        if not urls:
+            raise _Refusal(503, "no address to advertise: set server-name, external-ip or relay-ip")
+        ttl = min(config.credentialsTTL, config.restMaxTTL)
+        try:
+            username, credential = relay.mintCredential(userID, ttl)
+        except ValueError:
+            raise _Refusal(503, "no static-auth-secret is configured to mint with") from None
+        return {
+            "urls": urls,
+            "username": username,
+            "credential": credential,
+            "ttl": int(ttl),
+        }
+
+
+def makeCredentialsService(relay: Any, config: RelayConfig, reactor: Any) -> AdminWebService:
+    """
+    Build the credentials endpoint of a relay: C{/credentials} on
+    C{config.credentialsEndpoint}.
+
+    @param relay: the L{turnrelay.service.RelayService} to mint with.
+    @param config: the configuration; C{credentialsEndpoint} says where to
+        listen.
+    @param reactor: the reactor to listen with.
+    @return: an L{IService<twisted.application.service.IService>} named
+        C{"credentials"}, to attach to the relay.
+    @raise ConfigError: the token file cannot be read or is empty.
+    """
+    assert config.credentialsEndpoint is not None, "credentials-endpoint is not configured"
+    assert config.credentialsTokenFile is not None, "credentials-token-file is not configured"
+    try:
+        readToken(config.credentialsTokenFile)
+    except TokenUnavailable as e:
+        raise ConfigError(f"{e}; it must hold the bearer token") from None
+    site = QuietSite(OnePageRoot(b"credentials", CredentialsPage(relay)), reactor=reactor)
+    return AdminWebService(reactor, config.credentialsEndpoint, site, "credentials")

@@ -1,0 +1,249 @@
+# -*- test-case-name: tests.test_admin_metrics -*-
+"""
+The Prometheus endpoint: C{GET /metrics} on its own HTTP port.
+
+Every figure is read from the running relay when Prometheus scrapes
+(L{turnrelay.service.RelayService.stats} and the controller's counters), so
+the values are live, allocations included, and the data path pays nothing
+for them.  The metrics live in a registry of their own, never in
+C{prometheus_client}'s global one, so an embedding application can export
+its own metrics side by side.
+
+Labels are drawn from small fixed sets (transport, address family,
+direction, cause, method, response code, authentication failure reason):
+never a username or an address, which would make one series per REST
+credential or client.
+
+This module also holds L{AdminWebService}, the quiet HTTP listener that the
+credentials endpoint (L{turnrelay.admin.credentials}) uses too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Iterator, List, Tuple
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+from twisted.web.resource import Resource
+from twisted.web.server import Request
+
+from turnrelay.admin.web import AdminWebService, OnePageRoot, QuietSite
+from turnrelay.config import RelayConfig
+
+# The transports and families every allocation gauge is reported for, zero
+# included, so that a series exists before the first allocation.
+_FAMILIES = ("ipv4", "ipv6")
+
+# UsageTotals field -> (metric, label value).
+_RELAYED = (
+    ("packetsToPeer", "packets", "to_peer"),
+    ("packetsFromPeer", "packets", "from_peer"),
+    ("bytesToPeer", "bytes", "to_peer"),
+    ("bytesFromPeer", "bytes", "from_peer"),
+)
+_DROPPED = (
+    ("droppedPermission", "permission"),
+    ("droppedInvalid", "invalid"),
+    ("droppedBandwidth", "bandwidth"),
+    ("droppedCongestion", "congestion"),
+)
+
+# The requests the peer policy refuses with 403 (RFC 8656 sections 10-12,
+# RFC 6062 section 5.2); Allocate's 403 means draining instead.
+_PEER_METHODS = ("CREATE_PERMISSION", "CHANNEL_BIND", "CONNECT")
+QUOTA_CODE = "486"
+PEER_REFUSED_CODE = "403"
+
+
+class RelayCollector(Collector):
+    """
+    Turns a relay's live figures into Prometheus metric families at each
+    scrape.
+
+    @ivar relay: the L{turnrelay.service.RelayService} to report on.
+    """
+
+    def __init__(self, relay: Any) -> None:
+        self.relay = relay
+
+    def collect(self) -> Iterable[Metric]:
+        """
+        Read the relay now and describe it.
+
+        @return: every C{turnrelay_} metric family.
+        """
+        relay = self.relay
+        stats: Dict[str, Any] = relay.stats()
+        transports = sorted(
+            {listener.transport for listener in relay.config.listeners}
+            | {transport for transport, _ in stats["allocationsByTransportAndFamily"]}
+            | set(stats["relayed"])
+        )
+        yield from self._state(stats, transports)
+        yield from self._traffic(stats, transports)
+        yield from self._requests(stats)
+
+    def _state(self, stats: Dict[str, Any], transports: List[str]) -> Iterator[Metric]:
+        allocations = GaugeMetricFamily(
+            "turnrelay_allocations",
+            "Live allocations by client transport and relayed address family "
+            "(a dual allocation counts once in each family).",
+            labels=["transport", "family"],
+        )
+        byTransportAndFamily = stats["allocationsByTransportAndFamily"]
+        for transport in transports:
+            for family in _FAMILIES:
+                allocations.add_metric(
+                    [transport, family], byTransportAndFamily.get((transport, family), 0)
+                )
+        yield allocations
+        ended = CounterMetricFamily(
+            "turnrelay_allocations_ended_total",
+            "Allocations ended (deleted, expired or closed), by client transport.",
+            labels=["transport"],
+        )
+        endedTotals = self.relay.server.registry.ended
+        for transport in transports:
+            totals = endedTotals.get(transport)
+            ended.add_metric([transport], 0 if totals is None else totals.allocations)
+        yield ended
+        yield GaugeMetricFamily(
+            "turnrelay_permissions", "Live permissions, all allocations.", stats["permissions"]
+        )
+        yield GaugeMetricFamily(
+            "turnrelay_channels", "Live channel bindings, all allocations.", stats["channels"]
+        )
+        yield GaugeMetricFamily(
+            "turnrelay_tcp_peer_connections",
+            "Live RFC 6062 peer connections of TCP allocations.",
+            stats["tcpPeerConnections"],
+        )
+        yield GaugeMetricFamily(
+            "turnrelay_draining",
+            "1 while the relay is draining (no new allocations), else 0.",
+            1 if stats["draining"] else 0,
+        )
+        yield GaugeMetricFamily(
+            "turnrelay_start_time_seconds",
+            "When the relay was started, in Unix time.",
+            self.relay.startedAt,
+        )
+
+    def _traffic(self, stats: Dict[str, Any], transports: List[str]) -> Iterator[Metric]:
+        relayed = stats["relayed"]
+        families = {
+            unit: CounterMetricFamily(
+                f"turnrelay_relayed_{unit}_total",
+                f"Application data relayed, in {unit}, by client transport and direction "
+                "(live and ended allocations).",
+                labels=["transport", "direction"],
+            )
+            for unit in ("packets", "bytes")
+        }
+        dropped = CounterMetricFamily(
+            "turnrelay_dropped_packets_total",
+            "Packets not relayed, by client transport and cause: no permission, not valid "
+            "(unbound channel, short frame), over the bandwidth cap, congestion.",
+            labels=["transport", "cause"],
+        )
+        for transport in transports:
+            counts = relayed.get(transport, {})
+            for field, unit, direction in _RELAYED:
+                families[unit].add_metric([transport, direction], counts.get(field, 0))
+            for field, cause in _DROPPED:
+                dropped.add_metric([transport, cause], counts.get(field, 0))
+        yield families["packets"]
+        yield families["bytes"]
+        yield dropped
+
+    def _requests(self, stats: Dict[str, Any]) -> Iterator[Metric]:
+        requests: Dict[Tuple[str, str], int] = stats["requests"]
+        responses = CounterMetricFamily(
+            "turnrelay_requests_total",
+            "STUN and TURN requests answered, by method and response code "
+            '("success" or the error code).',
+            labels=["method", "code"],
+        )
+        for (method, outcome), count in sorted(requests.items()):
+            responses.add_metric([method.lower(), outcome], count)
+        yield responses
+        yield CounterMetricFamily(
+            "turnrelay_quota_rejections_total",
+            "Allocations refused for a user or total quota (486).",
+            sum(count for (_, code), count in requests.items() if code == QUOTA_CODE),
+        )
+        peer = CounterMetricFamily(
+            "turnrelay_peer_rejections_total",
+            "Requests refused by the peer policy (403), by method.",
+            labels=["method"],
+        )
+        for method in _PEER_METHODS:
+            peer.add_metric([method.lower()], requests.get((method, PEER_REFUSED_CODE), 0))
+        yield peer
+        failures = CounterMetricFamily(
+            "turnrelay_auth_failures_total",
+            "Requests whose long-term credentials were refused, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats["authFailures"].items()):
+            failures.add_metric([reason], count)
+        yield failures
+        yield CounterMetricFamily(
+            "turnrelay_tls_reloads_total",
+            "Times new TLS certificate files were put in service.",
+            stats["tlsReloads"],
+        )
+
+
+def makeMetricsRegistry(relay: Any) -> CollectorRegistry:
+    """
+    A registry of a relay's metrics and its process's (CPU, memory, file
+    descriptors, where the platform tells), separate from
+    C{prometheus_client}'s global registry.
+
+    @param relay: a L{turnrelay.service.RelayService}.
+    """
+    registry = CollectorRegistry()
+    registry.register(RelayCollector(relay))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+class MetricsPage(Resource):
+    """
+    The exposition of one registry, in the format the scraper asks for
+    (OpenMetrics, or Prometheus text format 0.0.4 by default).
+    """
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        encode, contentType = choose_encoder(
+            (request.getHeader(b"accept") or b"").decode("latin-1")
+        )
+        request.setHeader(b"content-type", contentType.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        return encode(self._registry)
+
+
+def makeMetricsService(relay: Any, config: RelayConfig, reactor: Any) -> AdminWebService:
+    """
+    Build the Prometheus endpoint of a relay: C{GET /metrics} on
+    C{config.metrics}.
+
+    @param relay: the L{turnrelay.service.RelayService} to report on.
+    @param config: the configuration; C{metrics} says where to listen.
+    @param reactor: the reactor to listen with.
+    @return: an L{IService<twisted.application.service.IService>} named
+        C{"metrics"}, to attach to the relay.
+    """
+    assert config.metrics is not None, "metrics is not configured"
+    page = MetricsPage(makeMetricsRegistry(relay))
+    site = QuietSite(OnePageRoot(b"metrics", page), reactor=reactor)
+    return AdminWebService(reactor, config.metrics, site, "metrics")

@@ -1,0 +1,160 @@
+# -*- test-case-name: tests.test_admin_metrics -*-
+"""
+What the relay's small HTTP side doors share: a quiet site with one page,
+and a service that listens for it and, when stopped, closes its open
+connections too (a scraper's keep-alive connection would otherwise outlive
+the relay).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import connectionDone
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request, Site
+
+from turnrelay.config import ListenerConfig
+from turnrelay.logs import Logger
+from turnrelay.stun.address import TransportAddress
+
+
+class NotFound(Resource):
+    """
+    A plain-text 404 for every path under it.
+    """
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"Not found\n"
+
+
+class OnePageRoot(Resource):
+    """
+    A site root with one page at C{/NAME} and 404 everywhere else, the root
+    itself included.
+    """
+
+    def __init__(self, name: bytes, page: IResource) -> None:
+        super().__init__()
+        self._name = name
+        self._page = page
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        if path == self._name and not request.postpath:
+            return self._page
+        return NotFound()
+
+    def render(self, request: Request) -> bytes:
+        return NotFound().render(request)
+
+
+class QuietSite(Site):
+    """
+    A L{Site} that writes no access log and no "Starting factory" lines (an
+    admin endpoint scraped every few seconds would otherwise flood the log
+    at info level, and URLs may carry user ids), and sends no C{Server}
+    header.
+    """
+
+    noisy = False
+
+    def getResourceFor(self, request: Request) -> IResource:
+        # Nor does it say which Twisted it runs on (the Server header).
+        request.responseHeaders.removeHeader(b"server")
+        return super().getResourceFor(request)
+
+    def startFactory(self) -> None:
+        # HTTPFactory would open the access log and start a timer for it.
+        pass
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+
+class _TrackedConnection(ProtocolWrapper):
+    """
+    An HTTP connection that tells when it is gone.
+    """
+
+    def __init__(self, factory: WrappingFactory[_TrackedConnection], wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self._closedWaiters: List[Deferred[None]] = []
+
+    def whenClosed(self) -> Deferred[None]:
+        waiter: Deferred[None] = Deferred()
+        self._closedWaiters.append(waiter)
+        return waiter
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        waiters, self._closedWaiters = self._closedWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+
+class AdminWebService(Service):
+    """
+    Serves a L{Site} on a TCP port while running, and closes every open
+    connection when stopped, so that stopping the relay inside a running
+    application leaves no HTTP connection (Prometheus keeps them alive)
+    behind.
+
+    @ivar listener: where to listen.
+    @ivar site: the site served.
+    @ivar port: the listening port while running, else L{None}.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, listener: ListenerConfig, site: Site, name: str) -> None:
+        """
+        @param name: the service's name in its parent, and in the log line
+            saying where it listens.
+        """
+        self._reactor = reactor
+        self.listener = listener
+        self.site = site
+        self.name = name
+        self.port: Optional[IListeningPort] = None
+        self._connections: WrappingFactory[_TrackedConnection] = WrappingFactory(site)
+        self._connections.protocol = _TrackedConnection
+        self._connections.noisy = False
+
+    def startService(self) -> None:
+        self.port = self._reactor.listenTCP(
+            self.listener.port, self._connections, interface=self.listener.interface
+        )
+        super().startService()
+        self.log.info("{name} listening on {address}", name=self.name, address=self.address)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return succeed(None)
+        closing: List[Deferred[Any]] = [maybeDeferred(port.stopListening)]
+        for connection in list(self._connections.protocols):
+            assert isinstance(connection, _TrackedConnection)
+            closing.append(connection.whenClosed())
+            connection.transport.abortConnection()  # type: ignore[union-attr]
+        return DeferredList(closing)
+
+    @property
+    def address(self) -> Optional[TransportAddress]:
+        """
+        The bound address while listening (the real port when 0 was asked).
+        """
+        if self.port is None:
+            return None
+        host = self.port.getHost()
+        return TransportAddress(host.host, host.port)  # type: ignore[attr-defined]
