@@ -20,9 +20,8 @@ from collections import Counter
 from ipaddress import ip_address
 from typing import Any, Dict, List, Optional, Tuple
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
-from twisted.internet.interfaces import IListeningPort
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from turnrelay.auth.credentials import (
@@ -35,6 +34,7 @@ from turnrelay.auth.credentials import (
 from turnrelay.auth.longterm import LongTermAuthenticator
 from turnrelay.auth.nonce import NonceMinter
 from turnrelay.config import ConfigError, ListenerConfig, RelayConfig
+from turnrelay.listening import ListeningService
 from turnrelay.logs import Logger, setLogLevel
 from turnrelay.stun.address import FAMILY_IPV6, TransportAddress
 from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX, CHANNEL_NUMBER_MAX_RFC5766
@@ -67,15 +67,11 @@ _RESTART_SETTINGS = (
 MAX_DATAGRAM = 65535
 
 
-class ListenerService(Service):
+class ListenerService(ListeningService):
     """
-    Keeps one listening socket open while the service runs.
-
-    Listening happens synchronously in L{startService}, so a port that is in
-    use stops twistd (or the embedder's startup) with the OS's reason.
+    One socket clients reach the relay on.
 
     @ivar listener: what to listen on.
-    @ivar port: the listening port while running, else L{None}.
     """
 
     log = Logger()
@@ -97,48 +93,29 @@ class ListenerService(Service):
         self._server = server
         self._streamLimits = streamLimits
         self._tlsOptions = tlsOptions
-        self.port: Optional[IListeningPort] = None
 
-    def startService(self) -> None:
+    def listen(self) -> Any:
         listener = self.listener
         if listener.transport == "udp":
-            self.port = self._reactor.listenUDP(
+            return self._reactor.listenUDP(
                 listener.port,
                 STUNDatagramProtocol(self._server),
                 interface=listener.interface,
                 maxPacketSize=MAX_DATAGRAM,
             )
-        else:
-            factory: Any = STUNStreamFactory(self._server, listener.transport, self._streamLimits)
-            if listener.transport == "tls":
-                assert self._tlsOptions is not None
-                factory = TLSMemoryBIOFactory(self._tlsOptions, False, factory)
-            self.port = self._reactor.listenTCP(
-                listener.port, factory, interface=listener.interface
-            )
+        factory: Any = STUNStreamFactory(self._server, listener.transport, self._streamLimits)
+        if listener.transport == "tls":
+            assert self._tlsOptions is not None
+            factory = TLSMemoryBIOFactory(self._tlsOptions, False, factory)
+        return self._reactor.listenTCP(listener.port, factory, interface=listener.interface)
+
+    def startService(self) -> None:
         super().startService()
         self.log.info(
             "listening for {transport} on {address}",
-            transport=listener.transport,
+            transport=self.listener.transport,
             address=self.address,
         )
-
-    def stopService(self) -> Any:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
-
-    @property
-    def address(self) -> Optional[TransportAddress]:
-        """
-        The bound address while listening (the real port when 0 was asked).
-        """
-        if self.port is None:
-            return None
-        host = self.port.getHost()
-        return TransportAddress(host.host, host.port)  # type: ignore[attr-defined]
 
 
 class RelayService(MultiService):

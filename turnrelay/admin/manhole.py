@@ -46,7 +46,7 @@ from hashlib import sha256
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from twisted.application.service import IService, Service
+from twisted.application.service import IService
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker
 from twisted.conch.insults.insults import ServerProtocol
 from twisted.conch.insults.insults import modes as terminalModes
@@ -63,7 +63,7 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.python.components import Componentized
@@ -73,6 +73,7 @@ from zope.interface import implementer
 
 from turnrelay.admin.console import AdminConsole
 from turnrelay.config import ConfigError, ListenerConfig, RelayConfig
+from turnrelay.listening import ListeningService
 from turnrelay.logs import Logger
 from turnrelay.stun.address import TransportAddress
 
@@ -752,7 +753,7 @@ class ConsoleSSHFactory(ConchFactory):
 
 
 @implementer(IService)
-class ManholeService(Service):
+class ManholeService(ListeningService):
     """
     Keeps the admin console listening while the service runs.
 
@@ -760,7 +761,6 @@ class ManholeService(Service):
     @ivar portal: who may log in, and to what.
     @ivar hostKey: the SSH host key, once started.
     @ivar factory: the SSH server factory, once started.
-    @ivar port: the listening port while running, else L{None}.
     """
 
     name = "manhole"
@@ -779,44 +779,29 @@ class ManholeService(Service):
         self._keyDirectory = FilePath(stateDir).child("manhole")
         self.hostKey: Optional[Key] = None
         self.factory: Optional[ConsoleSSHFactory] = None
-        self.port: Optional[IListeningPort] = None
 
-    def startService(self) -> None:
+    def listen(self) -> IListeningPort:
         # The host key is made here, not when the service is built: twistd
         # starts services after dropping privileges, so the key belongs to
         # the user that reads it.
         self.hostKey = loadHostKey(self._keyDirectory)
         self.factory = ConsoleSSHFactory(self.portal, self.hostKey, self._reactor)
-        listener = self.listener
-        self.port = self._reactor.listenTCP(
-            listener.port, self.factory, interface=listener.interface
+        port: IListeningPort = self._reactor.listenTCP(
+            self.listener.port, self.factory, interface=self.listener.interface
         )
+        return port
+
+    def startService(self) -> None:
         super().startService()
+        assert self.hostKey is not None
         self.log.info(
             "admin console listening on {address} (ssh), host key {fingerprint}",
             address=self.address,
             fingerprint=keyFingerprint(self.hostKey),
         )
 
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        port, self.port = self.port, None
-        waits: List[Deferred[Any]] = []
-        if port is not None:
-            waits.append(maybeDeferred(port.stopListening))
-        if self.factory is not None:
-            waits.append(self.factory.closeAll())
-        return DeferredList(waits)
-
-    @property
-    def address(self) -> Optional[TransportAddress]:
-        """
-        The bound address while listening (the real port when 0 was asked).
-        """
-        if self.port is None:
-            return None
-        host = self.port.getHost()
-        return TransportAddress(host.host, host.port)  # type: ignore[attr-defined]
+    def closeConnections(self) -> List[Deferred[Any]]:
+        return [] if self.factory is None else [self.factory.closeAll()]
 
 
 def makePortal(relay: Any, config: RelayConfig, reactor: Any) -> Portal:

@@ -8,10 +8,9 @@ the relay).
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -21,8 +20,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from turnrelay.config import ListenerConfig
+from turnrelay.listening import ListeningService
 from turnrelay.logs import Logger
-from turnrelay.stun.address import TransportAddress
 
 
 class NotFound(Resource):
@@ -102,7 +101,7 @@ class _TrackedConnection(ProtocolWrapper):
             waiter.callback(None)
 
 
-class AdminWebService(Service):
+class AdminWebService(ListeningService):
     """
     Serves a L{Site} on a TCP port while running, and closes every open
     connection when stopped, so that stopping the relay inside a running
@@ -111,7 +110,6 @@ class AdminWebService(Service):
 
     @ivar listener: where to listen.
     @ivar site: the site served.
-    @ivar port: the listening port while running, else L{None}.
     """
 
     log = Logger()
@@ -125,36 +123,24 @@ class AdminWebService(Service):
         self.listener = listener
         self.site = site
         self.name = name
-        self.port: Optional[IListeningPort] = None
         self._connections: WrappingFactory[_TrackedConnection] = WrappingFactory(site)
         self._connections.protocol = _TrackedConnection
         self._connections.noisy = False
 
-    def startService(self) -> None:
-        self.port = self._reactor.listenTCP(
+    def listen(self) -> IListeningPort:
+        port: IListeningPort = self._reactor.listenTCP(
             self.listener.port, self._connections, interface=self.listener.interface
         )
+        return port
+
+    def startService(self) -> None:
         super().startService()
         self.log.info("{name} listening on {address}", name=self.name, address=self.address)
 
-    def stopService(self) -> Deferred[Any]:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is None:
-            return succeed(None)
-        closing: List[Deferred[Any]] = [maybeDeferred(port.stopListening)]
+    def closeConnections(self) -> List[Deferred[Any]]:
+        closing: List[Deferred[Any]] = []
         for connection in list(self._connections.protocols):
             assert isinstance(connection, _TrackedConnection)
             closing.append(connection.whenClosed())
             connection.transport.abortConnection()  # type: ignore[union-attr]
-        return DeferredList(closing)
-
-    @property
-    def address(self) -> Optional[TransportAddress]:
-        """
-        The bound address while listening (the real port when 0 was asked).
-        """
-        if self.port is None:
-            return None
-        host = self.port.getHost()
-        return TransportAddress(host.host, host.port)  # type: ignore[attr-defined]
+        return closing
