@@ -114,11 +114,17 @@ def _demoDefaults(config: RelayConfig, out: TextIO) -> RelayConfig:
         return config
     password = secrets.token_urlsafe(12)
     listener = config.listeners[0]
+    try_ = (
+        f"turnutils_peer -L 127.0.0.1 -p 3480 &  turnutils_uclient -u demo -w {password} "
+        f"-p {listener.port} -e 127.0.0.1 -r 3480 {listener.interface}"
+    )
+    if not config.allowLoopbackPeers:
+        # The default policy refuses loopback peers, this demo's included.
+        try_ = f"(restart with --allow-loopback-peers to relay to loopback peers)\n  {try_}"
     print(
         f"turnrelay demo: no users or secrets are configured, so this run accepts\n"
         f"  user 'demo' with password {password!r}   (loopback only; realm {config.realm!r})\n"
-        f"  try: turnutils_uclient -u demo -w {password} -p {listener.port} "
-        f"-e 127.0.0.1 {listener.interface}",
+        f"  try: {try_}",
         file=out,
         flush=True,
     )
