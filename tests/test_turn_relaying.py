@@ -598,3 +598,21 @@ class OwnRelayAddressTests(TURNTestCase):
         """
         harness = self.harnessWith(RELAY_IP, allow=["198.51.100.0/24"])
         self.assertError(self.bindTo(harness, TransportAddress(RELAY_IP, 22)), 403)
+
+
+class ShortChannelDataTests(RelayTestCase):
+    """
+    ChannelData too short to hold its own header.
+    """
+
+    def test_dropped(self) -> None:
+        """
+        A 1- to 3-byte datagram that starts like ChannelData is counted as
+        invalid and dropped, never an error (a spoofed source could otherwise
+        flood the log).
+        """
+        self.bind(0x4000, PEER_A)
+        for data in (b"\x40", b"\x40\x00", b"\x40\x00\x00"):
+            self.harness.server.channelDataReceived(data, self.client.channel)
+        self.assertEqual(self.toPeers(), [])
+        self.assertEqual(self.allocation.droppedInvalid, 3)

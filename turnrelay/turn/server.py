@@ -244,9 +244,13 @@ class TURNServer:
         allocation = channel.allocation
         if allocation is None:
             return
+        size = len(data)
+        if size < 4:
+            allocation.droppedInvalid += 1
+            return
         binding = allocation.channels.get((data[0] << 8) | data[1])
         end = 4 + ((data[2] << 8) | data[3])
-        if binding is None or len(data) < end:
+        if binding is None or size < end:
             allocation.droppedInvalid += 1
             return
         peer = binding.peer
