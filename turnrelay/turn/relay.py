@@ -18,6 +18,7 @@ from twisted.internet.tcp import makeBinding
 
 from turnrelay.logs import Logger
 from turnrelay.stun.address import TransportAddress
+from turnrelay.turn.descriptors import OUT_OF_DESCRIPTORS, DescriptorBudget, watchAccepts
 
 # Large enough for any UDP payload a peer can send.
 MAX_DATAGRAM = 65535
@@ -85,8 +86,13 @@ class RelayPortPool:
         maxPort: int = 65535,
         attempts: int = 64,
         rng: Optional[random.Random] = None,
+        descriptors: Optional[DescriptorBudget] = None,
     ) -> None:
+        """
+        @param descriptors: told when the system runs out of descriptors.
+        """
         self._reactor = reactor
+        self.descriptors = descriptors
         self.relayIP = relayIP
         self.minPort = minPort
         self.maxPort = maxPort
@@ -139,17 +145,27 @@ class RelayPortPool:
             protocol = RelayProtocol()
             try:
                 listening = self._listen(port, protocol)
-            except CannotListenError:
+            except CannotListenError as e:
+                self._unlessOutOfDescriptors(e)
                 continue
             if not reserveNext:
                 return listening, None
             try:
                 reserved = self._listen(port + 1, RelayProtocol())
-            except CannotListenError:
+            except CannotListenError as e:
                 self.close(listening)
+                self._unlessOutOfDescriptors(e)
                 continue
             return listening, reserved
         raise NoRelayPort(f"no free relay port in {self.minPort}-{self.maxPort}")
+
+    def _unlessOutOfDescriptors(self, error: CannotListenError) -> None:
+        # A port in use is worth another try; running out of descriptors
+        # fails the same way on every port.
+        if getattr(error.socketError, "errno", None) in OUT_OF_DESCRIPTORS:
+            if self.descriptors is not None:
+                self.descriptors.ranOut("a relay socket")
+            raise NoRelayPort("out of file descriptors") from None
 
     def close(self, listening: Any) -> None:
         """
@@ -189,10 +205,13 @@ class RelayPortPool:
                 listening = self._reactor.listenTCP(  # type: ignore[attr-defined]
                     self._binding(port), factory, interface=self.relayIP
                 )
-            except CannotListenError:
+            except CannotListenError as e:
+                self._unlessOutOfDescriptors(e)
                 continue
             self._inUseTCP.add(port)
             _TCP_RELAY_PORTS.add((self.relayIP, port))
+            if self.descriptors is not None and hasattr(listening, "socket"):
+                watchAccepts(listening, self.descriptors, "a peer's connection")
             return listening
         raise NoRelayPort(f"no free TCP relay port in {self.minPort}-{self.maxPort}")
 
@@ -201,6 +220,8 @@ class RelayPortPool:
         Stop listening on a TCP relayed address and return its port.
         """
         port = listening.getHost().port
+        if self.descriptors is not None:
+            self.descriptors.removeListener(listening)
         self._inUseTCP.discard(port)
         _TCP_RELAY_PORTS.discard((self.relayIP, port))
         self._whenClosed(listening)
