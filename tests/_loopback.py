@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from twisted.internet import reactor as _globalReactor
@@ -39,6 +40,18 @@ SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(turnrelay.__file__
 
 
 # STUN ------------------------------------------------------------------------
+
+
+def noIPv6Loopback() -> Optional[str]:
+    """
+    @return: why IPv6 tests cannot run here, or L{None} if ::1 can be bound.
+    """
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as e:
+        return f"this machine has no IPv6 loopback address ::1 to bind ({e})"
+    return None
 
 
 def bindingRequest(fingerprint: bool = False) -> Tuple[bytes, bytes]:

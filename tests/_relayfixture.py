@@ -122,6 +122,17 @@ def isRefused(event: LogEvent) -> bool:
     return event.get("log_namespace", "").startswith("turnrelay.") and "code" in event
 
 
+def assertRefusedUnauthenticated(testCase: TestCase, relay: RelayUnderTest, reason: str) -> None:
+    """
+    Assert that the relay refused requests whose source it could not
+    authenticate, for C{reason} alone, as it does: counted by reason, and
+    no log line of their own (a summary line comes once a minute).
+    """
+    server = relay.service.server
+    testCase.assertEqual(set(server.refusals), {reason}, dict(server.refusals))
+    testCase.assertEqual(relay.events.matching(isRefused), [])
+
+
 def _fromRegistry(event: LogEvent) -> bool:
     return event.get("log_namespace", "").startswith("turnrelay.turn.allocation") and (
         "relayed" in event

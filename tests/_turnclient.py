@@ -35,6 +35,8 @@ PEER_A = TransportAddress("198.51.100.20", 5000)
 PEER_B = TransportAddress("198.51.100.21", 6000)
 DENIED_PEER = TransportAddress("203.0.113.5", 5000)
 PEER_6 = TransportAddress("2001:db8:1::20", 7000)
+# The SOFTWARE of the test client's first request.
+CLIENT_SOFTWARE = "turnrelay tests, sans-IO client"
 
 
 class Harness:
@@ -184,8 +186,15 @@ class TURNClient:
     def challenge(self, method: int = Method.ALLOCATE) -> STUNMessage:
         """
         Send an unauthenticated request and keep the realm and nonce of the 401.
+
+        The request names its software, as many clients' do: over UDP, that
+        makes it large enough for the full challenge (PASSWORD-ALGORITHMS
+        included) within the relay's amplification limit.
         """
-        response = self.send(STUNMessage(method, MessageClass.REQUEST, os.urandom(12)).encode())
+        request = STUNMessage(
+            method, MessageClass.REQUEST, os.urandom(12), [(A.SOFTWARE, CLIENT_SOFTWARE)]
+        )
+        response = self.send(request.encode())
         assert response is not None
         self.nonce = response.get(A.NONCE)
         self.realm = response.get(A.REALM)

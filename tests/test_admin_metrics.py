@@ -26,13 +26,19 @@ from zope.interface import provider
 
 from tests._loopback import reactor
 from tests._turnclient import TURNClient, TURNTestCase
-from turnrelay.admin.metrics import AdminWebService, makeMetricsService
+from turnrelay.admin.metrics import (
+    DESCRIPTOR_KINDS,
+    PEER_REFUSALS,
+    STREAM_LIMITS,
+    AdminWebService,
+    makeMetricsService,
+)
 from turnrelay.config import ListenerConfig, buildConfig
 from turnrelay.service import RelayService, makeRelayService
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.channeldata import encodeChannelData
-from turnrelay.stun.message import Method
+from turnrelay.stun.message import MessageClass, Method, STUNMessage
 from turnrelay.testing import FakeReplyChannel, FakeUDPPort, FakeUDPReactor
 
 METRICS_PORT = 9641
@@ -76,7 +82,13 @@ LABEL_VALUES = {
         "unknown-user",
         "expired",
         "bad-integrity",
+        "malformed",
+        "rate-limited",
+        "amplification",
+        *PEER_REFUSALS,
     },
+    "limit": set(STREAM_LIMITS),
+    "kind": set(DESCRIPTOR_KINDS),
 }
 
 Samples = Dict[Tuple[str, FrozenSet[Tuple[str, str]]], float]
@@ -260,6 +272,36 @@ class ScrapeTests(MetricsTestCase):
         self.assertEqual(value(samples, failures, reason="bad-integrity"), 1)
         self.assertEqual(value(samples, "turnrelay_tls_reloads_total"), 0)
 
+    def test_resourceLimits(self) -> None:
+        """
+        Connections without an allocation, what the stream limits closed,
+        refused peers' connections and the descriptor budget are reported,
+        every label at zero before it counts.
+        """
+        samples = self.scrape()
+        closures = "turnrelay_stream_limit_closures_total"
+        self.assertEqual(value(samples, closures, limit="shed"), 0)
+        self.assertEqual(value(samples, "turnrelay_unallocated_connections"), 0)
+        limits = self.relay.streamLimits
+        assert limits is not None
+        limits.closed["shed"] += 2
+        self.relay.server.peerConnectionsRefused["max-peer-connections"] += 3
+        descriptors = self.relay.server.descriptors
+        assert descriptors is not None
+        descriptors.refused["allocate"] += 1
+        samples = self.scrape()
+        self.assertEqual(value(samples, closures, limit="shed"), 2)
+        self.assertEqual(value(samples, closures, limit="allocate-timeout"), 0)
+        refusals = "turnrelay_peer_connection_refusals_total"
+        self.assertEqual(value(samples, refusals, reason="max-peer-connections"), 3)
+        kinds = "turnrelay_descriptor_refusals_total"
+        self.assertEqual(value(samples, kinds, kind="allocate"), 1)
+        self.assertEqual(value(samples, "turnrelay_descriptors_exhausted"), 0)
+        self.assertEqual(
+            value(samples, "turnrelay_descriptors_ceiling"),
+            descriptors.limit - descriptors.reserve,
+        )
+
     def test_drainingAndStartTime(self) -> None:
         """
         The draining gauge turns to 1 on drain; the start time is the relay's.
@@ -327,6 +369,45 @@ class ScrapeTests(MetricsTestCase):
                     self.assertTrue(sample.name.endswith("_total"), sample.name)
         names = {family.name for family in ours}
         self.assertIn("turnrelay_relayed_bytes", names)
+
+
+class RefusalMetricsTests(MetricsTestCase):
+    """
+    Refused requests from sources not authenticated, and the per-source
+    limit on unauthenticated UDP answers.
+    """
+
+    def test_refusedByReason(self) -> None:
+        """
+        Each refusal reason is a series, zero included: malformed requests,
+        integrity without credentials, answers too large to send, and
+        answers over the per-source rate.
+        """
+        channel = FakeReplyChannel(TransportAddress(CLIENT_HOST, 40000))
+        server = self.relay.server
+        header = STUNMessage(Method.BINDING, MessageClass.REQUEST, b"t" * 12).encode()
+        server.stunReceived(header[:2] + b"\x00\x04" + header[4:] + b"\x80\x22\x01\x00", channel)
+        anonymous = STUNMessage(Method.ALLOCATE, MessageClass.REQUEST, b"a" * 12)
+        server.stunReceived(anonymous.encode(key=b"k" * 16), channel)
+        server.stunReceived(
+            STUNMessage(Method.ALLOCATE, MessageClass.REQUEST, b"b" * 12).encode(), channel
+        )
+        binding = STUNMessage(Method.BINDING, MessageClass.REQUEST, b"c" * 12).encode()
+        for _ in range(100):
+            server.stunReceived(binding, channel)
+        samples = self.scrape()
+        refused = "turnrelay_refused_total"
+        self.assertEqual(value(samples, refused, reason="malformed"), 1)
+        self.assertEqual(value(samples, refused, reason="missing-attribute"), 1)
+        self.assertEqual(value(samples, refused, reason="amplification"), 1)
+        # The 400 and the 401 too large to send took two tokens of the burst
+        # (40); 62 of the 100 Bindings found the bucket empty.
+        self.assertEqual(value(samples, refused, reason="rate-limited"), 62)
+        self.assertEqual(value(samples, refused, reason="bad-integrity"), 0)
+        self.assertEqual(value(samples, "turnrelay_unauthenticated_sources"), 1)
+        self.assertEqual(value(samples, "turnrelay_unauthenticated_sources_max"), 10000)
+        self.assertEqual(value(samples, "turnrelay_unauthenticated_rate"), 20)
+        self.assertEqual(value(samples, "turnrelay_unauthenticated_burst"), 40)
 
 
 class EndpointTests(MetricsTestCase):

@@ -195,6 +195,31 @@ class LongTermAuthenticatorTests(SynchronousTestCase):
         result = authenticator.authenticate(self.request(key=None), CLIENT)
         self.assertEqual([kind for kind, _ in result.errorAttributes], [REALM, NONCE])
 
+    def test_compactChallenge(self) -> None:
+        """
+        The compact challenge is RFC 8489 section 9.2.4's minimum: REALM and a
+        NONCE without the nonce cookie, so without PASSWORD-ALGORITHMS.
+        """
+        attributes = self.authenticator.challenge(CLIENT, compact=True)
+        self.assertEqual([kind for kind, _ in attributes], [REALM, NONCE])
+        nonce = dict(attributes)[NONCE]
+        assert isinstance(nonce, str)
+        self.assertFalse(nonce.startswith("obMatJos2"))
+        self.assertTrue(self.minter.check(nonce, CLIENT))
+
+    def test_compactNonceIsMD5(self) -> None:
+        """
+        A request with a compact nonce is checked with the MD5 key, whatever
+        password algorithm it names: the nonce announced none.
+        """
+        nonce = dict(self.authenticator.challenge(CLIENT, compact=True))[NONCE]
+        assert isinstance(nonce, str)
+        key = longTermKey("alice", REALM_VALUE, "alice-password")
+        result = self.authenticator.authenticate(self.request(nonce=nonce), CLIENT)
+        self.assertAuthenticated(result, "alice", key)
+        sha256 = self.request(nonce=nonce, offered=OFFERED, chosen=SHA256, sha256=True)
+        self.assertChallenge(self.authenticator.authenticate(sha256, CLIENT), 401, "bad-integrity")
+
     def test_missingAttribute(self) -> None:
         """
         Integrity without USERNAME or USERHASH, REALM or NONCE is a 400 (item 31).

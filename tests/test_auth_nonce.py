@@ -146,3 +146,53 @@ class NonceMinterTests(SynchronousTestCase):
         second = NonceMinter(self.clock)
         self.assertTrue(first.check(first.mint(CLIENT), CLIENT))
         self.assertFalse(second.check(first.mint(CLIENT), CLIENT))
+
+
+class CompactNonceTests(SynchronousTestCase):
+    """
+    Compact nonces: without the nonce cookie, for the smallest 401.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.minter = NonceMinter(self.clock, lifetime=600.0, secret=b"s" * 32)
+
+    def test_roundTrip(self) -> None:
+        """
+        A compact nonce checks for its client, and only for its client.
+        """
+        for client in (CLIENT, CLIENT6):
+            nonce = self.minter.mint(client, compact=True)
+            self.assertTrue(self.minter.check(nonce, client))
+        nonce = self.minter.mint(CLIENT, compact=True)
+        self.assertFalse(self.minter.check(nonce, TransportAddress("192.0.2.11", CLIENT.port)))
+
+    def test_noCookie(self) -> None:
+        """
+        A compact nonce is 32 characters with no nonce cookie: it announces no
+        security feature (RFC 8489 section 9.2), so no PASSWORD-ALGORITHMS.
+        """
+        nonce = self.minter.mint(CLIENT, compact=True)
+        self.assertEqual(len(nonce), 32)
+        self.assertIsNone(nonceFeatures(nonce))
+
+    def test_expiry(self) -> None:
+        """
+        A compact nonce goes stale like any other.
+        """
+        nonce = self.minter.mint(CLIENT, compact=True)
+        self.clock.advance(601)
+        self.assertFalse(self.minter.check(nonce, CLIENT))
+
+    def test_cookieCannotBeStripped(self) -> None:
+        """
+        Stripping the cookie off a nonce does not make a valid compact one,
+        nor does adding it to a compact one: the MAC covers the cookie, so an
+        attacker on the path cannot bid the client down to a nonce that
+        announces nothing.
+        """
+        full = self.minter.mint(CLIENT)
+        compact = self.minter.mint(CLIENT, compact=True)
+        self.assertFalse(self.minter.check(full[13:], CLIENT))
+        self.assertFalse(self.minter.check(full[:13] + compact, CLIENT))

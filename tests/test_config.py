@@ -221,3 +221,125 @@ class BuildConfigTests(SynchronousTestCase):
         """
         error = self.assertRaises(ConfigError, loadConfigFile, "/nonexistent/turnrelay.conf")
         self.assertIn("No such file", str(error))
+
+
+# The wildcards, in every spelling that binds or advertises one.
+WILDCARDS_IPV6 = [
+    "::",
+    "0:0:0:0:0:0:0:0",
+    "[::]",
+    "::ffff:0.0.0.0",
+    "::ffff:0:0",
+    "::ffff:0:0.0.0.0",
+]
+
+
+class AddressSpellingTests(SynchronousTestCase):
+    """
+    Configuration checks judge an address by its canonical form (what it
+    reaches), never by its text: wildcards are refused as relay addresses,
+    and admin listeners in IPv4-mapped spelling are judged as the IPv4
+    address they bind.
+    """
+
+    def assertRefused(self, values: dict, *expected: str) -> None:
+        error = self.assertRaises(ConfigError, buildConfig, values)
+        message = str(error)
+        self.assertNotIn("\n", message)
+        for text in expected:
+            self.assertIn(text, message)
+
+    def test_relayIPWildcard(self) -> None:
+        """
+        relay-ip and external-ip refuse 0.0.0.0: it would be advertised as
+        the relayed address.
+        """
+        for name in ("relay-ip", "external-ip"):
+            self.assertRefused({name: "0.0.0.0"}, name, "wildcard", "specific IPv4")
+            for spelling in ("::ffff:0.0.0.0", "::"):
+                self.assertRefused({name: spelling}, name)
+
+    def test_relayIP6Wildcard(self) -> None:
+        """
+        relay-ip6 refuses :: and the mapped and translated wildcards.
+        """
+        for spelling in WILDCARDS_IPV6:
+            self.assertRefused({"relay-ip6": spelling}, "relay-ip6", "wildcard", "specific IPv6")
+
+    def test_relayIP6IPv4Spelling(self) -> None:
+        """
+        relay-ip6 refuses an IPv6 spelling of an IPv4 address, naming the
+        IPv4 address and where it belongs.
+        """
+        for spelling in ("::ffff:192.0.2.1", "::ffff:0:192.0.2.1", "64:ff9b::192.0.2.1"):
+            self.assertRefused({"relay-ip6": spelling}, "relay-ip6", "192.0.2.1", "relay-ip")
+
+    def test_relayIPsSpecific(self) -> None:
+        """
+        Specific relay addresses are kept, in canonical text.
+        """
+        config = buildConfig(
+            {"relay-ip": "192.0.2.1", "relay-ip6": "2001:DB8:0:0::1", "external-ip": "192.0.2.9"}
+        )
+        self.assertEqual(
+            (config.relayIP, config.relayIP6, config.externalIP),
+            ("192.0.2.1", "2001:db8::1", "192.0.2.9"),
+        )
+
+    def test_effectiveRelayIPsNeverWildcards(self) -> None:
+        """
+        Relay addresses taken from listeners are never a wildcard in any
+        spelling, and a mapped listener address relays from its IPv4
+        address, not as IPv6.
+        """
+        for interface in ("0.0.0.0", *(w for w in WILDCARDS_IPV6 if w != "[::]")):
+            config = buildConfig({"listen": [f"udp:3478:interface={interface}"]})
+            self.assertIsNone(config.effectiveRelayIP(), interface)
+            self.assertIsNone(config.effectiveRelayIP6(), interface)
+        config = buildConfig({"listen": ["udp:3478:interface=::ffff:192.0.2.1"]})
+        self.assertEqual(
+            (config.effectiveRelayIP(), config.effectiveRelayIP6()), ("192.0.2.1", None)
+        )
+        config = buildConfig({"listen": ["udp:3478:interface=::ffff:127.0.0.1"]})
+        self.assertEqual(config.effectiveRelayIP(), "127.0.0.1")
+
+    def test_adminHTTPWildcard(self) -> None:
+        """
+        metrics and credentials-endpoint refuse ::ffff:0.0.0.0, which
+        listens on every IPv4 address, as they refuse 0.0.0.0.
+        """
+        for name in ("metrics", "credentials-endpoint"):
+            for interface in ("0.0.0.0", "::", "::ffff:0.0.0.0", "::ffff:0:0.0.0.0"):
+                self.assertRefused(
+                    {name: f"tcp:9641:interface={interface}"}, name, "plain HTTP to the world"
+                )
+
+    def test_adminHTTPPublicMapped(self) -> None:
+        """
+        A public IPv4 address in mapped spelling is public, although
+        ipaddress calls its IPv6 spelling private.
+        """
+        self.assertRefused({"metrics": "tcp:9641:interface=::ffff:8.8.8.8"}, "metrics", "8.8.8.8")
+
+    def test_adminHTTPLoopbackMapped(self) -> None:
+        """
+        Loopback and private addresses are accepted in mapped spelling too.
+        """
+        for interface in ("::ffff:127.0.0.1", "::ffff:10.0.0.5", "127.0.0.1", "::1"):
+            config = buildConfig({"metrics": f"tcp:9641:interface={interface}"})
+            self.assertIsNotNone(config.metrics, interface)
+
+    def test_manholeMapped(self) -> None:
+        """
+        The console on ::ffff:127.0.0.1 is on loopback; on ::ffff:0.0.0.0 it
+        is on every IPv4 address and needs manhole-allow-remote.
+        """
+        keys = {"manhole-authorized-keys": "authorized_keys"}
+        config = buildConfig({**keys, "manhole": "tcp:2222:interface=::ffff:127.0.0.1"})
+        self.assertIsNotNone(config.manhole)
+        for interface in ("::ffff:0.0.0.0", "::ffff:0:0.0.0.0", "::ffff:8.8.8.8"):
+            self.assertRefused(
+                {**keys, "manhole": f"tcp:2222:interface={interface}"},
+                "manhole",
+                "manhole-allow-remote",
+            )

@@ -348,6 +348,10 @@ class RelayProcess:
             certificate,
             "--tls-key",
             key,
+            # Refusals of unauthenticated requests are logged one by one at
+            # debug level only (at info, a summary once a minute).
+            "--log-level",
+            "debug",
         ]
         process = spawn(testCase, namespace.command(args), env=pythonEnvironment(), path=workdir)
         await process.waitForOutput(rb"listening for tls on " + re.escape(host.encode()))
@@ -382,7 +386,8 @@ class RelayProcess:
     def refusals(self) -> List[Tuple[str, str, str]]:
         """
         @return: the requests refused as logged, C{(method, transport, code:
-            reason)}, except the 401 every client starts with.
+            reason)}, except the 401 every client starts with and a 438 for a
+            stale nonce.
         """
         found = re.findall(
             rb"(\w+) from \S+(?: on \S+)? over (\w+) refused with (\d+: [\w-]+)",
@@ -391,7 +396,7 @@ class RelayProcess:
         return [
             (method.decode(), transport.decode(), why.decode())
             for method, transport, why in found
-            if not why.endswith(b": no-integrity")
+            if not why.endswith((b": no-integrity", b": stale-nonce"))
         ]
 
 

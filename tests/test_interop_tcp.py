@@ -49,6 +49,7 @@ from tests._relayfixture import (
     USERNAME,
     RelayUnderTest,
     ServerEvents,
+    assertRefusedUnauthenticated,
     isCreated,
     isEnded,
     isRefused,
@@ -501,15 +502,7 @@ class CoturnStreamTests(TestCase):
         self.assertIsNone(uclientCounters(child.output), describe(child))
         self.assertEqual(len(relay.relay.registry), 0)
         self.assertEqual(relay.events.matching(isCreated), [])
-        refusals = relay.events.matching(isRefused)
-        self.assertTrue(refusals, relay.events.events)
-        self.assertEqual(
-            {
-                (event["method"], event["transport"], event["code"], event["reason"])
-                for event in refusals
-            },
-            {("ALLOCATE", "tls", 401, "bad-integrity")},
-        )
+        assertRefusedUnauthenticated(self, relay.relay, "bad-integrity")
 
 
 class CoturnTCPRelayTests(TestCase):
@@ -850,11 +843,9 @@ class RFC6062Tests(TestCase):
         stranger = await connectPeer(self, holding["relayed"], b"knock knock")
         await stranger.whenClosed()
         self.assertEqual(stranger.received, b"")
-        [refused] = relay.events.matching(
-            lambda event: "no permission" in event.get("log_format", "")
-        )
-        self.assertEqual(refused["peer"], str(stranger.local))
-        self.assertEqual(relay.relay.service.server.peerConnections, {})
+        server = relay.relay.service.server
+        self.assertEqual(dict(server.peerConnectionsRefused), {"permission": 1})
+        self.assertEqual(server.peerConnections, {})
         child.release()
         permitted = await progress(child, "permitted")
         peer = await connectPeer(self, permitted["relayed"], b"")

@@ -10,12 +10,9 @@ peers are UDP sockets of the same process.
 
 from __future__ import annotations
 
-import socket
-from typing import Optional
-
 from twisted.trial.unittest import TestCase
 
-from tests._loopback import DatagramClient, datagramClient
+from tests._loopback import DatagramClient, datagramClient, noIPv6Loopback
 from tests._turnsocket import (
     TURNSession,
     assertErrorCode,
@@ -34,19 +31,7 @@ from turnrelay.stun.message import Method
 PROMPTLY = 5.0
 
 
-def _noIPv6Loopback() -> Optional[str]:
-    """
-    @return: why the tests cannot run here, or L{None} if ::1 can be bound.
-    """
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError as e:
-        return f"this machine has no IPv6 loopback address ::1 to bind ({e})"
-    return None
-
-
-SKIP = _noIPv6Loopback()
+SKIP = noIPv6Loopback()
 
 
 def startDualStackRelay(testCase: TestCase) -> RelayService:

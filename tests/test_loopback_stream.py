@@ -270,24 +270,21 @@ class ConnectionLimitTests(TestCase):
         once stream-idle-timeout has passed.
         """
         relay, events = startStreamRelay(self, stream_idle_timeout=IDLE_TIMEOUT)
-        ServerConnections(self, relay, "tcp")
+        connections = ServerConnections(self, relay, "tcp")
         client = await streamTURNClient(self, listenerAddress(relay, "tcp"))
         _, request = bindingRequest()
         client.transport.write(request[:10])  # type: ignore[union-attr]
         started = reactor.seconds()
         await within(client.whenClosed(), IDLE_TIMEOUT + PROMPTLY, "closing the idle connection")
         self.assertGreaterEqual(reactor.seconds() - started, IDLE_TIMEOUT * 0.9)
-        closings = events.matching(
-            lambda event: event.get("reason") == "idle without an allocation"
-        )
-        self.assertEqual([event["client"] for event in closings], [client.address])
+        self.assertEqual(dict(connections.limits.closed), {"idle": 1})
 
     async def test_beyondMaxUnallocatedClosed(self) -> None:
         """
-        Connections beyond max-unallocated-connections are closed as they
-        arrive; one that holds an allocation no longer counts.
+        Connections from one source beyond max-unallocated-per-source are
+        closed as they arrive; one that holds an allocation no longer counts.
         """
-        relay, events = startStreamRelay(self, max_unallocated_connections=2)
+        relay, events = startStreamRelay(self, max_unallocated_per_source=2)
         connections = ServerConnections(self, relay, "tcp")
         address = listenerAddress(relay, "tcp")
         first = await streamTURNClient(self, address)
@@ -300,10 +297,7 @@ class ConnectionLimitTests(TestCase):
         started = reactor.seconds()
         await within(third.whenClosed(), PROMPTLY, "closing the connection beyond the limit")
         self.assertLess(reactor.seconds() - started, IDLE_TIMEOUT)
-        refusals = events.matching(
-            lambda event: "refused {transport} connection" in event.get("log_format", "")
-        )
-        self.assertEqual([event["client"] for event in refusals], [third.address])
+        self.assertEqual(dict(connections.limits.closed), {"per-source": 1})
 
         self.assertEqual(connections.limits.unallocated, 2)
 

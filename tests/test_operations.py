@@ -199,3 +199,27 @@ class ReloadConfigTests(OperationsTestCase):
         """
         changed = {**SETTINGS, "listen": ["udp:3479:interface=192.0.2.1"], "min-port": 50000}
         self.assertEqual(self.relay.reloadConfig(buildConfig(changed)), ["listen", "min-port"])
+
+    def test_unauthenticatedLimits(self) -> None:
+        """
+        The per-source limit on unauthenticated answers and the refusal
+        summary's interval change on reload; the log file's bounds are for
+        the next start.
+        """
+        limit = self.relay.server.sourceLimit
+        assert limit is not None
+        self.assertEqual((limit.rate, limit.burst, limit.maxSources), (20, 40, 10000))
+        changed = {
+            **SETTINGS,
+            "unauthenticated-rate": 5,
+            "unauthenticated-burst": 7,
+            "source-table-size": 100,
+            "refusal-summary-interval": 10,
+            "log-max-bytes": 20000,
+            "log-max-files": 3,
+        }
+        needRestart = self.relay.reloadConfig(buildConfig(changed))
+        self.assertIs(self.relay.server.sourceLimit, limit)
+        self.assertEqual((limit.rate, limit.burst, limit.maxSources), (5, 7, 100))
+        self.assertEqual(self.relay.server.refusalSummaryInterval, 10)
+        self.assertEqual(needRestart, ["log-max-bytes", "log-max-files"])

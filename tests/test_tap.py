@@ -4,17 +4,20 @@ Tests for L{turnrelay.tap} and the twistd plugin.
 
 from __future__ import annotations
 
+import resource
 import signal
+from typing import Sequence
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
+from twisted.python.filepath import FilePath
 from twisted.python.usage import UsageError
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from turnrelay import tap
 from turnrelay.config import SETTINGS, ListenerConfig, RelayConfig
 from turnrelay.logs import setLogLevel
-from turnrelay.service import ListenerService, RelayService
+from turnrelay.service import ListenerService, RelayService, makeRelayService
 from turnrelay.testing import FakeUDPReactor
 
 
@@ -198,3 +201,144 @@ class SignalTests(SynchronousTestCase):
         self.deliver(signal.SIGUSR2)
         self.assertTrue(self.relay.server.draining)
         self.assertTrue(self.reactor.hasStopped)
+
+
+class LogFileTests(SynchronousTestCase):
+    """
+    Under twistd with a log file, the file's disk use is bounded by
+    log-max-bytes and log-max-files.
+    """
+
+    def twistdOptions(self, *argv: str, relay: Sequence[str] = ()) -> tap.Options:
+        """
+        Parse a twistd command line, C{twistd ARGV turnrelay --listen udp:0
+        RELAY}.
+
+        @return: turnrelay's options, their C{parent} twistd's.
+        """
+        from twisted.scripts.twistd import ServerOptions
+
+        options = ServerOptions()
+        options.parseOptions([*argv, "turnrelay", "--listen", "udp:0", *relay])
+        subOptions = options.subOptions
+        assert isinstance(subOptions, tap.Options)
+        return subOptions
+
+    def test_whichFile(self) -> None:
+        """
+        The file is twistd's --logfile, or twistd.log for a daemon; none
+        when twistd logs to standard output, to syslog or to a --logger.
+        """
+        self.assertEqual(tap.twistdLogFile(self.twistdOptions("--logfile", "x.log")), "x.log")
+        self.assertEqual(tap.twistdLogFile(self.twistdOptions()), "twistd.log")
+        for argv in (
+            ["--nodaemon"],
+            ["--nodaemon", "--logfile", "-"],
+            ["--syslog"],
+            ["--logfile", "x.log", "--logger", "turnrelay.logs.jsonLogObserver"],
+        ):
+            self.assertIsNone(tap.twistdLogFile(self.twistdOptions(*argv)), argv)
+        self.assertIsNone(tap.twistdLogFile(tap.Options()))
+
+    def test_boundedObserver(self) -> None:
+        """
+        Made a child of twistd's application, the relay gives it a text log
+        observer writing to a file rotated at log-max-bytes, keeping
+        log-max-files rotated files.
+        """
+        from twisted.application.service import Application
+        from twisted.logger import ILogObserver, LogLevel
+
+        path = FilePath(self.mktemp())
+        path.makedirs()
+        logName = path.child("relay.log").path
+        options = self.twistdOptions(
+            "--logfile", logName, relay=["--log-max-bytes", "10000", "--log-max-files", "2"]
+        )
+        relay = tap.makeService(options, reactor=FakeUDPReactor())
+        assert isinstance(relay, tap.TwistdRelayService)
+        application = Application("turnrelay")
+        relay.setServiceParent(application)
+        observer = application.getComponent(ILogObserver)
+        self.assertIsNotNone(observer)
+        logFile = relay.logFile
+        assert logFile is not None
+        self.addCleanup(logFile.close)
+        self.assertEqual((logFile.rotateLength, logFile.maxRotatedFiles), (10000, 2))
+        for n in range(500):
+            observer(
+                {
+                    "log_format": "line {n} of a log that must not grow for ever",
+                    "n": n,
+                    "log_level": LogLevel.info,
+                    "log_namespace": "test",
+                    "log_time": 0.0,
+                }
+            )
+        names = sorted(child.basename() for child in path.children())
+        self.assertEqual(names, ["relay.log", "relay.log.1", "relay.log.2"])
+        self.assertIn(b"line 499 of a log", path.child("relay.log").getContent())
+        for child in path.children():
+            self.assertLessEqual(child.getsize(), 10000 + 200)
+
+    def test_sigusr1Rotates(self) -> None:
+        """
+        SIGUSR1 rotates the bounded log file, as it does twistd's own.
+        """
+        from twisted.application.service import Application
+
+        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+        path = FilePath(self.mktemp())
+        path.makedirs()
+        reactor = FakeUDPReactor()
+        reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore[attr-defined]
+        options = self.twistdOptions("--logfile", path.child("relay.log").path)
+        relay = tap.makeService(options, reactor=reactor)
+        relay.setServiceParent(Application("turnrelay"))
+        assert isinstance(relay, tap.TwistdRelayService) and relay.logFile is not None
+        self.addCleanup(relay.logFile.close)
+        relay.logFile.write("before\n")
+        [(trigger, args, kwargs)] = reactor.triggers["after"]["startup"]
+        trigger(*args, **kwargs)
+        handler = signal.getsignal(signal.SIGUSR1)
+        assert callable(handler)
+        handler(signal.SIGUSR1, None)
+        self.assertEqual(path.child("relay.log.1").getContent(), b"before\n")
+
+    def test_notUnderTwistdApplication(self) -> None:
+        """
+        Attached to any other parent (an embedder's service), the relay sets
+        up no log file.
+        """
+        from twisted.application.service import MultiService
+
+        options = self.twistdOptions("--logfile", self.mktemp())
+        relay = tap.makeService(options, reactor=FakeUDPReactor())
+        relay.setServiceParent(MultiService())
+        self.assertIsNone(getattr(relay, "logFile", None))
+
+
+class DescriptorLimitTests(SynchronousTestCase):
+    """
+    twistd raises the descriptor limit the relay's budget is sized to.
+    """
+
+    def test_raisedToHardLimit(self) -> None:
+        """
+        The soft limit is raised to the hard one (capped), and the relay's
+        descriptor budget follows it.
+        """
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = tap.MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else hard
+        wanted = min(wanted, tap.MAX_DESCRIPTORS)
+        if wanted <= 256:
+            raise SkipTest(f"the hard descriptor limit ({hard}) leaves nothing to raise")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        config = RelayConfig(listeners=(ListenerConfig("udp", 0, "127.0.0.1"),))
+        relay = makeRelayService(config, FakeUDPReactor())
+        tap.raiseDescriptorLimit(relay)
+        self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], wanted)
+        assert relay.server.descriptors is not None
+        self.assertEqual(relay.server.descriptors.limit, wanted)

@@ -18,6 +18,7 @@ from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.channeldata import StreamFramer, encodeChannelData
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
 from turnrelay.transports.stream import StreamLimits, STUNStreamFactory, STUNStreamProtocol
+from turnrelay.turn.descriptors import DescriptorBudget
 from turnrelay.turn.server import TURNServer
 
 
@@ -175,12 +176,21 @@ class StreamLimitTests(SynchronousTestCase):
         self.clock = Clock()
         self.server = TURNServer(self.clock)
         self.limits = StreamLimits(
-            self.clock, idleTimeout=60, handshakeTimeout=10, maxUnallocated=2
+            self.clock,
+            idleTimeout=60,
+            handshakeTimeout=10,
+            allocateTimeout=3600,
+            maxUnallocated=2,
+            maxUnallocatedPerSource=2,
+            maxUnsent=1000,
         )
 
-    def connect(self, transportProtocol: str = "tcp") -> tuple[STUNStreamProtocol, StringTransport]:
+    def connect(
+        self,
+        transportProtocol: str = "tcp",
+        peer: IPv4Address | IPv6Address = IPv4Address("TCP", "127.0.0.5", 40000),
+    ) -> tuple[STUNStreamProtocol, StringTransport]:
         factory = STUNStreamFactory(self.server, transportProtocol, self.limits)
-        peer = IPv4Address("TCP", "127.0.0.5", 40000)
         protocol = factory.buildProtocol(peer)
         transport = StringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 3478), peerAddress=peer
@@ -250,19 +260,102 @@ class StreamLimitTests(SynchronousTestCase):
         self.clock.advance(10)
         self.assertFalse(transport.disconnecting)
 
-    def test_maxUnallocated(self) -> None:
+    def test_maxUnallocatedShedsLargestSource(self) -> None:
         """
-        Connections beyond the cap on connections without an allocation are
+        When max-unallocated-connections are open, a newcomer still gets in:
+        the source holding the most connections loses its oldest.
+        """
+        self.limits.maxUnallocated = 3
+        first, firstTransport = self.connect()
+        second, secondTransport = self.connect()
+        _, otherTransport = self.connect(peer=IPv4Address("TCP", "127.0.0.6", 40000))
+        _, newcomerTransport = self.connect(peer=IPv4Address("TCP", "127.0.0.7", 40000))
+        self.assertTrue(firstTransport.disconnecting)
+        self.assertFalse(secondTransport.disconnecting)
+        self.assertFalse(otherTransport.disconnecting)
+        self.assertFalse(newcomerTransport.disconnecting)
+        self.assertEqual(self.limits.unallocated, 3)
+        self.assertEqual(self.limits.closed["shed"], 1)
+
+    def test_maxUnallocatedPerSource(self) -> None:
+        """
+        Connections from a source beyond max-unallocated-per-source are
         closed as they arrive; closing one makes room.
         """
+        self.limits.maxUnallocated = 10
         first, _ = self.connect()
         self.connect()
-        third, thirdTransport = self.connect()
+        _, thirdTransport = self.connect()
         self.assertTrue(thirdTransport.disconnecting)
+        self.assertEqual(self.limits.closed["per-source"], 1)
         self.assertEqual(self.limits.unallocated, 2)
+        _, elsewhereTransport = self.connect(peer=IPv4Address("TCP", "127.0.0.6", 40000))
+        self.assertFalse(elsewhereTransport.disconnecting)
         first.connectionLost(None)
         _, fourthTransport = self.connect()
         self.assertFalse(fourthTransport.disconnecting)
+
+    def test_perSourceIPv6By64(self) -> None:
+        """
+        IPv6 clients count by their /64: a host cannot escape the per-source
+        cap by changing the low bits of its address.
+        """
+        self.limits.maxUnallocated = 10
+        self.connect(peer=IPv6Address("TCP", "2001:db8::1", 40000))
+        self.connect(peer=IPv6Address("TCP", "2001:db8::ffff:2", 40000))
+        _, third = self.connect(peer=IPv6Address("TCP", "2001:db8::3", 40000))
+        _, otherNet = self.connect(peer=IPv6Address("TCP", "2001:db8:0:1::1", 40000))
+        self.assertTrue(third.disconnecting)
+        self.assertFalse(otherNet.disconnecting)
+        self.assertEqual(self.limits.sources(), 2)
+
+    def test_allocateTimeoutIgnoresTraffic(self) -> None:
+        """
+        A connection must allocate within stream-allocate-timeout of its
+        start: Binding traffic does not extend it.
+        """
+        self.limits.allocateTimeout = 30
+        protocol, transport = self.connect()
+        for _ in range(29):
+            self.clock.advance(1)
+            protocol.dataReceived(request(1))
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.limits.closed["allocate-timeout"], 1)
+
+    def test_allocateTimeoutAfterAllocation(self) -> None:
+        """
+        When a connection's allocation ends, it has stream-allocate-timeout
+        again to allocate, even if its source is at its cap.
+        """
+        self.limits.allocateTimeout = 30
+        self.limits.maxUnallocated = 10
+        protocol, transport = self.connect()
+        allocation = object()
+        protocol.attach(allocation)  # type: ignore[arg-type]
+        self.clock.advance(3600)
+        self.connect()
+        self.connect()
+        protocol.detach(allocation)  # type: ignore[arg-type]
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.limits.unallocated, 3)
+        self.clock.advance(30)
+        self.assertTrue(transport.disconnecting)
+
+    def test_descriptorBudgetRefusesAccept(self) -> None:
+        """
+        Connections accepted while descriptors are within the reserve are
+        closed at once and counted.
+        """
+        budget = DescriptorBudget(self.clock, reserve=10, limit=20, countOpen=lambda: 10)
+        self.limits.descriptors = budget
+        _, transport = self.connect()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.limits.closed["descriptors"], 1)
+        self.assertEqual(budget.refused["accept"], 1)
+        self.assertEqual(self.limits.unallocated, 0)
+        budget.stop()
 
     def test_countsBalance(self) -> None:
         """
@@ -292,3 +385,27 @@ class StreamLimitTests(SynchronousTestCase):
         protocol.resumeProducing()
         self.assertTrue(protocol.relay(b"four"))
         self.assertEqual(transport.value(), b"one!respfour")
+
+    def test_fullBufferStopsReading(self) -> None:
+        """
+        While the client's buffer is full, nothing more is read from it;
+        reading resumes when it drains.
+        """
+        protocol, transport = self.connect()
+        protocol.pauseProducing()
+        self.assertEqual(transport.producerState, "paused")
+        protocol.resumeProducing()
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_unsentBeyondBoundCloses(self) -> None:
+        """
+        A client that leaves more than stream-max-unsent bytes of responses
+        unread after its buffer filled is closed.
+        """
+        protocol, transport = self.connect()
+        protocol.pauseProducing()
+        for n in range(100):
+            protocol.dataReceived(request(n))
+        self.assertTrue(transport.disconnecting)
+        self.assertLessEqual(len(transport.value()), 1000)
+        self.assertEqual(self.limits.closed["unsent"], 1)

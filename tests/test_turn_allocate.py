@@ -175,7 +175,12 @@ class AllocateTests(TURNTestCase):
         """
         from turnrelay.stun.message import STUNMessage
 
-        data = STUNMessage(Method.ALLOCATE, MessageClass.REQUEST, b"x" * 12, [(0x7FF0, b"")])
+        data = STUNMessage(
+            Method.ALLOCATE,
+            MessageClass.REQUEST,
+            b"x" * 12,
+            [(A.REQUESTED_TRANSPORT, A.TRANSPORT_UDP), (0x7FF0, b"")],
+        )
         self.assertError(self.client.send(data.encode()), 401)
 
     def test_dontFragment(self) -> None:

@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from turnrelay.stun.address import TransportAddress
-from turnrelay.turn.policy import CACHE_SIZE, DEFAULT_DENY, PeerPolicy
+from turnrelay.turn.policy import (
+    CACHE_SIZE,
+    DEFAULT_DENY,
+    OWN_SERVICE,
+    PeerPolicy,
+    canonicalIP,
+)
 
 DEFAULT = PeerPolicy()
 
@@ -42,6 +48,13 @@ def mapped(address: str) -> str:
     The canonical IPv4-mapped spelling (C{::ffff:a.b.c.d}).
     """
     return "::ffff:" + address
+
+
+def translated(address: str) -> str:
+    """
+    The IPv4-translated (SIIT) spelling, C{::ffff:0:a.b.c.d} (RFC 7915).
+    """
+    return "::ffff:0:" + address
 
 
 def nat64(address: str) -> str:
@@ -94,6 +107,9 @@ def embeddedSpellings(address: str) -> Dict[str, str]:
         "mapped, zeros written out": f"0:0:0:0:0:ffff:{high:x}:{low:x}",
         "mapped, fully expanded": f"0000:0000:0000:0000:0000:FFFF:{high:04X}:{low:04X}",
         "mapped, expanded with dotted tail": "0:0:0:0:0:ffff:" + address,
+        "translated": translated(address),
+        "translated, hex tail": f"::ffff:0:{high:x}:{low:x}",
+        "translated, fully expanded": f"0000:0000:0000:0000:FFFF:0000:{high:04X}:{low:04X}",
         "compatible": "::" + address,
         "compatible, expanded": f"0:0:0:0:0:0:{high:x}:{low:x}",
         "NAT64 well-known": nat64(address),
@@ -486,14 +502,14 @@ class EmbeddedIPv4Tests(PolicyAssertions):
 
     def test_publicMappedAndNAT64Allowed(self) -> None:
         """
-        Mapped and NAT64 spellings of a public IPv4 address are other
-        spellings of it, and allowed like it.
+        Mapped, translated and NAT64 spellings of a public IPv4 address are
+        other spellings of it, and allowed like it.
         """
         for address in PUBLIC_V4:
             self.assertAllowed(address)
             spellings = embeddedSpellings(address)
             for name, host in spellings.items():
-                if name.startswith(("mapped", "NAT64")):
+                if name.startswith(("mapped", "translated", "NAT64")):
                     self.assertAllowed(host)
 
     def test_publicTunnelAndCompatibleDenied(self) -> None:
@@ -524,15 +540,16 @@ class EmbeddedIPv4Tests(PolicyAssertions):
     @given(st.ip_addresses(v=4))
     def test_mappedAndNAT64MatchIPv4(self, address: IPv4Address) -> None:
         """
-        For any IPv4 address, its mapped and NAT64 spellings get the same
-        verdict and reason as the address itself, with and without operator
-        settings (security notes 1.4).
+        For any IPv4 address, its mapped, translated and NAT64 spellings get
+        the same verdict and reason as the address itself, with and without
+        operator settings (security notes 1.4).
         """
         a = str(address)
         for policy in POLICIES:
             reason = policy.denialReason(a)
             allowed = policy.isAllowed(a)
-            for host in (mapped(a), "::FFFF:" + a, nat64(a), "64:ff9b::" + a, nat64Local(a)):
+            spellings = (mapped(a), "::FFFF:" + a, translated(a), nat64(a), "64:ff9b::" + a)
+            for host in spellings + (nat64Local(a),):
                 self.assertEqual(policy.isAllowed(host), allowed, f"{host} {policy!r}")
                 self.assertEqual(policy.denialReason(host), reason, f"{host} {policy!r}")
 
@@ -1026,3 +1043,379 @@ POLICIES = [
     PeerPolicy(allow=["10.0.0.0/8", "::ffff:192.168.0.0/112"], deny=["10.1.0.0/16", "8.8.8.0/24"]),
     PeerPolicy(ownAddresses=["9.9.9.9", "::ffff:1.1.1.1"]),
 ]
+
+
+# Every spelling of an IPv4 address that reaches it, and the address it is
+# canonically; then IPv6 addresses that stay themselves.
+CANONICAL_FORMS = [
+    ("127.0.0.1", "127.0.0.1"),
+    (" 127.0.0.1 ", "127.0.0.1"),
+    ("::ffff:127.0.0.1", "127.0.0.1"),
+    ("::FFFF:7F00:1", "127.0.0.1"),
+    ("0:0:0:0:0:ffff:7f00:0001", "127.0.0.1"),
+    ("0000:0000:0000:0000:0000:FFFF:7F00:0001", "127.0.0.1"),
+    ("::ffff:0:127.0.0.1", "127.0.0.1"),
+    ("::ffff:0:7f00:1", "127.0.0.1"),
+    ("0:0:0:0:ffff:0:7f00:1", "127.0.0.1"),
+    ("64:ff9b::127.0.0.1", "127.0.0.1"),
+    ("64:FF9B::7F00:1", "127.0.0.1"),
+    ("64:ff9b:1::7f00:1", "127.0.0.1"),
+    ("::127.0.0.1", "127.0.0.1"),
+    ("::ffff:169.254.169.254", "169.254.169.254"),
+    ("::ffff:0:10.1.2.3", "10.1.2.3"),
+    ("::ffff:0.0.0.0", "0.0.0.0"),
+    ("::ffff:0:0.0.0.0", "0.0.0.0"),
+    ("64:ff9b::", "0.0.0.0"),
+    ("::", "::"),
+    ("0:0:0:0:0:0:0:0", "::"),
+    ("::1", "::1"),
+    ("0000:0000:0000:0000:0000:0000:0000:0001", "::1"),
+    # Tunnel addresses are hosts of their own (the rules judge the IPv4
+    # they embed as well).
+    ("2002:7f00:1::1", "2002:7f00:1::1"),
+    ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001:0:4136:e378:8000:63bf:3fff:fdd2"),
+    ("2606:4700:4700:0000:0000:0000:0000:1111", "2606:4700:4700::1111"),
+    ("FE80::1", "fe80::1"),
+]
+
+
+class CanonicalIPTests(SynchronousTestCase):
+    """
+    L{canonicalIP} gives every spelling of an address one form: the address
+    it reaches.
+    """
+
+    def test_table(self) -> None:
+        """
+        Mapped, translated (SIIT), NAT64, compatible and padded or upper-case
+        spellings of an IPv4 address are that IPv4 address; IPv6 addresses,
+        tunnel ones included, stay IPv6 in canonical text.
+        """
+        for spelling, canonical in CANONICAL_FORMS:
+            self.assertEqual(str(canonicalIP(spelling)), canonical, spelling)
+
+    def test_agreesWithPolicy(self) -> None:
+        """
+        A spelling and its canonical form get the same verdict, except that
+        the deprecated compatible form is denied for its form as well.
+        """
+        for policy in POLICIES:
+            for spelling, canonical in CANONICAL_FORMS:
+                if ":" in canonical:
+                    continue
+                reason = policy.denialReason(spelling.strip())
+                if spelling.startswith("::") and not spelling.lower().startswith("::ffff"):
+                    self.assertIsNotNone(reason, spelling)
+                else:
+                    self.assertEqual(reason, policy.denialReason(canonical), spelling)
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(st.ip_addresses(v=4))
+    def test_everyEmbeddingIsIPv4(self, address: IPv4Address) -> None:
+        """
+        For any IPv4 address, each spelling that reaches it is it.
+        """
+        a = str(address)
+        for name, host in embeddedSpellings(a).items():
+            if name.startswith(("6to4", "Teredo")):
+                continue
+            if name.startswith("compatible") and int(address) <= 1:
+                continue
+            self.assertEqual(canonicalIP(host), address, f"{name} {host}")
+
+    def test_invalid(self) -> None:
+        """
+        What is not an IP address raises ValueError naming it.
+        """
+        for bad in ("localhost", "10.0.0.0/8", "fe80::1%eth0", "", "1.2.3.4.5", "[::1]"):
+            e = self.assertRaises(ValueError, canonicalIP, bad)
+            self.assertIn(repr(bad), str(e))
+
+
+RELAY_RANGE = range(50000, 50100)
+
+# Every spelling of the relay address 198.51.100.1 that reaches it.
+RELAY_SPELLINGS = [
+    "198.51.100.1",
+    "::ffff:198.51.100.1",
+    "::FFFF:C633:6401",
+    "0:0:0:0:0:ffff:c633:6401",
+    "::ffff:0:198.51.100.1",
+    "::ffff:0:c633:6401",
+    "64:ff9b::198.51.100.1",
+    "64:ff9b::c633:6401",
+    "64:ff9b:1::c633:6401",
+]
+
+
+class TranslatedEntryTests(PolicyAssertions):
+    """
+    Operator entries in the translated (SIIT) spelling name IPv4 networks,
+    as mapped and NAT64 ones do.
+    """
+
+    def test_deny(self) -> None:
+        """
+        C{deny ::ffff:0:8.8.8.0/120} denies 8.8.8.8 in every spelling.
+        """
+        policy = PeerPolicy(deny=["::ffff:0:808:800/120"])
+        for host in ("8.8.8.8", mapped("8.8.8.8"), translated("8.8.8.8"), nat64("8.8.8.8")):
+            self.assertDenied(host, "operator deny ::ffff:0:808:800/120", policy)
+        self.assertAllowed("8.8.4.4", policy)
+
+    def test_allow(self) -> None:
+        """
+        C{allow ::ffff:0:10.0.0.0/104} lets 10.1.2.3 through as 10.0.0.0/8
+        would.
+        """
+        policy = PeerPolicy(allow=["::ffff:0:a00:0/104"])
+        for host in ("10.1.2.3", mapped("10.1.2.3"), translated("10.1.2.3")):
+            self.assertAllowed(host, policy)
+        self.assertDenied("127.0.0.1", "loopback", policy)
+
+
+class RelayAddressTests(PolicyAssertions):
+    """
+    On a relay address only the relay port range is reachable, in every
+    spelling (security notes 1.3): the comparison is of canonical forms,
+    never of text.
+    """
+
+    def relayPolicy(self, **settings: Any) -> PeerPolicy:
+        settings.setdefault("allow", ["198.51.100.0/24", "64:ff9b::/96", "64:ff9b:1::/48"])
+        policy = PeerPolicy(**settings)
+        policy.addRelayAddress("198.51.100.1", RELAY_RANGE)
+        return policy
+
+    def test_everySpellingKeptToRange(self) -> None:
+        """
+        Every spelling of the relay address is refused outside the relay
+        port range and allowed inside it.
+        """
+        policy = self.relayPolicy()
+        for host in RELAY_SPELLINGS:
+            for port in (22, 3478, 49999, 50100, 65535):
+                self.assertEqual(
+                    policy.peerDenialReason(TransportAddress(host, port)),
+                    "own address outside the relay port range",
+                    f"{host} port {port}",
+                )
+            for port in (50000, 50050, 50099):
+                self.assertIsNone(policy.peerDenialReason(TransportAddress(host, port)), host)
+            # A permission is for the host, whatever the port.
+            self.assertAllowed(host, policy)
+
+    def test_mappedRelayAddress(self) -> None:
+        """
+        A relay address given in mapped form is its IPv4 address.
+        """
+        policy = PeerPolicy(allow=["198.51.100.0/24"])
+        policy.addRelayAddress("::ffff:198.51.100.1", RELAY_RANGE)
+        self.assertEqual(policy.relayAddresses, (("198.51.100.1", RELAY_RANGE),))
+        reason = policy.peerDenialReason(TransportAddress("198.51.100.1", 22))
+        self.assertEqual(reason, "own address outside the relay port range")
+
+    def test_otherHostsUntouched(self) -> None:
+        """
+        Other addresses, in the same network too, are not kept to the range.
+        """
+        policy = self.relayPolicy()
+        for host in ("198.51.100.2", "::ffff:198.51.100.2", "8.8.8.8"):
+            self.assertIsNone(policy.peerDenialReason(TransportAddress(host, 22)), host)
+
+    def test_noPorts(self) -> None:
+        """
+        An external address without relay sockets behind it refuses every
+        port.
+        """
+        policy = PeerPolicy(allow=["198.51.100.0/24"])
+        policy.addRelayAddress("198.51.100.9", range(0))
+        for port in (1, 50000, 65535):
+            self.assertIsNotNone(policy.peerDenialReason(TransportAddress("198.51.100.9", port)))
+
+    def test_exactAllowLifts(self) -> None:
+        """
+        An allow entry naming exactly the relay address, in any spelling,
+        lifts the port range.
+        """
+        for entry in ("198.51.100.1/32", "198.51.100.1", "::ffff:198.51.100.1/128"):
+            policy = self.relayPolicy(allow=[entry, "64:ff9b::/96"])
+            for host in ("198.51.100.1", "::ffff:198.51.100.1", "::ffff:0:198.51.100.1"):
+                self.assertIsNone(policy.peerDenialReason(TransportAddress(host, 22)), entry)
+
+    def test_widerAllowDoesNotLift(self) -> None:
+        """
+        A wider allow range that merely contains the relay address does not.
+        """
+        policy = self.relayPolicy(allow=["198.51.100.0/24"])
+        reason = policy.peerDenialReason(TransportAddress("198.51.100.1", 22))
+        self.assertEqual(reason, "own address outside the relay port range")
+
+    def test_allowLoopbackLiftsLoopbackRelay(self) -> None:
+        """
+        allowLoopback lifts the range of a loopback relay address (the demo
+        relays to loopback peers on any port), in every spelling.
+        """
+        policy = PeerPolicy(allowLoopback=True)
+        policy.addRelayAddress("127.0.0.1", RELAY_RANGE)
+        for host in ("127.0.0.1", "::ffff:127.0.0.1", "::ffff:0:127.0.0.1", "64:ff9b::7f00:1"):
+            self.assertIsNone(policy.peerDenialReason(TransportAddress(host, 22)), host)
+
+    def test_notOwnAddress(self) -> None:
+        """
+        A relay address that is also a listening address is judged as a
+        relay address: clients relay to each other through it.
+        """
+        policy = PeerPolicy(ownAddresses=["8.8.8.8", "9.9.9.9"])
+        self.assertDenied("8.8.8.8", "own address", policy)
+        policy.addRelayAddress("::ffff:8.8.8.8", RELAY_RANGE)
+        self.assertAllowed("8.8.8.8", policy)
+        self.assertAllowed(translated("8.8.8.8"), policy)
+        self.assertDenied("9.9.9.9", "own address", policy)
+        self.assertDenied(nat64("9.9.9.9"), "own address", policy)
+
+    def test_wildcardRefused(self) -> None:
+        """
+        A wildcard, mapped or not, is no relay address.
+        """
+        for wildcard in ("0.0.0.0", "::", "::ffff:0.0.0.0", "::ffff:0:0.0.0.0"):
+            e = self.assertRaises(ValueError, PeerPolicy().addRelayAddress, wildcard, RELAY_RANGE)
+            self.assertIn("wildcard", str(e))
+        self.assertRaises(ValueError, PeerPolicy().addRelayAddress, "localhost", RELAY_RANGE)
+
+
+# A policy that lets loopback and the operator's LAN through, so that only
+# the own service rule stands between a peer and the services.
+SERVICES = [
+    TransportAddress("127.0.0.1", 3478),
+    TransportAddress("::ffff:127.0.0.1", 9641),
+    TransportAddress("::1", 2222),
+    TransportAddress("10.0.0.5", 8080),
+]
+
+
+class OwnServiceTests(PolicyAssertions):
+    """
+    turnrelay's own listening sockets are never peers, whatever allows the
+    host: loopback peers, allow entries, relay addresses.
+    """
+
+    def servicePolicy(self, **settings: Any) -> PeerPolicy:
+        settings.setdefault("allowLoopback", True)
+        settings.setdefault("allow", ["10.0.0.0/8", "64:ff9b::/96", "64:ff9b:1::/48"])
+        return PeerPolicy(ownServices=SERVICES, **settings)
+
+    def test_everySpelling(self) -> None:
+        """
+        Every spelling of a service's address, on its port, is refused as
+        own service port; 6to4, Teredo and compatible ones by the host rule.
+        """
+        policy = self.servicePolicy()
+        for service in SERVICES:
+            if ":" in str(canonicalIP(service.host)):
+                spellings = {"plain": service.host, "expanded": IPv6Address(service.host).exploded}
+            else:
+                spellings = {"plain": str(canonicalIP(service.host))}
+                spellings.update(embeddedSpellings(str(canonicalIP(service.host))))
+            for name, host in spellings.items():
+                reason = policy.peerDenialReason(TransportAddress(host, service.port))
+                self.assertIsNotNone(reason, f"{name} {host} port {service.port}")
+                if policy.isAllowed(host):
+                    self.assertEqual(reason, OWN_SERVICE, f"{name} {host}")
+
+    def test_otherPortsAllowed(self) -> None:
+        """
+        Other ports on the same addresses are peers like any other.
+        """
+        policy = self.servicePolicy()
+        for service in SERVICES:
+            peer = TransportAddress(service.host, service.port + 1)
+            self.assertIsNone(policy.peerDenialReason(peer), str(peer))
+
+    def test_allowEntriesDoNotLift(self) -> None:
+        """
+        An allow entry naming a service's address exactly does not make its
+        port a peer; nor does the address being a relay address.
+        """
+        policy = self.servicePolicy(allow=["127.0.0.1/32", "10.0.0.5/32"])
+        policy.addRelayAddress("10.0.0.5", RELAY_RANGE)
+        for host, port in (("127.0.0.1", 3478), ("::ffff:10.0.0.5", 8080), ("127.0.0.1", 9641)):
+            reason = policy.peerDenialReason(TransportAddress(host, port))
+            self.assertEqual(reason, OWN_SERVICE, host)
+
+    def test_wildcardIPv4(self) -> None:
+        """
+        A socket on 0.0.0.0 (or ::ffff:0.0.0.0) is refused on every address
+        of this host: loopback, own and relay addresses; not elsewhere.
+        """
+        for wildcard in ("0.0.0.0", "::ffff:0.0.0.0"):
+            policy = PeerPolicy(
+                allowLoopback=True,
+                allow=["8.8.8.0/24"],
+                ownAddresses=["8.8.8.7"],
+                ownServices=[TransportAddress(wildcard, 3478)],
+            )
+            policy.addRelayAddress("8.8.8.8", RELAY_RANGE)
+            for host in ("127.0.0.1", "127.0.0.9", "::ffff:127.0.0.9", "::ffff:0:8.8.8.8"):
+                reason = policy.peerDenialReason(TransportAddress(host, 3478))
+                self.assertEqual(reason, OWN_SERVICE, f"{wildcard} {host}")
+            for host in ("8.8.8.7", "8.8.8.8"):
+                self.assertIsNotNone(policy.peerDenialReason(TransportAddress(host, 3478)), host)
+            self.assertIsNone(policy.peerDenialReason(TransportAddress("8.8.8.9", 3478)))
+            self.assertIsNone(policy.peerDenialReason(TransportAddress("::1", 3478)))
+            self.assertEqual(policy.ownServices, (TransportAddress("0.0.0.0", 3478),))
+
+    def test_wildcardIPv6(self) -> None:
+        """
+        A socket on :: takes IPv4 too (dual stack): it is refused on IPv4
+        and IPv6 loopback alike.
+        """
+        policy = PeerPolicy(allowLoopback=True, ownServices=[TransportAddress("::", 3478)])
+        for host in ("::1", "127.0.0.1", "::ffff:127.0.0.1", "64:ff9b::7f00:1"):
+            self.assertEqual(
+                policy.peerDenialReason(TransportAddress(host, 3478)), OWN_SERVICE, host
+            )
+
+    def test_unspecifiedAllowed(self) -> None:
+        """
+        Even where an operator allows 0.0.0.0, which reaches this host, it
+        does not reach a service port.
+        """
+        policy = PeerPolicy(allow=["0.0.0.0/32"], ownServices=[TransportAddress("10.0.0.5", 80)])
+        self.assertEqual(policy.peerDenialReason(TransportAddress("0.0.0.0", 80)), OWN_SERVICE)
+        self.assertIsNone(policy.peerDenialReason(TransportAddress("0.0.0.0", 81)))
+
+    def test_addOwnService(self) -> None:
+        """
+        addOwnService refuses a socket bound after start-up, once.
+        """
+        policy = PeerPolicy(allowLoopback=True)
+        peer = TransportAddress("127.0.0.1", 40000)
+        self.assertIsNone(policy.peerDenialReason(peer))
+        policy.addOwnService(TransportAddress("::ffff:127.0.0.1", 40000))
+        policy.addOwnService(peer)
+        self.assertEqual(policy.peerDenialReason(peer), OWN_SERVICE)
+        self.assertEqual(policy.ownServices, (peer,))
+        self.assertFalse(policy.isAllowedPeer(peer))
+
+    def test_invalid(self) -> None:
+        """
+        A service that is no address, or has no port, raises ValueError.
+        """
+        for bad in (TransportAddress("localhost", 80), TransportAddress("127.0.0.1", 0)):
+            self.assertRaises(ValueError, PeerPolicy().addOwnService, bad)
+
+    def test_replaceKeeps(self) -> None:
+        """
+        replace keeps relay addresses and own services, and describe names
+        them.
+        """
+        policy = self.servicePolicy()
+        policy.addRelayAddress("10.0.0.1", RELAY_RANGE)
+        changed = policy.replace(allowLoopback=False)
+        self.assertEqual(changed.ownServices, policy.ownServices)
+        self.assertEqual(changed.relayAddresses, (("10.0.0.1", RELAY_RANGE),))
+        self.assertEqual(changed.peerDenialReason(TransportAddress("10.0.0.5", 8080)), OWN_SERVICE)
+        text = changed.describe()
+        for expected in ("10.0.0.1 (ports 50000-50099)", "127.0.0.1:3478", "[::1]:2222"):
+            self.assertIn(expected, text)

@@ -18,7 +18,9 @@ from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import ErrorCode
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
-from turnrelay.testing import FakeReplyChannel
+from turnrelay.testing import FakeReplyChannel, FakeUDPReactor
+from turnrelay.turn.policy import OWN_SERVICE, PeerPolicy
+from turnrelay.turn.relay import RelayPortPool
 from turnrelay.turn.server import TURNServer
 
 TID = bytes(range(12))
@@ -197,3 +199,47 @@ class BindingTests(SynchronousTestCase):
         """
         self.server.channelDataReceived(b"\x40\x00\x00\x00", self.channel)
         self.assertEqual(self.channel.sent, [])
+
+
+class PeerPolicyWiringTests(SynchronousTestCase):
+    """
+    The controller tells its peer policy its relay addresses, and keeps the
+    own services across policy changes (configuration reloads).
+    """
+
+    def makeServer(self, policy: PeerPolicy) -> TURNServer:
+        reactor = FakeUDPReactor()
+        return TURNServer(
+            clock=reactor,
+            peerPolicy=policy,
+            relayPorts=RelayPortPool(reactor, "198.51.100.1", 50000, 50099),
+            relayPorts6=RelayPortPool(reactor, "2001:db8::1", 50000, 50099),
+            externalIP="203.0.113.9",
+        )
+
+    def test_relayAddresses(self) -> None:
+        """
+        The relay and external addresses are relay addresses of the policy,
+        with the relay port range.
+        """
+        server = self.makeServer(PeerPolicy(allow=["198.51.100.0/24"]))
+        ports = range(50000, 50100)
+        self.assertEqual(
+            server.peerPolicy.relayAddresses,
+            (("198.51.100.1", ports), ("2001:db8::1", ports), ("203.0.113.9", ports)),
+        )
+        reason = server.peerPolicy.peerDenialReason(TransportAddress("::ffff:198.51.100.1", 22))
+        self.assertEqual(reason, "own address outside the relay port range")
+
+    def test_reloadKeepsOwnServices(self) -> None:
+        """
+        A new policy put in force keeps the own services the old one knew,
+        and learns the relay addresses.
+        """
+        server = self.makeServer(PeerPolicy())
+        service = TransportAddress("127.0.0.1", 3478)
+        server.peerPolicy.addOwnService(service)
+        server.setPeerPolicy(PeerPolicy(allowLoopback=True))
+        self.assertEqual(server.peerPolicy.ownServices, (service,))
+        self.assertEqual(len(server.peerPolicy.relayAddresses), 3)
+        self.assertEqual(server.peerPolicy.peerDenialReason(service), OWN_SERVICE)

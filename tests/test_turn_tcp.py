@@ -17,6 +17,8 @@ from tests._turnclient import DENIED_PEER, PEER_6, PEER_A, RELAY_IP, Harness, TU
 from turnrelay.stun import attributes as A
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
 from turnrelay.transports.stream import StreamLimits, STUNStreamProtocol
+from turnrelay.turn.descriptors import DescriptorBudget
+from turnrelay.turn.server import RelayLimits
 from turnrelay.turn.tcprelay import PeerConnection
 
 
@@ -387,6 +389,61 @@ class IncomingConnectionTests(TCPAllocationTestCase):
         _, transport = self.accept(PEER_A.host)
         self.reactor.advance(30)
         self.assertTrue(transport.disconnecting)
+
+
+class PeerConnectionLimitTests(TCPAllocationTestCase):
+    """
+    Peer connections are held to max-peer-connections per allocation and to
+    the descriptor budget.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.harness.server.limits = RelayLimits(maxPeerConnections=2)
+        self.client.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, PEER_A)])
+
+    def accept(self) -> Any:
+        factory = self.reactor.tcpPorts[0].factory
+        connection = factory.buildProtocol(IPv4Address("TCP", PEER_A.host, 5555))
+        if connection is not None:
+            connection.makeConnection(StringTransport())
+        return connection
+
+    def test_incomingBeyondCap(self) -> None:
+        """
+        A peer's connection beyond max-peer-connections is refused at once,
+        counted, and announces nothing to the client.
+        """
+        self.assertIsNotNone(self.accept())
+        self.assertIsNotNone(self.accept())
+        self.client.channel.sent.clear()
+        self.assertIsNone(self.accept())
+        self.assertIsNone(self.client.channel.popSent())
+        self.assertEqual(self.harness.server.peerConnectionsRefused["max-peer-connections"], 1)
+
+    def test_connectBeyondCap(self) -> None:
+        """
+        Connect beyond max-peer-connections, pending ones included, gets 508.
+        """
+        self.accept()
+        self.accept()
+        self.client.channel.sent.clear()  # the ConnectionAttempts
+        self.assertError(self.connect(PEER_A), 508)
+
+    def test_descriptorsShort(self) -> None:
+        """
+        While descriptors are within the reserve, Connect and a new TCP
+        Allocate get 508 and peers' connections are refused.
+        """
+        budget = DescriptorBudget(self.reactor, reserve=10, limit=20, countOpen=lambda: 15)
+        self.addCleanup(budget.stop)
+        self.harness.server.descriptors = budget
+        self.assertError(self.connect(PEER_A), 508)
+        self.assertIsNone(self.accept())
+        other = self.harness.client(transport="tcp")
+        response = other.request(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, A.TRANSPORT_TCP)])
+        self.assertError(response, 508)
+        self.assertEqual(dict(budget.refused), {"connect": 1, "peer": 1, "allocate": 1})
 
 
 class TCPUsageTests(TCPAllocationTestCase):

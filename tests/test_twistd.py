@@ -11,13 +11,16 @@ import signal
 import sys
 from typing import List
 
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tests._loopback import (
+    ChildProcess,
     bindingRequest,
     datagramClient,
     mappedAddress,
     pythonEnvironment,
+    reactor,
     runToCompletion,
     spawn,
     streamClient,
@@ -123,3 +126,73 @@ class TwistdTests(TestCase):
             # "--name=VALUE" for an option with a value, "--name" for a flag.
             option = re.compile(rb"--" + re.escape(setting.name.encode("ascii")) + rb"[=\s]")
             self.assertIsNotNone(option.search(twistd.output), (setting.name, twistd.output))
+
+    async def test_logFileBounded(self) -> None:
+        """
+        With --logfile, twistd's log keeps its text format but is rotated at
+        --log-max-bytes with at most --log-max-files rotated files kept,
+        however much is logged.
+        """
+        path = os.path.abspath(self._workingDirectory())
+        logName = os.path.join(path, "relay.log")
+        args = twistdCommand() + [
+            "--nodaemon",
+            "--pidfile=",
+            "--logfile",
+            logName,
+            "turnrelay",
+            "--listen",
+            "udp:0:interface=127.0.0.1",
+            "--log-level",
+            "debug",
+            "--log-max-bytes",
+            "10000",
+            "--log-max-files",
+            "2",
+        ]
+        twistd = spawn(self, args, env=pythonEnvironment(), path=path)
+        line = await waitForFile(twistd, logName, rb"listening for udp on 127\.0\.0\.1:(\d+)")
+        server = TransportAddress("127.0.0.1", int(line.group(1)))
+        client = datagramClient(self, "127.0.0.1")
+        # Each junk datagram is a debug line of about 150 bytes; a Binding
+        # round trip after each batch says the batch has been read.
+        for _ in range(10):
+            for _ in range(50):
+                client.send(b"\xff" * 100, server)
+            transactionID, request = bindingRequest()
+            client.send(request, server)
+            mappedAddress(self, await client.receive(), transactionID)
+        twistd.signal("TERM")
+        await twistd.whenEnded()
+        names = sorted(name for name in os.listdir(path) if name.startswith("relay.log"))
+        self.assertEqual(names, ["relay.log", "relay.log.1", "relay.log.2"])
+        for name in names:
+            self.assertLessEqual(os.path.getsize(os.path.join(path, name)), 10000 + 500)
+        with open(logName, "rb") as f:
+            last = f.read()
+        self.assertIn(b"Server Shut Down.", last)
+        # twistd's text format: time, [namespace#level], message.
+        self.assertRegex(
+            last, rb"(?m)^\d{4}-\d\d-\d\dT[\d:]+[+-]\d{4} \[[\w.]+#debug\] dropped a 100-byte"
+        )
+        # The log went to the file, not to standard output.
+        self.assertNotIn(b"listening for", twistd.output)
+
+
+async def waitForFile(twistd: ChildProcess, name: str, pattern: bytes) -> re.Match[bytes]:
+    """
+    Wait until the file C{name} holds a match of C{pattern}, polling it;
+    fail if C{twistd} ends first.  The test's timeout bounds the wait.
+    """
+    compiled = re.compile(pattern)
+    while True:
+        try:
+            with open(name, "rb") as f:
+                match = compiled.search(f.read())
+        except FileNotFoundError:
+            match = None
+        if match is not None:
+            return match
+        if twistd.endReason is not None:
+            raise AssertionError(f"twistd ended: {twistd.output!r} {twistd.errors!r}")
+        await deferLater(reactor, 0.05, lambda: None)

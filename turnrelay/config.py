@@ -20,6 +20,7 @@ import attr
 from turnrelay.logs import LEVELS
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import TEXT_MAX_CHARACTERS
+from turnrelay.turn.policy import canonicalIP
 from turnrelay.turn.server import RelayLimits
 
 
@@ -138,7 +139,32 @@ class RelayConfig:
         allocation may stay silent.
     @ivar tlsHandshakeTimeout: seconds a TLS handshake may take.
     @ivar maxUnallocatedConnections: TCP and TLS connections that may be
-        open without an allocation at once.
+        open without an allocation at once; when they are, the source holding
+        the most loses its oldest to make room.
+    @ivar maxUnallocatedPerSource: TCP and TLS connections one source (an
+        IPv4 address, an IPv6 /64) may hold open without an allocation.
+    @ivar streamAllocateTimeout: seconds a TCP or TLS connection has, from
+        its start or from the end of its allocation, to allocate; traffic
+        does not extend it.
+    @ivar streamMaxUnsent: bytes a TCP or TLS connection may leave unsent
+        after it has asked us to pause (reading from it stops meanwhile);
+        beyond, it is closed.
+    @ivar maxPeerConnections: RFC 6062 peer connections, pending and
+        established, per allocation.
+    @ivar descriptorReserve: file descriptors kept free below the process's
+        limit: within it, listeners stop accepting, Allocate and Connect get
+        508, and peers' connections are refused.
+    @ivar unauthenticatedRate: unauthenticated UDP responses per second to
+        one source (an IPv4 address, an IPv6 /64); beyond, requests are
+        dropped and counted.
+    @ivar unauthenticatedBurst: how many such responses a source may have
+        at once before the rate applies.
+    @ivar sourceTableSize: how many sources the per-source tables (the rate
+        limit above, unallocated connections) remember.
+    @ivar refusalSummaryInterval: seconds between the log lines that sum up
+        refused unauthenticated or unverified requests, by reason.
+    @ivar logMaxBytes: the size at which twistd's log file is rotated.
+    @ivar logMaxFiles: how many rotated log files are kept.
     """
 
     listeners: Tuple[ListenerConfig, ...] = DEFAULT_LISTENERS
@@ -183,36 +209,52 @@ class RelayConfig:
     streamIdleTimeout: float = 60.0
     tlsHandshakeTimeout: float = 10.0
     maxUnallocatedConnections: int = 1000
+    maxUnallocatedPerSource: int = 64
+    streamAllocateTimeout: float = 30.0
+    streamMaxUnsent: int = 262144
+    maxPeerConnections: int = 100
+    descriptorReserve: int = 64
+    unauthenticatedRate: float = 20.0
+    unauthenticatedBurst: int = 40
+    sourceTableSize: int = 10000
+    refusalSummaryInterval: float = 60.0
+    logMaxBytes: int = 10_000_000
+    logMaxFiles: int = 10
 
     def effectiveRelayIP(self) -> Optional[str]:
         """
         The relay IP: the configured one, else the first listener's specific
-        IPv4 address, else 127.0.0.1 if every listener is on loopback.
+        IPv4 address (in any spelling: C{::ffff:192.0.2.1} is
+        C{192.0.2.1}), else 127.0.0.1 if every listener is on loopback.
 
         @return: the address, or L{None} when it cannot be guessed (wildcard
-            listeners): the relay then serves STUN only.
+            listeners, C{::ffff:0.0.0.0} among them): the relay then serves
+            STUN only.
         """
         if self.relayIP is not None:
             return self.relayIP
-        for listener in self.listeners:
-            if "." in listener.interface and listener.interface != "0.0.0.0":
-                return listener.interface
-        if all(ipaddress.ip_address(ls.interface).is_loopback for ls in self.listeners):
+        addresses = [canonicalIP(listener.interface) for listener in self.listeners]
+        for address in addresses:
+            if address.version == 4 and not address.is_unspecified:
+                return str(address)
+        if all(address.is_loopback for address in addresses):
             return "127.0.0.1"
         return None
 
     def effectiveRelayIP6(self) -> Optional[str]:
         """
         The IPv6 relay address: the configured one, else the first
-        listener's specific IPv6 address.
+        listener's specific IPv6 address (not a wildcard, nor an IPv6
+        spelling of an IPv4 address such as C{::ffff:192.0.2.1}).
 
         @return: the address, or L{None}: no IPv6 relays.
         """
         if self.relayIP6 is not None:
             return self.relayIP6
         for listener in self.listeners:
-            if ":" in listener.interface and listener.interface != "::":
-                return listener.interface
+            address = canonicalIP(listener.interface)
+            if address.version == 6 and not address.is_unspecified:
+                return str(address)
         return None
 
 
@@ -294,13 +336,21 @@ def _parseAddress(name: str) -> Callable[[Any], str]:
 
 
 def _parseIPv4(name: str) -> Callable[[Any], str]:
+    # A relay (or external) address is advertised to clients as the relayed
+    # address: it must be one address, never the wildcard.
     def parse(value: Any) -> str:
         try:
-            return str(ipaddress.IPv4Address(str(value)))
+            address = ipaddress.IPv4Address(str(value))
         except ValueError:
             raise ConfigError(
                 f"{name}: {value!r} is not an IPv4 address (IPv6 relays take relay-ip6)"
             ) from None
+        if address.is_unspecified:
+            raise ConfigError(
+                f"{name}: {value!r} is a wildcard, which clients cannot reach as a relayed "
+                "address; give one specific IPv4 address"
+            )
+        return str(address)
 
     return parse
 
@@ -308,9 +358,21 @@ def _parseIPv4(name: str) -> Callable[[Any], str]:
 def _parseIPv6(name: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         try:
-            return str(ipaddress.IPv6Address(str(value).strip("[]")))
+            address = ipaddress.IPv6Address(str(value).strip("[]"))
         except ValueError:
             raise ConfigError(f"{name}: {value!r} is not an IPv6 address") from None
+        canonical = canonicalIP(str(address))
+        if canonical.is_unspecified:
+            raise ConfigError(
+                f"{name}: {value!r} is a wildcard, which clients cannot reach as a relayed "
+                "address; give one specific IPv6 address"
+            )
+        if canonical.version == 4:
+            raise ConfigError(
+                f"{name}: {value!r} is the IPv4 address {canonical} in IPv6 spelling; "
+                "give it as relay-ip, and a real IPv6 address here"
+            )
+        return str(address)
 
     return parse
 
@@ -779,6 +841,93 @@ SETTINGS: Tuple[Setting, ...] = (
         metavar="N",
     ),
     Setting(
+        "max-unallocated-per-source",
+        "TCP and TLS connections one source (an IPv4 address or an IPv6 /64) may hold "
+        "open without an allocation; more are closed as they arrive (default: 64).",
+        _parseNumber("max-unallocated-per-source", 1, 10**6),
+        "maxUnallocatedPerSource",
+        metavar="N",
+    ),
+    Setting(
+        "stream-allocate-timeout",
+        "Seconds a TCP or TLS connection has to allocate, from its start or from the end "
+        "of its allocation; traffic such as Binding does not extend it (default: 30).",
+        _parseNumber("stream-allocate-timeout", 1, 86400, float),
+        "streamAllocateTimeout",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "stream-max-unsent",
+        "Bytes a TCP or TLS client may leave unread once its connection's buffer is full "
+        "(reading from it stops meanwhile); beyond, it is closed (default: 262144).",
+        _parseNumber("stream-max-unsent", 65536, 2**30),
+        "streamMaxUnsent",
+        metavar="BYTES",
+    ),
+    Setting(
+        "max-peer-connections",
+        "RFC 6062 peer TCP connections, pending and established, per allocation; "
+        "Connect gets 508 beyond and peers' connections are refused (default: 100).",
+        _parseNumber("max-peer-connections", 1, 10**5),
+        "maxPeerConnections",
+        metavar="N",
+    ),
+    Setting(
+        "descriptor-reserve",
+        "File descriptors kept free below the process's limit (ulimit -n): within it, "
+        "listeners stop accepting, Allocate and Connect get 508 and peers' connections "
+        "are refused, until descriptors are freed (default: 64).",
+        _parseNumber("descriptor-reserve", 16, 10**6),
+        "descriptorReserve",
+        metavar="N",
+    ),
+    Setting(
+        "unauthenticated-rate",
+        "Unauthenticated UDP responses per second to one source (an IPv4 address or an "
+        "IPv6 /64); requests beyond are dropped and counted (default: 20).",
+        _parseNumber("unauthenticated-rate", 0.1, 10**6, float),
+        "unauthenticatedRate",
+        metavar="PER_SECOND",
+    ),
+    Setting(
+        "unauthenticated-burst",
+        "Unauthenticated UDP responses one source may have at once before "
+        "unauthenticated-rate applies (default: 40).",
+        _parseNumber("unauthenticated-burst", 1, 10**6),
+        "unauthenticatedBurst",
+        metavar="N",
+    ),
+    Setting(
+        "source-table-size",
+        "Sources the per-source limits remember at once; the least recently seen are "
+        "forgotten first (default: 10000).",
+        _parseNumber("source-table-size", 100, 10**7),
+        "sourceTableSize",
+        metavar="N",
+    ),
+    Setting(
+        "refusal-summary-interval",
+        "Seconds between the log lines that sum up refused unauthenticated or unverified "
+        "requests by reason; they are never logged one by one (default: 60).",
+        _parseNumber("refusal-summary-interval", 1, 86400, float),
+        "refusalSummaryInterval",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "log-max-bytes",
+        "Under twistd with a log file, rotate it at this size (default: 10000000).",
+        _parseNumber("log-max-bytes", 10000, 2**40),
+        "logMaxBytes",
+        metavar="BYTES",
+    ),
+    Setting(
+        "log-max-files",
+        "Under twistd with a log file, keep this many rotated files (default: 10).",
+        _parseNumber("log-max-files", 1, 1000),
+        "logMaxFiles",
+        metavar="N",
+    ),
+    Setting(
         "state-dir",
         "Where turnrelay keeps what it generates, such as the demo certificate (default: ./state).",
         _parsePath,
@@ -821,10 +970,7 @@ def buildConfig(values: Mapping[str, Any], base: RelayConfig = RelayConfig()) ->
         raise ConfigError("tls-cert and tls-key go together: give both or neither")
     manhole = config.manhole
     if manhole is not None:
-        if (
-            not config.manholeAllowRemote
-            and not ipaddress.ip_address(manhole.interface).is_loopback
-        ):
+        if not config.manholeAllowRemote and not canonicalIP(manhole.interface).is_loopback:
             raise ConfigError(
                 f"manhole: {manhole} listens beyond loopback; anyone who reaches it can "
                 "run code in the relay.  Use interface=127.0.0.1, or set "
@@ -840,11 +986,14 @@ def buildConfig(values: Mapping[str, Any], base: RelayConfig = RelayConfig()) ->
     ):
         if listener is None:
             continue
-        address = ipaddress.ip_address(listener.interface)
+        # Judged by what the address reaches: ::ffff:0.0.0.0 is the IPv4
+        # wildcard and ::ffff:8.8.8.8 a public address, whatever ipaddress
+        # says of their IPv6 spelling.
+        address = canonicalIP(listener.interface)
         if not (address.is_loopback or address.is_private) or address.is_unspecified:
             raise ConfigError(
-                f"{name}: {listener} would serve plain HTTP to the world; listen on "
-                "loopback or a private address (and put a TLS proxy in front if needed)"
+                f"{name}: {listener} (address {address}) would serve plain HTTP to the world; "
+                "listen on loopback or a private address (and put a TLS proxy in front if needed)"
             )
     if config.credentialsEndpoint is not None and (
         config.credentialsTokenFile is None or not config.authSecrets

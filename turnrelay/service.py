@@ -17,8 +17,7 @@ Nothing here installs log observers or signal handlers, or picks a reactor.
 from __future__ import annotations
 
 from collections import Counter
-from ipaddress import ip_address
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -42,9 +41,11 @@ from turnrelay.transports.stream import StreamLimits, STUNStreamFactory
 from turnrelay.transports.tls import ReloadingTLSOptions
 from turnrelay.transports.udp import STUNDatagramProtocol
 from turnrelay.turn.allocation import UsageTotals
+from turnrelay.turn.descriptors import DescriptorBudget, watchAccepts
 from turnrelay.turn.policy import PeerPolicy
 from turnrelay.turn.relay import RelayPortPool
 from turnrelay.turn.server import RelayLimits, TURNServer
+from turnrelay.turn.sources import SourceRateLimiter
 
 log = Logger()
 
@@ -61,6 +62,12 @@ _RESTART_SETTINGS = (
     ("tls-key", "tlsKey"),
     ("stream-idle-timeout", "streamIdleTimeout"),
     ("max-unallocated-connections", "maxUnallocatedConnections"),
+    ("max-unallocated-per-source", "maxUnallocatedPerSource"),
+    ("stream-allocate-timeout", "streamAllocateTimeout"),
+    ("stream-max-unsent", "streamMaxUnsent"),
+    ("descriptor-reserve", "descriptorReserve"),
+    ("log-max-bytes", "logMaxBytes"),
+    ("log-max-files", "logMaxFiles"),
 )
 
 # Large enough for any STUN message or ChannelData frame.
@@ -107,7 +114,18 @@ class ListenerService(ListeningService):
         if listener.transport == "tls":
             assert self._tlsOptions is not None
             factory = TLSMemoryBIOFactory(self._tlsOptions, False, factory)
-        return self._reactor.listenTCP(listener.port, factory, interface=listener.interface)
+        port = self._reactor.listenTCP(listener.port, factory, interface=listener.interface)
+        # Stop accepting while descriptors are short (see DescriptorBudget).
+        descriptors = self._server.descriptors
+        if descriptors is not None and hasattr(port, "socket"):
+            watchAccepts(port, descriptors, f"a {listener.transport} connection")
+        return port
+
+    def stopService(self) -> Deferred[Any]:
+        descriptors = self._server.descriptors
+        if descriptors is not None and self.port is not None:
+            descriptors.removeListener(self.port)  # type: ignore[arg-type]
+        return super().stopService()
 
     def startService(self) -> None:
         super().startService()
@@ -141,9 +159,18 @@ class RelayService(MultiService):
         self.tlsOptions = tlsOptions
         self._reactor = reactor if reactor is not None else server.clock
         self.startedAt = self._reactor.seconds()
+        self.streamLimits: Optional[StreamLimits] = None
 
     def startService(self) -> None:
         super().startService()
+        # Every socket the relay listens on (TURN listeners, admin console,
+        # metrics, credentials endpoint) is bound now: none is ever a peer.
+        policy = self.server.peerPolicy
+        for child in self:
+            if isinstance(child, ListeningService):
+                address = child.address
+                if address is not None and address.port != 0:
+                    policy.addOwnService(address)
         if self.tlsOptions is not None:
             self.tlsOptions.startWatching()
 
@@ -153,6 +180,8 @@ class RelayService(MultiService):
         # Allocations first, while their clients can still be told nothing
         # more; then the listeners.  Done when every socket is closed.
         relaysClosed = self.server.stop()
+        if self.server.descriptors is not None:
+            self.server.descriptors.stop()
         listenersClosed = maybeDeferred(super().stopService)
         return DeferredList([relaysClosed, listenersClosed])
 
@@ -206,7 +235,9 @@ class RelayService(MultiService):
         """
         Live figures: allocations by transport and family, permissions,
         channels, TCP peer connections, what was relayed (live and ended
-        allocations together), requests and refused authentications.
+        allocations together), requests, refused authentications, and
+        refused requests from unauthenticated sources by reason (with how
+        many sources the per-source limit remembers).
         """
         server = self.server
         allocations: Counter[Tuple[str, str]] = Counter()
@@ -235,7 +266,24 @@ class RelayService(MultiService):
             "relayed": relayed,
             "requests": dict(server.requests),
             "authFailures": dict(server.authFailures),
+            "refusals": dict(server.refusals),
+            "unauthenticatedSources": (
+                0 if server.sourceLimit is None else len(server.sourceLimit)
+            ),
             "tlsReloads": 0 if self.tlsOptions is None else self.tlsOptions.reloads,
+            "streams": self._streamStats(),
+            "descriptors": (None if server.descriptors is None else server.descriptors.stats()),
+            "peerConnectionsRefused": dict(server.peerConnectionsRefused),
+        }
+
+    def _streamStats(self) -> Dict[str, Any]:
+        limits = self.streamLimits
+        if limits is None:
+            return {"unallocated": 0, "sources": 0, "closed": {}}
+        return {
+            "unallocated": limits.unallocated,
+            "sources": limits.sources(),
+            "closed": dict(limits.closed),
         }
 
     def mintCredential(self, userID: str, ttl: float = 86400.0) -> Tuple[str, str]:
@@ -272,6 +320,11 @@ class RelayService(MultiService):
         server.limits = _limits(config)
         server.software = config.software
         server.alternateServers = config.alternateServers
+        if server.sourceLimit is not None:
+            server.sourceLimit.rate = config.unauthenticatedRate
+            server.sourceLimit.burst = config.unauthenticatedBurst
+            server.sourceLimit.maxSources = config.sourceTableSize
+        server.refusalSummaryInterval = config.refusalSummaryInterval
         setLogLevel(config.logLevel)
         if self.tlsOptions is not None:
             self.tlsOptions.reload()
@@ -307,20 +360,16 @@ def _credentials(config: RelayConfig, reactor: Any) -> ChainedCredentials:
 
 def _peerPolicy(config: RelayConfig) -> PeerPolicy:
     # Our listening addresses are never peers.  The relay addresses are: two
-    # clients of this server relay to each other through them, and the
-    # controller keeps peers on them inside the relay port range.
-    relayHosts = {config.effectiveRelayIP(), config.effectiveRelayIP6(), config.externalIP}
-    ownAddresses = [
-        listener.interface
-        for listener in config.listeners
-        if listener.interface not in relayHosts
-        and not ip_address(listener.interface).is_unspecified
-    ]
+    # clients of this server relay to each other through them; the
+    # controller tells the policy which they are, and the policy keeps peers
+    # on them inside the relay port range (and ignores wildcards here).
+    # RelayService.startService adds the ports of every listening socket.
+    listeners = [*config.listeners, config.manhole, config.metrics, config.credentialsEndpoint]
     return PeerPolicy(
         allow=config.allowPeers,
         deny=config.denyPeers,
         allowLoopback=config.allowLoopbackPeers,
-        ownAddresses=ownAddresses,
+        ownAddresses=[listener.interface for listener in listeners if listener is not None],
     )
 
 
@@ -332,6 +381,7 @@ def _limits(config: RelayConfig) -> RelayLimits:
         maxPermissions=config.maxPermissions,
         maxChannels=config.maxChannels,
         bandwidth=config.bandwidth,
+        maxPeerConnections=config.maxPeerConnections,
         maxChannelNumber=(
             CHANNEL_NUMBER_MAX if config.channelNumbers == "rfc8656" else CHANNEL_NUMBER_MAX_RFC5766
         ),
@@ -369,19 +419,31 @@ def makeTURNServer(config: RelayConfig, reactor: Any) -> TURNServer:
         externalIP=config.externalIP,
     )
     server.alternateServers = config.alternateServers
+    server.sourceLimit = SourceRateLimiter(
+        reactor, config.unauthenticatedRate, config.unauthenticatedBurst, config.sourceTableSize
+    )
+    server.refusalSummaryInterval = config.refusalSummaryInterval
     return server
 
 
-def makeRelayService(config: RelayConfig, reactor: Any) -> RelayService:
+def makeRelayService(
+    config: RelayConfig, reactor: Any, serviceClass: Type[RelayService] = RelayService
+) -> RelayService:
     """
     Build a relay from a configuration.
 
     @param config: a validated configuration.
     @param reactor: the reactor to listen, relay and schedule with.
+    @param serviceClass: the L{RelayService} (or subclass: twistd's, in
+        L{turnrelay.tap}, sets up the log file) to build.
     @return: a service to start, or to attach to a parent service.
     """
     setLogLevel(config.logLevel)
     server = makeTURNServer(config, reactor)
+    server.descriptors = DescriptorBudget(reactor, reserve=config.descriptorReserve)
+    for pool in (server.relayPorts, server.relayPorts6):
+        if pool is not None:
+            pool.descriptors = server.descriptors
     tlsOptions = None
     if any(listener.transport == "tls" for listener in config.listeners):
         if config.tlsCert is None or config.tlsKey is None:
@@ -395,13 +457,18 @@ def makeRelayService(config: RelayConfig, reactor: Any) -> RelayService:
             )
         except ValueError as e:
             raise ConfigError(f"tls-cert: {e}") from None
-    relay = RelayService(config, server, tlsOptions, reactor)
+    relay = serviceClass(config, server, tlsOptions, reactor)
     streamLimits = StreamLimits(
         reactor,
         idleTimeout=config.streamIdleTimeout,
         handshakeTimeout=config.tlsHandshakeTimeout,
+        allocateTimeout=config.streamAllocateTimeout,
         maxUnallocated=config.maxUnallocatedConnections,
+        maxUnallocatedPerSource=config.maxUnallocatedPerSource,
+        maxUnsent=config.streamMaxUnsent,
+        descriptors=server.descriptors,
     )
+    relay.streamLimits = streamLimits
     for listener in config.listeners:
         service = ListenerService(reactor, listener, server, streamLimits, tlsOptions)
         service.setServiceParent(relay)

@@ -4,10 +4,17 @@ twistd wiring: C{twistd -n turnrelay [options]}.
 
 The options are generated from L{turnrelay.config.SETTINGS}, so every setting
 has one name on the command line and in the configuration file.
+
+When twistd logs to a file (C{--logfile}, or C{twistd.log} when it
+daemonizes), its own L{LogFile} would keep every rotated 1 MB file for ever:
+L{TwistdRelayService} gives twistd a log observer writing in the same format
+to a L{LogFile} rotated at C{log-max-bytes} that keeps C{log-max-files}
+rotated files.
 """
 
 from __future__ import annotations
 
+import resource
 import secrets
 import signal
 import sys
@@ -15,13 +22,21 @@ from ipaddress import ip_address
 from typing import Any, Dict, List, Optional, TextIO
 
 import attr
+from twisted.application.service import IProcess
+from twisted.logger import ILogObserver, textFileLogObserver
 from twisted.python import usage
+from twisted.python.components import Componentized
 from twisted.python.filepath import FilePath
+from twisted.python.logfile import LogFile
 
 from turnrelay.config import SETTINGS, ConfigError, RelayConfig, buildConfig, loadConfigFile
 from turnrelay.logs import Logger
 from turnrelay.service import RelayService, makeRelayService
 from turnrelay.transports.tls import fingerprint, loadCertificateOptions, makeSelfSignedCertificate
+from turnrelay.turn.descriptors import descriptorLimit
+
+# The most descriptors twistd raises its soft limit to.
+MAX_DESCRIPTORS = 1 << 20
 
 _log = Logger()
 
@@ -148,6 +163,64 @@ def _withDemoCertificate(config: RelayConfig, out: TextIO) -> RelayConfig:
     return attr.evolve(config, tlsCert=cert.path, tlsKey=key.path)
 
 
+def twistdLogFile(options: Options) -> Optional[str]:
+    """
+    The file twistd will log to, from its own options (C{options.parent}).
+
+    @return: the file's name, or L{None} when twistd logs elsewhere (standard
+        output with C{--nodaemon} and no C{--logfile} or C{--logfile=-},
+        syslog, a C{--logger}) or when these options are not twistd's.
+    """
+    parent = getattr(options, "parent", None)
+    if parent is None:
+        return None
+    if parent.get("logger") or parent.get("syslog"):
+        return None
+    name: Optional[str] = parent.get("logfile")
+    if name == "-":
+        return None
+    if not name:
+        return None if parent.get("nodaemon") else "twistd.log"
+    return name
+
+
+class TwistdRelayService(RelayService):
+    """
+    The relay as twistd runs it.
+
+    twistd makes the service L{makeService} returns the child of its
+    application, then starts logging: to the application's
+    L{ILogObserver} component if it has one.  So when made a child of an
+    application and given a C{logFileName}, this service gives the
+    application an observer writing twistd's text format to a L{LogFile}
+    bounded by C{log-max-bytes} and C{log-max-files}.
+
+    @ivar logFileName: the file twistd would log to, or L{None}.
+    @ivar logFile: the bounded log file, once the observer is set up.
+    """
+
+    logFileName: Optional[str] = None
+    logFile: Optional[LogFile] = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        if (
+            self.logFileName is not None
+            and isinstance(parent, Componentized)
+            and IProcess(parent, None) is not None
+        ):
+            path = FilePath(self.logFileName)
+            self.logFile = LogFile(
+                path.basename(),
+                path.dirname(),
+                rotateLength=self.config.logMaxBytes,
+                maxRotatedFiles=self.config.logMaxFiles,
+            )
+            # A LogFile is a text-accepting file, whatever its stub says.
+            logFile: Any = self.logFile
+            parent.setComponent(ILogObserver, textFileLogObserver(logFile))
+        super().setServiceParent(parent)
+
+
 def makeService(
     options: Options, reactor: Optional[Any] = None, out: TextIO = sys.stdout
 ) -> RelayService:
@@ -163,20 +236,48 @@ def makeService(
         reactor = globalReactor
     config = _demoDefaults(options.config, out)
     try:
-        relay = makeRelayService(config, reactor)
+        relay = makeRelayService(config, reactor, TwistdRelayService)
     except (ConfigError, ValueError) as e:
         raise usage.UsageError(str(e)) from None
-    # twistd may own signals; the library may not.  Only once the reactor
-    # runs, so that building the service has no side effect.
+    assert isinstance(relay, TwistdRelayService)
+    relay.logFileName = twistdLogFile(options)
+    # twistd may own signals and process limits; the library may not.  Only
+    # once the reactor runs, so that building the service has no side effect.
+    reactor.addSystemEventTrigger("before", "startup", raiseDescriptorLimit, relay)
     reactor.addSystemEventTrigger("after", "startup", _handleSignals, reactor, relay, options)
     return relay
+
+
+def raiseDescriptorLimit(relay: RelayService) -> None:
+    """
+    Raise the process's soft limit on open descriptors to its hard limit
+    (capped at L{MAX_DESCRIPTORS}), as servers that hold a socket per client
+    do, and size the relay's descriptor budget to it.  A shell's soft limit
+    (often 1024) would otherwise cap the relay at a few hundred clients
+    while the system allows far more.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, MAX_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as e:
+            _log.warn(
+                "could not raise the descriptor limit from {soft}: {error}", soft=soft, error=e
+            )
+        else:
+            _log.info("descriptor limit raised from {soft} to {limit}", soft=soft, limit=wanted)
+    descriptors = relay.server.descriptors
+    if descriptors is not None:
+        descriptors.limit = descriptorLimit()
 
 
 def _handleSignals(reactor: Any, relay: RelayService, options: Options) -> None:
     """
     SIGHUP: re-read the configuration file and the TLS certificate, and put
     what can change in force.  SIGUSR2: drain, then exit.  (SIGTERM is
-    twistd's: the relay stops, logging every allocation's usage.)
+    twistd's: the relay stops, logging every allocation's usage.)  SIGUSR1,
+    as under twistd's own log file: rotate the log file.
     """
 
     def reload() -> None:
@@ -198,4 +299,7 @@ def _handleSignals(reactor: Any, relay: RelayService, options: Options) -> None:
         relay.drain().addCallback(lambda _: reactor.stop())
 
     signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
+    logFile = getattr(relay, "logFile", None)
+    if logFile is not None:
+        signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(logFile.rotate))
     signal.signal(signal.SIGUSR2, lambda signum, frame: reactor.callFromThread(drain))

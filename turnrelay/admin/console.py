@@ -235,6 +235,7 @@ class AdminConsole:
             lambda counts: _counts({f"{m} {o}": n for (m, o), n in counts.items()}),
         )
         take("authFailures", "refused authentications", _counts)
+        take("refusals", "refused unauthenticated", _counts)
         take("tlsReloads", "TLS certificate reloads")
         for key, value in sorted(figures.items()):
             lines.append((key, str(value)))

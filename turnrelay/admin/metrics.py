@@ -53,7 +53,48 @@ _DROPPED = (
 # The requests the peer policy refuses with 403 (RFC 8656 sections 10-12,
 # RFC 6062 section 5.2); Allocate's 403 means draining instead.
 _PEER_METHODS = ("CREATE_PERMISSION", "CHANNEL_BIND", "CONNECT")
+# Why requests from unauthenticated sources are refused (TURNServer.refusals),
+# each reported, zero included.
+_REFUSAL_REASONS = (
+    "amplification",
+    "bad-integrity",
+    "bad-realm",
+    "bid-down",
+    "expired",
+    "malformed",
+    "missing-attribute",
+    "rate-limited",
+    "unknown-user",
+)
 QUOTA_CODE = "486"
+# The label values of the resource limits, reported at zero too.
+STREAM_LIMITS = (
+    "per-source",
+    "shed",
+    "allocate-timeout",
+    "idle",
+    "handshake-timeout",
+    "unsent",
+    "descriptors",
+    "malformed",
+)
+PEER_REFUSALS = ("permission", "max-peer-connections", "descriptors")
+DESCRIPTOR_KINDS = ("accept", "allocate", "connect", "peer")
+
+
+def _counters(
+    name: str, documentation: str, label: str, values: Iterable[str], counts: Dict[str, int]
+) -> CounterMetricFamily:
+    """
+    A counter family with one label, every value of C{values} reported (at
+    zero until it counts) so that series exist before the first event.
+    """
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for labelValue in values:
+        family.add_metric([labelValue], counts.get(labelValue, 0))
+    return family
+
+
 PEER_REFUSED_CODE = "403"
 
 
@@ -83,7 +124,9 @@ class RelayCollector(Collector):
         )
         yield from self._state(stats, transports)
         yield from self._traffic(stats, transports)
+        yield from self._resources(stats)
         yield from self._requests(stats)
+        yield from self._refusals(stats)
 
     def _state(self, stats: Dict[str, Any], transports: List[str]) -> Iterator[Metric]:
         allocations = GaugeMetricFamily(
@@ -157,6 +200,98 @@ class RelayCollector(Collector):
         yield families["packets"]
         yield families["bytes"]
         yield dropped
+
+    def _resources(self, stats: Dict[str, Any]) -> Iterator[Metric]:
+        streams = stats["streams"]
+        yield GaugeMetricFamily(
+            "turnrelay_unallocated_connections",
+            "TCP and TLS connections open without an allocation.",
+            streams["unallocated"],
+        )
+        yield GaugeMetricFamily(
+            "turnrelay_unallocated_sources",
+            "Sources (IPv4 addresses, IPv6 /64s) holding connections without an allocation.",
+            streams["sources"],
+        )
+        yield _counters(
+            "turnrelay_stream_limit_closures_total",
+            "TCP and TLS connections closed or refused by a limit, by limit: per-source, "
+            "shed (to make room), allocate-timeout, idle, handshake-timeout, unsent "
+            "(did not read), descriptors, malformed.",
+            "limit",
+            STREAM_LIMITS,
+            streams["closed"],
+        )
+        yield _counters(
+            "turnrelay_peer_connection_refusals_total",
+            "Peers' TCP connections to relayed addresses refused, by reason.",
+            "reason",
+            PEER_REFUSALS,
+            stats["peerConnectionsRefused"],
+        )
+        descriptors = stats["descriptors"]
+        if descriptors is None:
+            return
+        yield GaugeMetricFamily(
+            "turnrelay_descriptors_ceiling",
+            "Open file descriptors at which new work is refused: the limit less "
+            "descriptor-reserve.",
+            descriptors["limit"] - descriptors["reserve"],
+        )
+        yield GaugeMetricFamily(
+            "turnrelay_descriptors_exhausted",
+            "1 while listeners are paused for want of file descriptors, else 0.",
+            1 if descriptors["exhausted"] else 0,
+        )
+        yield _counters(
+            "turnrelay_descriptor_refusals_total",
+            "New work refused to keep descriptor-reserve free, by kind: accept, "
+            "allocate, connect, peer.",
+            "kind",
+            DESCRIPTOR_KINDS,
+            descriptors["refused"],
+        )
+        yield CounterMetricFamily(
+            "turnrelay_out_of_descriptors_total",
+            "Times the system refused a descriptor (EMFILE, ENFILE).",
+            descriptors["outOfDescriptors"],
+        )
+
+    def _refusals(self, stats: Dict[str, Any]) -> Iterator[Metric]:
+        refusals: Dict[str, int] = stats["refusals"]
+        refused = CounterMetricFamily(
+            "turnrelay_refused_total",
+            "Requests from sources not authenticated refused, by reason: failed "
+            "authentication (but the first 401 and 438), malformed, and over UDP the "
+            "answers not sent, over the per-source rate (rate-limited) or more than "
+            "three times the request (amplification).",
+            labels=["reason"],
+        )
+        for reason in sorted(set(_REFUSAL_REASONS) | set(refusals)):
+            refused.add_metric([reason], refusals.get(reason, 0))
+        yield refused
+        yield GaugeMetricFamily(
+            "turnrelay_unauthenticated_sources",
+            "Sources (IPv4 addresses, IPv6 /64s) the per-source limit on unauthenticated "
+            "UDP answers remembers now.",
+            stats["unauthenticatedSources"],
+        )
+        config = self.relay.config
+        yield GaugeMetricFamily(
+            "turnrelay_unauthenticated_sources_max",
+            "The most sources it remembers (source-table-size).",
+            config.sourceTableSize,
+        )
+        yield GaugeMetricFamily(
+            "turnrelay_unauthenticated_rate",
+            "Unauthenticated UDP answers per second one source may get (unauthenticated-rate).",
+            config.unauthenticatedRate,
+        )
+        yield GaugeMetricFamily(
+            "turnrelay_unauthenticated_burst",
+            "Unauthenticated UDP answers one source may get at once (unauthenticated-burst).",
+            config.unauthenticatedBurst,
+        )
 
     def _requests(self, stats: Dict[str, Any]) -> Iterator[Metric]:
         requests: Dict[Tuple[str, str], int] = stats["requests"]

@@ -111,16 +111,25 @@ class LongTermAuthenticator:
         self.credentials = credentials
         self.nonces = nonces
 
-    def _challenge(self, clientAddress: TransportAddress) -> tuple[tuple[int, object], ...]:
+    def challenge(
+        self, clientAddress: TransportAddress, compact: bool = False
+    ) -> tuple[tuple[int, object], ...]:
         """
-        REALM, a fresh NONCE and, if the nonce cookie announces them,
-        PASSWORD-ALGORITHMS: what 401 and 438 responses carry.
+        What 401 and 438 responses carry: REALM, a fresh NONCE and, if the
+        nonce cookie announces them, PASSWORD-ALGORITHMS.
+
+        @param clientAddress: the client the nonce is for.
+        @param compact: only what RFC 8489 section 9.2.4 requires: REALM
+            and a compact NONCE, without the nonce cookie, so without
+            PASSWORD-ALGORITHMS (the client then uses MD5).  For UDP
+            requests too small to get more without amplification.
+        @return: C{(type, value)} pairs for the error response.
         """
         attributes: tuple[tuple[int, object], ...] = (
             (REALM, self.realm),
-            (NONCE, self.nonces.mint(clientAddress)),
+            (NONCE, self.nonces.mint(clientAddress, compact)),
         )
-        if self.nonces.features & FEATURE_PASSWORD_ALGORITHMS:
+        if not compact and self.nonces.features & FEATURE_PASSWORD_ALGORITHMS:
             attributes += ((PASSWORD_ALGORITHMS, self.passwordAlgorithms),)
         return attributes
 
@@ -184,7 +193,7 @@ class LongTermAuthenticator:
         """
         sha256 = request.messageIntegritySHA256 is not None
         if not sha256 and request.messageIntegrity is None:
-            return _failure(401, "no-integrity", self._challenge(clientAddress))
+            return _failure(401, "no-integrity", self.challenge(clientAddress))
 
         username = request.get(USERNAME)
         userhash = request.get(USERHASH)
@@ -194,25 +203,25 @@ class LongTermAuthenticator:
             return _failure(400, "missing-attribute")
 
         if not self.nonces.check(nonce, clientAddress):
-            return _failure(438, "stale-nonce", self._challenge(clientAddress))
+            return _failure(438, "stale-nonce", self.challenge(clientAddress))
 
         algorithm = self._algorithm(request, nonce)
         if algorithm is None:
             return _failure(400, "bid-down")
 
         if not self._isOurRealm(realm):
-            return _failure(401, "bad-realm", self._challenge(clientAddress))
+            return _failure(401, "bad-realm", self.challenge(clientAddress))
         if username is None:
             username = self.credentials.usernameForHash(userhash, self.realm)
             if username is None:
-                return _failure(401, "unknown-user", self._challenge(clientAddress))
+                return _failure(401, "unknown-user", self.challenge(clientAddress))
 
         keys = self.credentials.keysFor(username, self.realm, algorithm)
         if not keys:
-            return _failure(401, self._unknownUser(username), self._challenge(clientAddress))
+            return _failure(401, self._unknownUser(username), self.challenge(clientAddress))
 
         verify = request.verifyMessageIntegritySHA256 if sha256 else request.verifyMessageIntegrity
         for key in keys:
             if verify(key):
                 return AuthResult(username, key, sha256, None, (), "ok")
-        return _failure(401, "bad-integrity", self._challenge(clientAddress))
+        return _failure(401, "bad-integrity", self.challenge(clientAddress))

@@ -13,6 +13,14 @@ its control connection (coturn's client does, and does not retry after
 438).  Four random bytes in every nonce keep RFC 8489's rule that no two
 sources are handed the same nonce.
 
+A nonce normally starts with RFC 8489's nonce cookie, which announces the
+server's security features (the PASSWORD-ALGORITHMS negotiation).  A
+I{compact} nonce leaves the cookie out, as an RFC 5389 server's would: it
+is for the smallest 401 a UDP request may get without the answer being
+more than three times larger (L{turnrelay.turn.sources}), and a client
+given one uses MD5.  The MAC covers the cookie, so that one form cannot be
+made into the other.
+
 @see: RFC 8489 section 9.2; RFC 8656 section 5.
 """
 
@@ -93,27 +101,30 @@ class NonceMinter:
         self._cookie = nonceCookie(features)
         self._secret = os.urandom(32) if secret is None else secret
 
-    def _mac(self, issuedAndSalt: bytes, clientAddress: TransportAddress) -> bytes:
+    def _mac(self, cookie: str, issuedAndSalt: bytes, clientAddress: TransportAddress) -> bytes:
         """
-        The truncated MAC over an encoded issue time, the salt and a client's
-        IP address.
+        The truncated MAC over the cookie (or none), an encoded issue time,
+        the salt and a client's IP address.
         """
-        material = issuedAndSalt + _addressBytes(clientAddress)
+        material = issuedAndSalt + _addressBytes(clientAddress) + cookie.encode("ascii")
         return hmac.new(self._secret, material, hashlib.sha256).digest()[:_MAC_SIZE]
 
-    def mint(self, clientAddress: TransportAddress) -> str:
+    def mint(self, clientAddress: TransportAddress, compact: bool = False) -> str:
         """
         Issue a nonce for one client.
 
         @param clientAddress: the client's transport address; the nonce is
             valid from its IP address only, and never handed to anyone else
             (RFC 8489 section 9.2.4).
-        @return: the nonce, 45 characters.
+        @param compact: leave the nonce cookie out, announcing no security
+            feature.
+        @return: the nonce: 45 characters, or 32 when compact.
         """
+        cookie = "" if compact else self._cookie
         issued = max(0, int(self.clock.seconds())).to_bytes(_TIME_SIZE, "big")
         issuedAndSalt = issued + os.urandom(_SALT_SIZE)
-        body = issuedAndSalt + self._mac(issuedAndSalt, clientAddress)
-        return self._cookie + base64.urlsafe_b64encode(body).decode("ascii")
+        body = issuedAndSalt + self._mac(cookie, issuedAndSalt, clientAddress)
+        return cookie + base64.urlsafe_b64encode(body).decode("ascii")
 
     def check(self, nonce: str, clientAddress: TransportAddress) -> bool:
         """
@@ -122,21 +133,26 @@ class NonceMinter:
         @param nonce: the NONCE a request carried; anything at all.
         @param clientAddress: the request's source.
         @return: C{True} if this minter (or one sharing its secret and
-            features) issued C{nonce} to C{clientAddress}'s IP address no
-            more than C{lifetime} seconds ago; C{False} otherwise.  Never
-            raises.
+            features) issued C{nonce}, compact or not, to C{clientAddress}'s
+            IP address no more than C{lifetime} seconds ago; C{False}
+            otherwise.  Never raises.
         """
-        cookieLength = len(self._cookie)
-        if not isinstance(nonce, str) or len(nonce) != cookieLength + _BODY_CHARACTERS:
+        if not isinstance(nonce, str):
             return False
-        body = nonce[cookieLength:]
-        if not nonce.startswith(self._cookie) or not _URLSAFE_ALPHABET.issuperset(body):
+        if len(nonce) == _BODY_CHARACTERS:
+            cookie = ""
+        elif len(nonce) == len(self._cookie) + _BODY_CHARACTERS and nonce.startswith(self._cookie):
+            cookie = self._cookie
+        else:
+            return False
+        body = nonce[len(cookie) :]
+        if not _URLSAFE_ALPHABET.issuperset(body):
             return False
         raw = base64.urlsafe_b64decode(body)
         issuedAndSalt, mac = raw[: _TIME_SIZE + _SALT_SIZE], raw[_TIME_SIZE + _SALT_SIZE :]
         issued = issuedAndSalt[:_TIME_SIZE]
         try:
-            expected = self._mac(issuedAndSalt, clientAddress)
+            expected = self._mac(cookie, issuedAndSalt, clientAddress)
         except (TypeError, ValueError, OverflowError, AttributeError):
             return False
         if not hmac.compare_digest(expected, mac):

@@ -3,15 +3,19 @@
 TURN over a byte stream: TCP, and TLS over TCP.
 
 Streams cost the server a socket and buffers for as long as they stay open,
-so connections are held to limits a UDP client never needs: one without an
-allocation is closed after a quiet spell, a TLS handshake must finish in
-time, only so many connections may be without an allocation at once, and
+and anyone can open one, so connections are held to limits a UDP client
+never needs: one without an allocation must allocate in time and is closed
+after a quiet spell, a TLS handshake must finish in time, only so many
+connections may be without an allocation at once (and only so many from one
+source), a client that does not read what it is sent is not read from, and
 relayed data that a slow reader cannot take is dropped instead of queued.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections import Counter
+from typing import Any, Dict, Optional
+from typing import Counter as CounterType
 
 import attr
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -30,28 +34,98 @@ from turnrelay.stun.address import TransportAddress, unmapIPv4
 from turnrelay.stun.channeldata import StreamFramer
 from turnrelay.stun.errors import STUNDecodeError
 from turnrelay.turn.allocation import Allocation, FiveTuple
+from turnrelay.turn.descriptors import DescriptorBudget
 from turnrelay.turn.server import TURNServer
+from turnrelay.turn.sources import sourceOf
 
 
-@attr.define
+@attr.define(eq=False)
 class StreamLimits:
     """
-    Limits shared by every stream listener of a relay.
+    Limits shared by every stream listener of a relay, and the table of
+    connections without an allocation that they hold.
+
+    A connection without an allocation costs a descriptor and buffers, and
+    anyone can open one.  So each must allocate within C{allocateTimeout}
+    (Binding does not extend it), one source may hold only
+    C{maxUnallocatedPerSource}, and when C{maxUnallocated} are open a
+    newcomer still gets in: the source holding the most loses its oldest.
+    One address cannot then lock others out by holding every place.
 
     @ivar clock: the time source for the timers below.
     @ivar idleTimeout: seconds a connection without an allocation may stay
         silent before it is closed.
     @ivar handshakeTimeout: seconds a TLS handshake may take.
+    @ivar allocateTimeout: seconds a connection has to allocate, from its
+        start or from the end of its allocation, whatever it sends.
     @ivar maxUnallocated: how many connections may be open without an
-        allocation at once; more are closed as they arrive.
-    @ivar unallocated: how many are open now.
+        allocation at once.
+    @ivar maxUnallocatedPerSource: how many of those one source may hold.
+    @ivar maxUnsent: bytes a connection may be sent after its transport
+        asked us to pause; past that it is closed.
+    @ivar descriptors: the process's descriptor budget, or L{None}.
+    @ivar closed: connections closed or refused by a limit, by reason.
     """
 
     clock: IReactorTime
     idleTimeout: float = 60.0
     handshakeTimeout: float = 10.0
+    allocateTimeout: float = 30.0
     maxUnallocated: int = 1000
-    unallocated: int = 0
+    maxUnallocatedPerSource: int = 64
+    maxUnsent: int = 262144
+    descriptors: Optional[DescriptorBudget] = None
+    closed: CounterType[str] = attr.Factory(Counter)
+    _bySource: Dict[bytes, Dict[STUNStreamProtocol, None]] = attr.Factory(dict)
+    _unallocated: int = 0
+
+    @property
+    def unallocated(self) -> int:
+        """
+        How many connections are open without an allocation now.
+        """
+        return self._unallocated
+
+    def sources(self) -> int:
+        """
+        How many sources hold connections without an allocation now.
+        """
+        return len(self._bySource)
+
+    def admit(self, protocol: STUNStreamProtocol, enforce: bool = True) -> Optional[str]:
+        """
+        Count a connection as one without an allocation.
+
+        @param enforce: whether the per-source cap applies (it does not to a
+            connection whose allocation just ended: it was let in already).
+        @return: L{None} if admitted, else why it must be closed.
+        """
+        source = sourceOf(protocol.clientAddress.host)
+        held = self._bySource.get(source)
+        if enforce and held is not None and len(held) >= self.maxUnallocatedPerSource:
+            return "per-source"
+        if self._unallocated >= self.maxUnallocated:
+            self._shed()
+        self._bySource.setdefault(source, {})[protocol] = None
+        self._unallocated += 1
+        return None
+
+    def release(self, protocol: STUNStreamProtocol) -> None:
+        """
+        A counted connection allocated or closed.
+        """
+        source = sourceOf(protocol.clientAddress.host)
+        held = self._bySource.get(source)
+        if held is not None and held.pop(protocol, 0) is None:
+            self._unallocated -= 1
+            if not held:
+                del self._bySource[source]
+
+    def _shed(self) -> None:
+        # The source holding the most gives up its oldest connection.
+        held = max(self._bySource.values(), key=len)
+        oldest = next(iter(held))
+        oldest.closeForLimit("shed")
 
 
 @implementer(IReplyChannel, IPushProducer, IHandshakeListener)
@@ -64,10 +138,17 @@ class STUNStreamProtocol(Protocol):
     only this one: a stream cannot be resynchronised.
 
     The protocol is the producer of what it writes to its transport: when
-    the transport's buffer fills because the client reads slowly, relayed
-    data is dropped (and counted) until it drains.  Responses still go out.
-    That holds about 64 KB for a slow reader over TCP; over TLS about twice
-    that, as Twisted's TLS layer keeps its own buffer above TCP's.
+    the transport's buffer fills because the client reads slowly, we stop
+    reading from the client (its further requests wait in the kernel, not
+    in our memory), relayed data is dropped (and counted), and responses
+    to what was already read still go out, up to C{maxUnsent} bytes before
+    the connection is closed.  Twisted's buffer holds about 64 KB before it
+    asks us to pause over TCP; over TLS about twice that, as Twisted's TLS
+    layer keeps its own buffer above TCP's.
+
+    Closing for a limit is counted in L{StreamLimits.closed} and logged at
+    debug level only: anyone can open connections, and a line each would
+    let them fill the log.
 
     @ivar server: the controller the messages go to.
     @ivar clientAddress: the client's address.
@@ -88,7 +169,9 @@ class STUNStreamProtocol(Protocol):
         self._closing = False
         self._counted = False
         self._paused = False
+        self._unsent = 0
         self._idleTimer: Optional[IDelayedCall] = None
+        self._allocateTimer: Optional[IDelayedCall] = None
         self._handshakeTimer: Optional[IDelayedCall] = None
         self._peerConnection: Any = None
         self.droppedRelayed = 0
@@ -109,27 +192,21 @@ class STUNStreamProtocol(Protocol):
         self.serverAddress = TransportAddress(unmapIPv4(host.host), host.port)
         self.fiveTuple = FiveTuple(self.transportProtocol, self.clientAddress, self.serverAddress)
         limits = self._limits
-        if limits.unallocated >= limits.maxUnallocated:
-            self.log.warn(
-                "refused {transport} connection from {client}: {count} connections "
-                "are already open without an allocation",
-                transport=self.transportProtocol,
-                client=self.clientAddress,
-                count=limits.unallocated,
-            )
-            self._closing = True
-            transport.abortConnection()
+        if limits.descriptors is not None and not limits.descriptors.take("accept"):
+            self.closeForLimit("descriptors")
             return
-        self._count()
+        refusal = self._count(enforce=True)
+        if refusal is not None:
+            self.closeForLimit(refusal)
+            return
         if self.transportProtocol == "tls":
             self._handshakeTimer = limits.clock.callLater(
-                limits.handshakeTimeout, self._close, "TLS handshake took too long"
+                limits.handshakeTimeout, self.closeForLimit, "handshake-timeout"
             )
         transport.registerProducer(self, True)
 
     def handshakeCompleted(self) -> None:
-        if self._handshakeTimer is not None and self._handshakeTimer.active():
-            self._handshakeTimer.cancel()
+        _cancel(self._handshakeTimer)
         self._handshakeTimer = None
 
     def connectionLost(self, reason: object = None) -> None:
@@ -137,38 +214,50 @@ class STUNStreamProtocol(Protocol):
         self._uncount()
         if self._peerConnection is not None:
             self._peerConnection.close()
-        if self._handshakeTimer is not None and self._handshakeTimer.active():
-            self._handshakeTimer.cancel()
+        _cancel(self._handshakeTimer)
         self.server.channelClosed(self, "closed with its connection")
 
-    def _close(self, why: str) -> None:
-        self.log.info(
+    def closeForLimit(self, reason: str) -> None:
+        """
+        Close this connection because a limit says so, and count it.
+
+        @param reason: the limit, a short name such as C{"allocate-timeout"}.
+        """
+        if self._closing:
+            return
+        self._limits.closed[reason] += 1
+        self.log.debug(
             "closing {transport} connection from {client}: {reason}",
             transport=self.transportProtocol,
             client=self.clientAddress,
-            reason=why,
+            reason=reason,
         )
         self._closing = True
+        self._uncount()
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     # Connections without an allocation ----------------------------------------
 
-    def _count(self) -> None:
-        if not self._counted:
+    def _count(self, enforce: bool) -> Optional[str]:
+        if self._counted:
+            return None
+        limits = self._limits
+        refusal = limits.admit(self, enforce)
+        if refusal is None:
             self._counted = True
-            self._limits.unallocated += 1
-            self._idleTimer = self._limits.clock.callLater(
-                self._limits.idleTimeout, self._close, "idle without an allocation"
+            self._idleTimer = limits.clock.callLater(limits.idleTimeout, self.closeForLimit, "idle")
+            self._allocateTimer = limits.clock.callLater(
+                limits.allocateTimeout, self.closeForLimit, "allocate-timeout"
             )
+        return refusal
 
     def _uncount(self) -> None:
         if self._counted:
             self._counted = False
-            self._limits.unallocated -= 1
-            assert self._idleTimer is not None
-            if self._idleTimer.active():
-                self._idleTimer.cancel()
-            self._idleTimer = None
+            self._limits.release(self)
+            _cancel(self._idleTimer)
+            _cancel(self._allocateTimer)
+            self._idleTimer = self._allocateTimer = None
 
     def attach(self, allocation: Allocation) -> None:
         self.allocation = allocation
@@ -178,7 +267,7 @@ class STUNStreamProtocol(Protocol):
         if self.allocation is allocation:
             self.allocation = None
             if not self._closing:
-                self._count()
+                self._count(enforce=False)
 
     # Receiving -----------------------------------------------------------------
 
@@ -192,11 +281,13 @@ class STUNStreamProtocol(Protocol):
             self._idleTimer.reset(self._limits.idleTimeout)
         try:
             frames = self._framer.feed(data)
-        except STUNDecodeError as e:
-            self._close(e.reason)
+        except STUNDecodeError:
+            self.closeForLimit("malformed")
             return
         server = self.server
         for index, frame in enumerate(frames):
+            if self._closing:
+                return
             try:
                 if frame[0] < 0x40:
                     server.stunReceived(frame, self)
@@ -218,18 +309,28 @@ class STUNStreamProtocol(Protocol):
         """
         self._peerConnection = peerConnection
         self._uncount()
-        if self._handshakeTimer is not None and self._handshakeTimer.active():
-            self._handshakeTimer.cancel()
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        _cancel(self._handshakeTimer)
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        if self._paused:
+            self._paused = False
+            transport.resumeProducing()
 
     # Sending -------------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
         """
-        Write a response to the client.
+        Write a response to the client; close the connection instead if the
+        client has left more than C{maxUnsent} bytes unread.
         """
-        if not self._closing:
-            self.transport.write(data)  # type: ignore[union-attr]
+        if self._closing:
+            return
+        if self._paused:
+            self._unsent += len(data)
+            if self._unsent > self._limits.maxUnsent:
+                self.closeForLimit("unsent")
+                return
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def relay(self, data: bytes) -> bool:
         """
@@ -249,13 +350,25 @@ class STUNStreamProtocol(Protocol):
         return True
 
     def pauseProducing(self) -> None:
-        self._paused = True
+        # The client's buffer is full: read nothing more from it until it
+        # drains, so that its requests cannot queue answers in our memory.
+        if not self._paused:
+            self._paused = True
+            self._unsent = 0
+            self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def resumeProducing(self) -> None:
-        self._paused = False
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stopProducing(self) -> None:
         self._closing = True
+
+
+def _cancel(timer: Optional[IDelayedCall]) -> None:
+    if timer is not None and timer.active():
+        timer.cancel()
 
 
 class STUNStreamFactory(Factory):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 from bisect import bisect_right
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Dict, FrozenSet, Iterable, List, Optional, Set, Tuple, Union
 
 import attrs
 
@@ -35,6 +35,9 @@ _LOW32 = 0xFFFFFFFF
 
 # x >> 32 of an address in ::ffff:0:0/96 (IPv4-mapped).
 _MAPPED_HIGH = 0xFFFF
+# x >> 32 of an address in ::ffff:0:0:0/96 (IPv4-translated, the SIIT form
+# of RFC 6145 and RFC 7915: ::ffff:0:a.b.c.d).
+_TRANSLATED_HIGH = 0xFFFF0000
 # x >> 32 of an address in 64:ff9b::/96 (NAT64 well-known prefix, RFC 6052).
 _NAT64_HIGH = 0x0064FF9B << 64
 # x >> 80 of an address in 64:ff9b:1::/48 (NAT64 local-use prefix, RFC 8215).
@@ -55,6 +58,8 @@ Bounded so that a client naming endless distinct peers costs memory once.
 """
 
 LOOPBACK = "loopback"
+
+OWN_SERVICE = "own service port"
 
 DEFAULT_DENY: Tuple[Tuple[str, str], ...] = (
     ("0.0.0.0/8", "this network"),
@@ -96,11 +101,12 @@ DEFAULT_DENY: Tuple[Tuple[str, str], ...] = (
     # as well, so that the reason names the worse problem.
     ("2001::/32", "teredo"),
     ("2002::/16", "6to4"),
-    # IPv4-mapped (::ffff:0:0/96) and NAT64 (64:ff9b::/96, 64:ff9b:1::/48)
-    # addresses have no entry: they are other spellings of an IPv4 address,
-    # and the packet ends up at that IPv4 address (through the dual-stack
-    # socket or the NAT64 gateway), so they are judged by the IPv4 they embed
-    # and by nothing else.  A public IPv4 address is allowed in those
+    # IPv4-mapped (::ffff:0:0/96), IPv4-translated (SIIT, ::ffff:0:0:0/96)
+    # and NAT64 (64:ff9b::/96, 64:ff9b:1::/48) addresses have no entry: they
+    # are other spellings of an IPv4 address, and the packet ends up at that
+    # IPv4 address (through the dual-stack socket, the SIIT translator or the
+    # NAT64 gateway), so they are judged by the IPv4 they embed and by
+    # nothing else.  A public IPv4 address is allowed in those
     # spellings as it is in its own; a private or loopback one is denied in
     # every spelling (security notes 1.4, CVE-2026-27624).
 )
@@ -109,10 +115,10 @@ The built-in deny list: C{(CIDR, reason)} pairs, from security notes 1.1 and
 1.2.  Where ranges nest, the most specific one names the reason.
 """
 
-# Mapped and NAT64 well-known entries longer than /96 name IPv4 networks in
-# another spelling; see PeerPolicy's docstring.
+# Mapped, translated and NAT64 well-known entries longer than /96 name IPv4
+# networks in another spelling; see PeerPolicy's docstring.
 _MAPPED = IPv6Network("::ffff:0:0/96")
-_SPELLING_PREFIXES = (_MAPPED, IPv6Network("64:ff9b::/96"))
+_SPELLING_PREFIXES = (_MAPPED, IPv6Network("::ffff:0:0:0/96"), IPv6Network("64:ff9b::/96"))
 
 # (first key, last key, prefix length, label); a label of None marks a block
 # explicitly not denied, which beats a less specific block that is.
@@ -125,11 +131,11 @@ def _embeddedIPv4(x: int) -> Tuple[int, ...]:
 
     @param x: an IPv6 address as a 128-bit integer.
     @return: the embedded IPv4 addresses as 32-bit integers: one for the
-        mapped, compatible, NAT64 and 6to4 forms, the server's and the
-        client's for Teredo, none otherwise.
+        mapped, translated, compatible, NAT64 and 6to4 forms, the server's
+        and the client's for Teredo, none otherwise.
     """
     high = x >> 32
-    if high == _MAPPED_HIGH or high == _NAT64_HIGH:
+    if high == _MAPPED_HIGH or high == _TRANSLATED_HIGH or high == _NAT64_HIGH:
         return (x & _LOW32,)
     if high == 0:
         # :: and ::1 are IPv6's own unspecified and loopback addresses, not
@@ -167,6 +173,75 @@ def _spellings(host: str) -> Optional[Tuple[int, ...]]:
     except ValueError:
         return None
     return _embeddedIPv4(x) + (x | _V6,)
+
+
+def _canonicalKey(key: int) -> int:
+    """
+    Map a key to the key of the address it reaches.
+
+    @param key: an address key, as L{_spellings} returns it last.
+    @return: the IPv4 key for an IPv6 spelling of an IPv4 address (mapped,
+        translated, NAT64, compatible); C{key} itself otherwise.  6to4 and
+        Teredo addresses are IPv6 hosts of their own, behind a tunnel: they
+        keep their key (and the rules judge the IPv4 they embed as well).
+    """
+    if key < _V6:
+        return key
+    x = key ^ _V6
+    high = x >> 32
+    if (
+        high == _MAPPED_HIGH
+        or high == _TRANSLATED_HIGH
+        or high == _NAT64_HIGH
+        or x >> 80 == _NAT64_LOCAL_HIGH
+        or (high == 0 and x > 1)
+    ):
+        return x & _LOW32
+    return key
+
+
+def _keyAddress(key: int) -> Union[IPv4Address, IPv6Address]:
+    """
+    @return: the address of C{key}.
+    """
+    return IPv4Address(key) if key < _V6 else IPv6Address(key ^ _V6)
+
+
+def canonicalIP(host: str) -> Union[IPv4Address, IPv6Address]:
+    """
+    Give an address its one canonical form: the address it reaches.
+
+    Every comparison of addresses in the peer policy and the configuration
+    checks goes through this, never through text: C{::ffff:127.0.0.1},
+    C{::ffff:0:127.0.0.1} (SIIT), C{64:ff9b::7f00:1}, C{64:ff9b:1::7f00:1},
+    C{::127.0.0.1} and C{0:0:0:0:0:FFFF:7F00:0001} are all C{127.0.0.1};
+    C{::ffff:0.0.0.0} is the wildcard C{0.0.0.0}.  C{::} and C{::1} stay
+    IPv6's own unspecified and loopback addresses.
+
+    @param host: an IPv4 or IPv6 address in any spelling C{ipaddress}
+        accepts, without a scope; surrounding blanks are ignored.
+    @return: an IPv4 address for every spelling of one, else the IPv6
+        address.
+    @raise ValueError: if C{host} is not an IP address.
+    """
+    keys = _spellings(host.strip()) if isinstance(host, str) else None
+    if keys is None:
+        raise ValueError(f"{host!r} is not an IP address")
+    return _keyAddress(_canonicalKey(keys[-1]))
+
+
+def _isLoopbackKey(key: int) -> bool:
+    """
+    @return: whether C{key} is a canonical key in 127.0.0.0/8 or C{::1}.
+    """
+    return key >> 24 == 127 or key == _V6 | 1
+
+
+def _isUnspecifiedKey(key: int) -> bool:
+    """
+    @return: whether C{key} is a canonical key of C{0.0.0.0} or C{::}.
+    """
+    return key == 0 or key == _V6
 
 
 @attrs.frozen
@@ -303,14 +378,14 @@ def _parseEntries(entries: Iterable[str], kind: str) -> Tuple[Tuple[str, List[_B
     return tuple(parsed)
 
 
-def _ownKeys(host: str) -> Tuple[str, Tuple[int, ...]]:
+def _ownKey(host: str) -> Tuple[str, int]:
     """
     Parse one of turnrelay's own addresses.
 
     @param host: an IP address, without a prefix length or scope.
-    @return: its canonical text, and its keys: its own, plus the IPv4 key for
-        an IPv4-mapped spelling, which is how a dual-stack socket reports an
-        IPv4 address.
+    @return: its canonical text (L{canonicalIP}: an IPv4-mapped address, as
+        a dual-stack socket reports an IPv4 one, is that IPv4 address) and
+        its canonical key.
     @raise ValueError: if C{host} is not an IP address.
     """
     if not isinstance(host, str):
@@ -318,13 +393,8 @@ def _ownKeys(host: str) -> Tuple[str, Tuple[int, ...]]:
     keys = _spellings(host.strip())
     if keys is None:
         raise ValueError(f"invalid own address {host!r}: not an IP address")
-    key = keys[-1]
-    if key < _V6:
-        return str(IPv4Address(key)), (key,)
-    x = key ^ _V6
-    if x >> 32 == _MAPPED_HIGH:
-        return str(IPv6Address(x)), (key, x & _LOW32)
-    return str(IPv6Address(x)), (key,)
+    key = _canonicalKey(keys[-1])
+    return str(_keyAddress(key)), key
 
 
 def _builtinTable(allowLoopback: bool) -> _RangeTable:
@@ -352,14 +422,19 @@ class PeerPolicy:
     Decide which peer addresses an allocation may relay to and from.
 
     Deny by default: L{DEFAULT_DENY}, turnrelay's own addresses on every port,
-    and peer port 0 are refused.
+    its relay addresses outside the relay port range, its own service ports
+    (listeners and admin services) and peer port 0 are refused.  The
+    controller asks L{peerDenialReason} for every peer that comes with a
+    port (ChannelBind, Send, Connect) and L{denialReason} for a permission,
+    which is for an IP address whatever the port.
 
     B{Spellings.}  A peer has one or more spellings: its own address and, for
-    an IPv6 address that embeds IPv4 (mapped C{::ffff:0:0/96}, compatible
-    C{::/96} except C{::} and C{::1}, NAT64 C{64:ff9b::/96} and
-    C{64:ff9b:1::/48}, 6to4 C{2002::/16}, Teredo C{2001::/32}), each embedded
-    IPv4 address.  Text is parsed first, so any spelling of the same address
-    (upper case, zeros written out, dotted or hex tail) gets the same verdict.
+    an IPv6 address that embeds IPv4 (mapped C{::ffff:0:0/96}, translated
+    C{::ffff:0:0:0/96}, compatible C{::/96} except C{::} and C{::1}, NAT64
+    C{64:ff9b::/96} and C{64:ff9b:1::/48}, 6to4 C{2002::/16}, Teredo
+    C{2001::/32}), each embedded IPv4 address.  Text is parsed first, so any
+    spelling of the same address (upper case, zeros written out, dotted or
+    hex tail) gets the same verdict.
 
     B{The rule}, applied in this order:
 
@@ -377,17 +452,35 @@ class PeerPolicy:
     C{2002:a01:203::1}, whose IPv6 spelling is still a tunnel address; and
     C{allow 64:ff9b::/96} does not let C{64:ff9b::7f00:1} reach loopback.
 
+    B{Own service ports and relay addresses}, judged after the host is
+    allowed (L{peerDenialReason}), compare canonical forms (L{canonicalIP})
+    and every spelling of the peer, never text:
+
+      - A port of one of turnrelay's own listening sockets (the TURN
+        listeners, the admin console, metrics, the credentials endpoint) is
+        never a valid peer, whatever allows the host: on the address the
+        socket is bound to, and for a wildcard socket on every address of
+        this host (loopback, unspecified, own and relay addresses).
+      - On a relay address, only the relay port range is reachable: clients
+        relay to each other through their relayed addresses, and to no other
+        service of this host (security notes 1.3).  An operator who allows a
+        relay address in so many words (C{allowLoopback} for a loopback one,
+        or an allow entry naming exactly it) lifts that range, but not the
+        own service ports.
+
     B{Entries in embedded spellings.}  An IPv6 entry lies in the IPv6 key
     space and matches IPv6 spellings.  An entry strictly inside
-    C{::ffff:0:0/96} or C{64:ff9b::/96} (prefix longer than /96) names IPv4
+    C{::ffff:0:0/96}, C{::ffff:0:0:0/96} or C{64:ff9b::/96} (prefix longer
+    than /96) names IPv4
     networks in another spelling and matches those IPv4 addresses as well:
     C{::ffff:10.0.0.0/104} works as C{10.0.0.0/8} does.  An entry covering a
     whole such block (C{::ffff:0:0/96}, as copied from hardening guides)
     means the spelling, not all of IPv4, and matches IPv6 spellings only.
 
     Verdicts are cached per host string (at most L{CACHE_SIZE}); own
-    addresses are the only mutable part, and adding one empties the cache.
-    Use L{replace} for any other change.
+    addresses, relay addresses and own services are the only mutable parts
+    (sockets bind after the policy is built), and adding an address empties
+    the cache.  Use L{replace} for any other change.
     """
 
     def __init__(
@@ -396,6 +489,8 @@ class PeerPolicy:
         deny: Iterable[str] = (),
         allowLoopback: bool = False,
         ownAddresses: Iterable[str] = (),
+        relayAddresses: Iterable[Tuple[str, range]] = (),
+        ownServices: Iterable[TransportAddress] = (),
     ) -> None:
         """
         @param allow: CIDR networks that override the built-in deny list
@@ -405,8 +500,14 @@ class PeerPolicy:
             C{::1} and the mapped and NAT64 spellings of C{127.0.0.0/8}),
             and nothing else: C{0.0.0.0/8} and C{::} stay denied, because
             they reach the local host too (CVE-2020-26262).
-        @param ownAddresses: turnrelay's listening, relay and external IP
-            addresses.
+        @param ownAddresses: turnrelay's own IP addresses, denied on every
+            port (a relay address among them is judged as a relay address).
+        @param relayAddresses: C{(address, ports)} for each relay and
+            external address, with the relay ports reachable on it, such as
+            C{("198.51.100.1", range(49152, 65536))}; see
+            L{addRelayAddress}.
+        @param ownServices: the addresses of turnrelay's own listening
+            sockets; see L{addOwnService}.
         @raise ValueError: naming the first entry or address that does not
             parse.
         """
@@ -416,14 +517,34 @@ class PeerPolicy:
         self._allowTable = _RangeTable.build(b for _, bs in self._allowEntries for b in bs)
         self._denyTable = _RangeTable.build(b for _, bs in self._denyEntries for b in bs)
         self._builtinTable = _BUILTIN[self._allowLoopback]
-        self._own: dict[str, Tuple[int, ...]] = {}
-        for host in ownAddresses:
-            text, keys = _ownKeys(host)
-            self._own[text] = keys
-        self._ownSet = frozenset(k for keys in self._own.values() for k in keys)
+        # Relay addresses named exactly by an allow entry (a /32 or /128).
+        self._exactAllow = frozenset(
+            _canonicalKey(bs[0][0]) for _, bs in self._allowEntries if bs[0][0] == bs[0][1]
+        )
+        self._own: Dict[str, int] = {}
+        self._relays: Dict[str, Tuple[int, range]] = {}
+        self._services: Dict[TransportAddress, Tuple[int, int]] = {}
+        self._ownSet: FrozenSet[int] = frozenset()
+        self._localSet: FrozenSet[int] = frozenset()
+        self._relayPorts: Dict[int, range] = {}
+        self._serviceSet: Set[Tuple[int, int]] = set()
+        self._servicePorts: Set[int] = set()
+        # Ports of wildcard sockets: IPv4 ones (0.0.0.0) reach the host's
+        # IPv4 addresses, IPv6 ones (::, dual-stack) all of them.
+        self._wildcardPorts4: Set[int] = set()
+        self._wildcardPorts: Set[int] = set()
         # Per instance, so that each policy's cache dies with it and a new
         # policy starts empty.
         self._judge = functools.lru_cache(maxsize=CACHE_SIZE)(self._judgeUncached)
+        self._keysOf = functools.lru_cache(maxsize=CACHE_SIZE)(_spellings)
+        for host in ownAddresses:
+            text, key = _ownKey(host)
+            self._own.setdefault(text, key)
+        for host, ports in relayAddresses:
+            self._addRelay(host, ports)
+        for service in ownServices:
+            self.addOwnService(service)
+        self._update()
 
     @property
     def allow(self) -> Tuple[str, ...]:
@@ -453,6 +574,22 @@ class PeerPolicy:
         """
         return tuple(self._own)
 
+    @property
+    def relayAddresses(self) -> Tuple[Tuple[str, range], ...]:
+        """
+        turnrelay's relay and external addresses, in canonical form, each
+        with the relay ports reachable on it, in the order added.
+        """
+        return tuple((text, ports) for text, (_, ports) in self._relays.items())
+
+    @property
+    def ownServices(self) -> Tuple[TransportAddress, ...]:
+        """
+        The addresses of turnrelay's own listening sockets, in canonical
+        form, in the order added.
+        """
+        return tuple(self._services)
+
     def replace(
         self,
         *,
@@ -472,12 +609,16 @@ class PeerPolicy:
         @param allowLoopback: the new setting, or L{None} to keep this one.
         @param ownAddresses: new own addresses, or L{None} to keep these.
         @raise ValueError: as L{__init__} does.
+        @return: the new policy, with this one's relay addresses and own
+            services.
         """
         return PeerPolicy(
             allow=self.allow if allow is None else allow,
             deny=self.deny if deny is None else deny,
             allowLoopback=self._allowLoopback if allowLoopback is None else allowLoopback,
             ownAddresses=self.ownAddresses if ownAddresses is None else ownAddresses,
+            relayAddresses=self.relayAddresses,
+            ownServices=self.ownServices,
         )
 
     def addOwnAddress(self, host: str) -> None:
@@ -492,11 +633,98 @@ class PeerPolicy:
         @param host: an IP address.
         @raise ValueError: if C{host} is not an IP address.
         """
-        text, keys = _ownKeys(host)
+        text, key = _ownKey(host)
         if text in self._own:
             return
-        self._own[text] = keys
-        self._ownSet = self._ownSet.union(keys)
+        self._own[text] = key
+        self._update()
+
+    def addRelayAddress(self, host: str, ports: range) -> None:
+        """
+        Add one of turnrelay's relay addresses (or the external address
+        advertised for one): peers on it are kept to C{ports}, the relay
+        ports, through which clients relay to each other.
+
+        The controller adds the addresses of its relay port pools.  Unless
+        the operator allows the address in so many words (see the class
+        docstring), every other port on it is refused.
+
+        @param host: an IP address, not a wildcard.
+        @param ports: the relay ports on it, C{range(minPort, maxPort + 1)};
+            an empty range when no relay sockets are bound there.
+        @raise ValueError: if C{host} is not an IP address, or a wildcard.
+        """
+        if self._addRelay(host, ports):
+            self._update()
+
+    def addOwnService(self, address: TransportAddress) -> None:
+        """
+        Refuse one of turnrelay's own listening sockets as a peer, for ever:
+        a TURN listener, the admin console, metrics or the credentials
+        endpoint.  A wildcard socket (C{0.0.0.0}, C{::}) is refused on every
+        address of this host.
+
+        Sockets bind after the policy is built (on port 0, at a port chosen
+        then), so the relay reports each here once it listens.
+
+        @param address: the socket's address and port.
+        @raise ValueError: if the host is not an IP address or the port is
+            not 1 to 65535.
+        """
+        text, key = _ownKey(address.host)
+        port = address.port
+        if not 0 < port <= 0xFFFF:
+            raise ValueError(f"invalid own service {address}: port {port}")
+        service = TransportAddress(text, port)
+        if service in self._services:
+            return
+        self._services[service] = (key, port)
+        self._servicePorts.add(port)
+        if key == 0:
+            self._wildcardPorts4.add(port)
+        elif key == _V6:
+            self._wildcardPorts.add(port)
+        else:
+            self._serviceSet.add((key, port))
+
+    def _addRelay(self, host: str, ports: range) -> bool:
+        """
+        Record a relay address, without updating the derived sets.
+
+        @return: whether it is new.
+        """
+        text, key = _ownKey(host)
+        if _isUnspecifiedKey(key):
+            raise ValueError(f"invalid relay address {host!r}: a wildcard is not an address")
+        if text in self._relays:
+            return False
+        self._relays[text] = (key, ports)
+        return True
+
+    def _explicitlyAllowed(self, key: int) -> bool:
+        """
+        Whether the operator allowed the relay address C{key} as a peer in so
+        many words: C{allowLoopback} for a loopback relay address, or an
+        allow entry naming exactly it.  A wider allow range is not enough.
+        """
+        return (self._allowLoopback and _isLoopbackKey(key)) or key in self._exactAllow
+
+    def _update(self) -> None:
+        """
+        Derive the sets the rules look up from the own and relay addresses,
+        and forget cached verdicts.
+        """
+        relayKeys = {key for key, _ in self._relays.values()}
+        own = set(self._own.values())
+        # A relay address is not denied on every port, even when a listener
+        # shares it; wildcards are denied as such already.
+        self._ownSet = frozenset(
+            key for key in own if key not in relayKeys and not _isUnspecifiedKey(key)
+        )
+        self._localSet = frozenset(own | relayKeys)
+        self._relayPorts = {
+            key: ports for key, ports in self._relays.values() if not self._explicitlyAllowed(key)
+        }
         self._judge.cache_clear()
 
     def isAllowed(self, host: str) -> bool:
@@ -517,9 +745,9 @@ class PeerPolicy:
 
         @param peer: the peer's address and port, as XOR-PEER-ADDRESS gave
             them.
-        @return: C{True} if the host is allowed and the port is not 0.
+        @return: C{True} if L{peerDenialReason} finds no reason.
         """
-        return 0 < peer.port <= 0xFFFF and self.isAllowed(peer.host)
+        return self.peerDenialReason(peer) is None
 
     def denialReason(self, host: str) -> Optional[str]:
         """
@@ -540,15 +768,46 @@ class PeerPolicy:
 
     def peerDenialReason(self, peer: TransportAddress) -> Optional[str]:
         """
-        Say why C{peer} is denied; L{denialReason} plus the port rule.
+        Say why C{peer} is denied: every rule for a peer with a port, the
+        one question the controller asks for ChannelBind, Send and Connect.
 
         @param peer: the peer's address and port.
-        @return: L{None} if allowed, C{"port 0"} for port 0 (or one out of
-            range), else the host's reason.
+        @return: L{None} if allowed; C{"port 0"} for port 0 (or one out of
+            range); else the host's reason (L{denialReason}); else
+            C{"own service port"} or C{"own address outside the relay port
+            range"}.
         """
-        if not 0 < peer.port <= 0xFFFF:
-            return f"port {peer.port}"
-        return self.denialReason(peer.host)
+        port = peer.port
+        if not 0 < port <= 0xFFFF:
+            return f"port {port}"
+        reason = self.denialReason(peer.host)
+        if reason is not None:
+            return reason
+        keys = self._keysOf(peer.host)
+        assert keys is not None  # denialReason said "unparsable" otherwise
+        wildcard4 = port in self._wildcardPorts4
+        wildcard = port in self._wildcardPorts
+        for key in keys:
+            if (key, port) in self._serviceSet:
+                return OWN_SERVICE
+            if (wildcard or (wildcard4 and key < _V6)) and self._isLocal(key):
+                return OWN_SERVICE
+            if _isUnspecifiedKey(key) and port in self._servicePorts:
+                # Only an operator allow entry gets here: 0.0.0.0 and ::
+                # reach this host, on whatever address a service is bound.
+                return OWN_SERVICE
+        for key in keys:
+            ports = self._relayPorts.get(key)
+            if ports is not None and port not in ports:
+                return "own address outside the relay port range"
+        return None
+
+    def _isLocal(self, key: int) -> bool:
+        """
+        Whether the canonical key C{key} is an address of this host that a
+        wildcard socket listens on.
+        """
+        return key in self._localSet or _isLoopbackKey(key) or _isUnspecifiedKey(key)
 
     def _judgeUncached(self, host: str) -> Optional[str]:
         """
@@ -584,6 +843,15 @@ class PeerPolicy:
             "  2. operator allow, lifts the rules below for what it matches: " + _list(self.allow)
         )
         lines.append("  3. own addresses, denied on every port: " + _list(self.ownAddresses))
+        relays = tuple(
+            f"{text} (ports {ports.start}-{ports.stop - 1})" if ports else f"{text} (no ports)"
+            for text, ports in self.relayAddresses
+        )
+        lines.append("     relay addresses, only relay ports reachable: " + _list(relays))
+        lines.append(
+            "     own service ports, never peers: "
+            + _list(tuple(str(service) for service in self.ownServices))
+        )
         lines.append("  4. built-in deny list:")
         width = max(len(cidr) for cidr, _ in DEFAULT_DENY)
         for cidr, reason in DEFAULT_DENY:
@@ -591,8 +859,8 @@ class PeerPolicy:
                 reason += " (lifted: allowLoopback)"
             lines.append(f"       {cidr:<{width}}  {reason}")
         lines.append(
-            "  IPv4 embedded in IPv6 (mapped, compatible, NAT64, 6to4, Teredo) is judged"
-            " by the IPv4 rules too."
+            "  IPv4 embedded in IPv6 (mapped, translated, compatible, NAT64, 6to4, Teredo)"
+            " is judged by the IPv4 rules too."
         )
         lines.append("  Peer port 0 is denied.")
         return "\n".join(lines)
@@ -601,7 +869,9 @@ class PeerPolicy:
         return (
             f"PeerPolicy(allow={list(self.allow)!r}, deny={list(self.deny)!r},"
             f" allowLoopback={self._allowLoopback!r},"
-            f" ownAddresses={list(self.ownAddresses)!r})"
+            f" ownAddresses={list(self.ownAddresses)!r},"
+            f" relayAddresses={list(self.relayAddresses)!r},"
+            f" ownServices={[str(s) for s in self.ownServices]!r})"
         )
 
 

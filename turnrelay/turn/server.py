@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from ipaddress import ip_address, ip_network
 from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 from typing import Counter as CounterType
 
@@ -38,8 +37,10 @@ from turnrelay.stun.message import (
     isAllowedClass,
 )
 from turnrelay.turn.allocation import Allocation, AllocationRegistry, Relay, TokenBucket
+from turnrelay.turn.descriptors import DescriptorBudget
 from turnrelay.turn.policy import PeerPolicy
 from turnrelay.turn.relay import NoRelayPort, RelayPortPool
+from turnrelay.turn.sources import AMPLIFICATION_LIMIT, SourceRateLimiter
 from turnrelay.turn.tcprelay import (
     CONNECT_TIMEOUT,
     IncomingPeerFactory,
@@ -59,6 +60,15 @@ UNDERSTOOD_ATTRIBUTES: FrozenSet[int] = frozenset(A.ATTRIBUTE_CODECS) - {
     A.RESPONSE_PORT,
     A.ACCESS_TOKEN,
 }
+
+# The authentication failures every client meets on its way in (the first
+# 401, a 438 when its nonce ages): counted in authFailures, not refusals.
+_CHALLENGES = frozenset({"no-integrity", "stale-nonce"})
+
+# Refused authenticated requests (quotas, peer policy...) are logged one by
+# one, but at most this many per refusal-summary interval; the rest are
+# counted in the summary.
+REFUSED_WARNINGS_PER_INTERVAL = 100
 
 # An EVEN-PORT reservation is held at least 30 s (RFC 8656 section 7.2).
 RESERVATION_LIFETIME = 30.0
@@ -83,6 +93,9 @@ class RelayLimits:
     @ivar maxChannelNumber: the highest channel number bound: RFC 5766's
         0x7FFF by default, for the clients that still use it, or RFC 8656's
         0x4FFF.
+    @ivar maxPeerConnections: RFC 6062 peer connections, pending and
+        established, per allocation (Connect gets 508 beyond; peers'
+        connections are refused).
     """
 
     defaultLifetime: int = 600
@@ -94,6 +107,7 @@ class RelayLimits:
     bandwidth: int = 0
     maxChannelNumber: int = CHANNEL_NUMBER_MAX_RFC5766
     tcpConnectTimeout: float = CONNECT_TIMEOUT
+    maxPeerConnections: int = 100
 
     def lifetime(self, requested: Optional[int]) -> int:
         """
@@ -142,10 +156,33 @@ class TURNServer:
     @ivar requests: responses sent, by C{(method, outcome)}; the outcome is
         C{"success"} or the error code.
     @ivar authFailures: refused authentications, by reason.
+    @ivar refusals: requests refused whose source is not authenticated (or
+        over UDP, not even verified), by reason: those of
+        C{authFailures} except the first 401 and the 438 every client
+        meets, C{"malformed"}, and the UDP answers not sent:
+        C{"rate-limited"} (L{sourceLimit}) and C{"amplification"} (larger
+        than L{AMPLIFICATION_LIMIT} times the request), so a refused
+        request whose answer was not sent counts twice.  Never logged one
+        by one (anyone can make them, from any address): a summary line
+        every C{refusalSummaryInterval} seconds says how many of each.
+    @ivar sourceLimit: the per-source limit on unauthenticated answers over
+        UDP, or L{None} for none.
+    @ivar refusalSummaryInterval: seconds between two summaries of
+        refusals.
+    @ivar descriptors: the process's descriptor budget, or L{None}.
+    @ivar peerConnectionsRefused: peers' TCP connections to relayed
+        addresses refused, by reason.
     """
 
     log = Logger()
     clock: IReactorTime
+    # Set by whoever builds the relay; without one, descriptors are not
+    # budgeted.
+    descriptors: Optional[DescriptorBudget] = None
+    # Set by whoever builds the relay too; without one, unauthenticated
+    # answers are not limited per source.
+    sourceLimit: Optional[SourceRateLimiter] = None
+    refusalSummaryInterval: float = 60.0
 
     def __init__(
         self,
@@ -172,6 +209,14 @@ class TURNServer:
         self.alternateServers: Tuple[TransportAddress, ...] = ()
         self.requests: CounterType[Tuple[str, str]] = Counter()
         self.authFailures: CounterType[str] = Counter()
+        self.refusals: CounterType[str] = Counter()
+        # Since the last summary: refusals, and refused authenticated
+        # requests (warned of, or counted by code once the budget is spent).
+        self._refusedSince: CounterType[str] = Counter()
+        self._warnedSince = 0
+        self._unwarnedSince: CounterType[int] = Counter()
+        self._summaryTimer: Optional[IDelayedCall] = None
+        self._summaryStarted = 0.0
         self.limits = limits
         self.externalIP = externalIP
         self._pools: Dict[int, RelayPortPool] = {
@@ -184,6 +229,7 @@ class TURNServer:
         # RFC 6062 peer connections by CONNECTION-ID, for ConnectionBind,
         # which arrives on a connection of its own.
         self.peerConnections: Dict[int, PeerConnection] = {}
+        self.peerConnectionsRefused: CounterType[str] = Counter()
         self._requestHandlers: Dict[
             int, Callable[[STUNMessage, IReplyChannel, AuthResult], Optional[STUNMessage]]
         ] = {
@@ -204,7 +250,9 @@ class TURNServer:
         Malformed messages are dropped with a debug log line; a malformed
         request is answered 400 only when the answer is no larger than the
         request, so that forged sources gain nothing (RFC 8489 section 6.3).
-        Responses and unknown methods are dropped.
+        Responses and unknown methods are dropped.  Over UDP, what answers
+        an unauthenticated request is held to the per-source limit and to
+        L{AMPLIFICATION_LIMIT} (see L{_answerUnverified}).
 
         @param data: exactly one STUN message.
         @param channel: the way back to the client.
@@ -224,9 +272,9 @@ class TURNServer:
         elif messageClass != MessageClass.REQUEST:
             self._drop(message, channel, "a response")
         elif method == Method.BINDING:
-            self._binding(message, channel)
+            self._binding(message, channel, len(data))
         elif method in self._requestHandlers:
-            self._request(message, channel)
+            self._request(message, channel, len(data))
         else:
             self._drop(message, channel, "method not served")
 
@@ -262,10 +310,12 @@ class TURNServer:
     def stop(self) -> Deferred[Any]:
         """
         End everything: every allocation (logging its usage) and every
-        EVEN-PORT reservation.  A stopping service calls this.
+        EVEN-PORT reservation.  A stopping service calls this.  Refusals
+        not yet summed up are, now, and no timer is left running.
 
         @return: a L{Deferred} that fires when the relay sockets are closed.
         """
+        self._summarizeRefusals()
         for allocation in self.registry:
             self.registry.remove(allocation, "ended: the relay is stopping")
         for token, (relayPort, pool, timer) in list(self._reservations.items()):
@@ -304,6 +354,7 @@ class TURNServer:
             transport=channel.transportProtocol,
             reason=error.reason,
         )
+        self._refused("malformed")
         if (
             error.messageClass == MessageClass.REQUEST
             and error.transactionID is not None
@@ -312,8 +363,19 @@ class TURNServer:
         ):
             request = STUNMessage(error.method, MessageClass.REQUEST, error.transactionID)
             response = request.errorResponse(400).encode()
-            if len(response) <= len(data):
+            if len(response) <= len(data) and self._withinSourceLimit(channel):
                 channel.send(response)
+
+    def _count(self, request: STUNMessage, response: STUNMessage) -> None:
+        """
+        Count a response in L{requests}.
+        """
+        error = response.get(A.ERROR_CODE)
+        try:
+            method = Method(request.method).name
+        except ValueError:
+            method = "unknown"
+        self.requests[method, "success" if error is None else str(error.code)] += 1
 
     def _respond(
         self,
@@ -331,12 +393,7 @@ class TURNServer:
         """
         if self.software is not None:
             response.add(A.SOFTWARE, self.software)
-        error = response.get(A.ERROR_CODE)
-        try:
-            method = Method(request.method).name
-        except ValueError:
-            method = "unknown"
-        self.requests[method, "success" if error is None else str(error.code)] += 1
+        self._count(request, response)
         data = response.encode(
             key=auth.key if auth is not None else None,
             sha256=auth is not None and auth.useSHA256,
@@ -345,26 +402,147 @@ class TURNServer:
         channel.send(data)
         return data
 
+    def _answerUnverified(
+        self,
+        request: STUNMessage,
+        response: STUNMessage,
+        channel: IReplyChannel,
+        size: int,
+        compact: Optional[Callable[[], STUNMessage]] = None,
+    ) -> None:
+        """
+        Answer a request that is not authenticated.
+
+        Over TCP and TLS the client's address is real: the response goes as
+        L{_respond} would send it.  Over UDP it may be a victim's, so the
+        response goes only within the source's limit (L{sourceLimit}), and
+        only if it is at most L{AMPLIFICATION_LIMIT} times the request's
+        C{size}: without SOFTWARE if need be, then as C{compact()} makes it.
+        Otherwise it is dropped and counted in L{refusals}, as
+        C{"rate-limited"} or C{"amplification"}.
+
+        @param size: the request's size in bytes.
+        @param compact: makes the smallest response the RFCs allow, if
+            that is smaller than C{response}.
+        @see: RFC 8489 section 16.1.2.
+        """
+        if channel.transportProtocol != "udp":
+            self._respond(request, response, channel)
+            return
+        if not self._withinSourceLimit(channel):
+            return
+        limit = size * AMPLIFICATION_LIMIT
+        fingerprint = request.fingerprint is not None
+        data = b""
+        if self.software is not None:
+            withSoftware = STUNMessage(
+                response.method,
+                response.messageClass,
+                response.transactionID,
+                response.attributes + [(A.SOFTWARE, self.software)],
+            )
+            data = withSoftware.encode(fingerprint=fingerprint)
+        if not data or len(data) > limit:
+            data = response.encode(fingerprint=fingerprint)
+        if len(data) > limit and compact is not None:
+            response = compact()
+            data = response.encode(fingerprint=fingerprint)
+        if len(data) > limit:
+            self._refused("amplification")
+            return
+        self._count(request, response)
+        channel.send(data)
+
+    def _withinSourceLimit(self, channel: IReplyChannel) -> bool:
+        """
+        Take a token from the source's bucket for an unauthenticated answer
+        over UDP; TCP and TLS are not limited.
+
+        @return: whether the answer may go; if not, it is counted in
+            L{refusals} as C{"rate-limited"}.
+        """
+        if self.sourceLimit is None or channel.transportProtocol != "udp":
+            return True
+        if self.sourceLimit.allow(channel.clientAddress.host):
+            return True
+        self._refused("rate-limited")
+        return False
+
+    def _refused(self, reason: str) -> None:
+        """
+        Count a refusal, for the metrics and the next summary.
+
+        @param reason: one of a small fixed set (see L{refusals}): never
+            anything a client chose.
+        """
+        self.refusals[reason] += 1
+        self._refusedSince[reason] += 1
+        if self._summaryTimer is None:
+            self._scheduleSummary()
+
+    def _scheduleSummary(self) -> None:
+        self._summaryStarted = self.clock.seconds()
+        self._summaryTimer = self.clock.callLater(
+            self.refusalSummaryInterval, self._summarizeRefusals
+        )
+
+    def _summarizeRefusals(self) -> None:
+        """
+        Log what was refused since the last summary, if anything, in one
+        line for the refusals of unauthenticated sources and one for the
+        refused authenticated requests that got no line of their own; then
+        wait for the next refusal to start counting again.
+        """
+        timer, self._summaryTimer = self._summaryTimer, None
+        if timer is None:
+            return
+        if timer.active():
+            timer.cancel()
+        refused, self._refusedSince = self._refusedSince, Counter()
+        unwarned, self._unwarnedSince = self._unwarnedSince, Counter()
+        self._warnedSince = 0
+        seconds = round(self.clock.seconds() - self._summaryStarted)
+        if refused:
+            # No total: a request refused (say, for bad integrity) whose
+            # answer then went unsent (rate-limited) counts under both.
+            self.log.warn(
+                "refused unauthenticated requests in the last {seconds} s, by reason: {counts}",
+                seconds=seconds,
+                counts=", ".join(f"{why} {count}" for why, count in sorted(refused.items())),
+                refused=dict(refused),
+            )
+        if unwarned:
+            self.log.warn(
+                "{total} more authenticated requests refused in {seconds} s, "
+                "by response code: {counts}",
+                total=sum(unwarned.values()),
+                seconds=seconds,
+                counts=", ".join(f"{code} {count}" for code, count in sorted(unwarned.items())),
+                unwarned={str(code): count for code, count in unwarned.items()},
+            )
+
     # Binding ---------------------------------------------------------------------
 
-    def _binding(self, request: STUNMessage, channel: IReplyChannel) -> None:
+    def _binding(self, request: STUNMessage, channel: IReplyChannel, size: int) -> None:
         """
         Answer a Binding request with the client's reflexive address, without
         authentication (RFC 8489 sections 6.3.1.1 and 12).
+
+        @param size: the request's size in bytes.
         """
         unknown = request.unknownComprehensionRequired(UNDERSTOOD_ATTRIBUTES)
         if unknown:
             response = request.errorResponse(420).add(A.UNKNOWN_ATTRIBUTES, tuple(unknown))
         else:
             response = request.successResponse([(A.XOR_MAPPED_ADDRESS, channel.clientAddress)])
-        self._respond(request, response, channel)
+        self._answerUnverified(request, response, channel, size)
 
     # Authenticated requests ------------------------------------------------------
 
-    def _request(self, request: STUNMessage, channel: IReplyChannel) -> None:
+    def _request(self, request: STUNMessage, channel: IReplyChannel, size: int) -> None:
         auth = self.authenticator.authenticate(request, channel.clientAddress)
         if not auth.ok:
-            self._authFailed(request, channel, auth)
+            self._authFailed(request, channel, auth, size)
             return
         unknown = request.unknownComprehensionRequired(UNDERSTOOD_ATTRIBUTES)
         try:
@@ -399,23 +577,48 @@ class TURNServer:
         ):
             channel.allocation.allocateResponse = data
 
-    def _authFailed(self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult) -> None:
-        assert auth.errorCode is not None
+    def _authFailed(
+        self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult, size: int
+    ) -> None:
+        """
+        Answer a request that failed authentication: a challenge (401 or 438
+        with REALM and NONCE) or a 400.
+
+        Anyone can send such requests, from any source address, as fast as
+        they like: each is counted (L{authFailures}, and L{refusals} but for
+        the challenges every client meets) and logged at debug level only;
+        the warning is the periodic summary.
+        """
+        code = auth.errorCode
+        assert code is not None
         self.authFailures[auth.reason] += 1
-        # The first 401 is how every client starts: not worth a warning.
-        emit = self.log.debug if auth.reason in ("no-integrity", "stale-nonce") else self.log.warn
-        emit(
+        if auth.reason not in _CHALLENGES:
+            self._refused(auth.reason)
+        self.log.debug(
             "{method} from {client} over {transport} refused with {code}: {reason}",
             method=Method(request.method).name,
             client=channel.clientAddress,
             transport=channel.transportProtocol,
-            code=auth.errorCode,
+            code=code,
             reason=auth.reason,
             username=request.get(A.USERNAME),
         )
-        response = request.errorResponse(auth.errorCode)
+        response = request.errorResponse(code)
         response.attributes.extend(auth.errorAttributes)
-        self._respond(request, response, channel)
+        compact = None
+        if auth.errorAttributes:
+
+            def compact() -> STUNMessage:
+                # No reason phrase, REALM and a nonce without the cookie
+                # (so without PASSWORD-ALGORITHMS): RFC 8489 section 9.2.4's
+                # minimum.
+                smaller = request.errorResponse(code, "")
+                smaller.attributes.extend(
+                    self.authenticator.challenge(channel.clientAddress, compact=True)
+                )
+                return smaller
+
+        self._answerUnverified(request, response, channel, size, compact)
 
     def _warnRefused(
         self,
@@ -425,6 +628,18 @@ class TURNServer:
         code: int,
         reason: str,
     ) -> None:
+        """
+        Log a refused authenticated request: its user is accountable, so it
+        gets a line of its own, but no more than
+        L{REFUSED_WARNINGS_PER_INTERVAL} such lines are written per
+        C{refusalSummaryInterval}; the rest are counted in the summary.
+        """
+        if self._summaryTimer is None:
+            self._scheduleSummary()
+        if self._warnedSince >= REFUSED_WARNINGS_PER_INTERVAL:
+            self._unwarnedSince[code] += 1
+            return
+        self._warnedSince += 1
         self.log.warn(
             "{method} from {username} on {client} over {transport} refused with {code}: {reason}",
             method=Method(request.method).name,
@@ -507,7 +722,7 @@ class TURNServer:
                 (A.UNKNOWN_ATTRIBUTES, (A.DONT_FRAGMENT,)),
             )
         assert auth.username is not None
-        self._checkQuota(auth.username)
+        self._checkQuota(auth.username, len(families) + (1 if evenPort else 0))
         relays: list[Relay] = []
         reservationToken = None
         try:
@@ -571,12 +786,20 @@ class TURNServer:
             *[(A.ALTERNATE_SERVER, alternate) for alternate in [first, *others]],
         )
 
-    def _checkQuota(self, username: str) -> None:
+    def _checkQuota(self, username: str, descriptors: int = 1) -> None:
+        """
+        Refuse an allocation beyond the quotas (486), or when the relay
+        sockets it needs would eat into the descriptor reserve (508).
+
+        @param descriptors: how many relay sockets it will open.
+        """
         limits = self.limits
         if (limits.userQuota and self.registry.countForUser(username) >= limits.userQuota) or (
             limits.totalQuota and len(self.registry) >= limits.totalQuota
         ):
             raise _Reply(486, "allocation quota reached")
+        if self.descriptors is not None and not self.descriptors.take("allocate", descriptors):
+            raise _Reply(508, "out of file descriptors (descriptor-reserve)")
 
     def _allocateTCP(
         self, request: STUNMessage, channel: IReplyChannel, auth: AuthResult
@@ -711,54 +934,28 @@ class TURNServer:
         """
         Put a peer policy in force (at start, and when the configuration is
         reloaded).  Existing permissions stay until they expire.
+
+        The policy learns this controller's relay addresses (peers on them
+        are kept to the relay port range) and keeps the own services the
+        policy in force knew (the sockets do not change on a reload).
         """
-        self.peerPolicy = policy
-        # Our relay addresses, with the pool whose port range peers on them
-        # are kept to.
-        relayHosts: Dict[str, Optional[RelayPortPool]] = {}
         for pool in self._pools.values():
-            relayHosts[pool.relayIP] = pool
+            policy.addRelayAddress(pool.relayIP, range(pool.minPort, pool.maxPort + 1))
         if self.externalIP is not None:
-            relayHosts[self.externalIP] = self.relayPorts
-        self._relayHosts = {
-            host: pool for host, pool in relayHosts.items() if not self._explicitlyAllowed(host)
-        }
-
-    def _explicitlyAllowed(self, host: str) -> bool:
-        """
-        Whether the operator allowed our relay address C{host} as a peer in so
-        many words: allow-loopback-peers for a loopback relay address, or an
-        allow-peer entry naming exactly it.  Then peers on it are not kept to
-        the relay port range.  A wider allow-peer range is not enough.
-        """
-        address = ip_address(host)
-        policy = self.peerPolicy
-        return (policy.allowLoopback and address.is_loopback) or any(
-            ip_network(entry) == ip_network(address) for entry in policy.allow
-        )
-
-    def _ownPortRefused(self, peer: TransportAddress) -> bool:
-        """
-        Whether C{peer} is one of our relay addresses, but not a relay port:
-        clients may relay to each other's relayed addresses, never to other
-        services of this host (security notes section 1.3).
-        """
-        if peer[0] not in self._relayHosts:
-            return False
-        pool = self._relayHosts[peer[0]]
-        return pool is None or not pool.minPort <= peer[1] <= pool.maxPort
+            ipv4 = self.relayPorts
+            ports = range(0) if ipv4 is None else range(ipv4.minPort, ipv4.maxPort + 1)
+            policy.addRelayAddress(self.externalIP, ports)
+        for service in self.peerPolicy.ownServices:
+            policy.addOwnService(service)
+        self.peerPolicy = policy
 
     def _checkPeer(self, allocation: Allocation, peer: TransportAddress, withPort: bool) -> None:
         """
-        Refuse a peer the policy denies (403); C{withPort}: check the port too.
+        Refuse a peer the policy denies (403); C{withPort}: check the port
+        too (a permission is for an IP address, whatever the port).
         """
         policy = self.peerPolicy
-        reason = policy.denialReason(peer.host)
-        if reason is None and withPort:
-            if peer.port == 0:
-                reason = "port 0"
-            elif self._ownPortRefused(peer):
-                reason = "own address outside the relay port range"
+        reason = policy.peerDenialReason(peer) if withPort else policy.denialReason(peer.host)
         if reason is not None:
             raise _Reply(403, f"peer {peer} refused: {reason}")
 
@@ -862,6 +1059,10 @@ class TURNServer:
         self._checkPeer(allocation, peer, withPort=True)
         if any(c.peer == peer for c in allocation.peerConnections.values()):
             raise _Reply(446, f"a connection with {peer} exists already")
+        if len(allocation.peerConnections) >= self.limits.maxPeerConnections:
+            raise _Reply(508, "max-peer-connections reached on this allocation")
+        if self.descriptors is not None and not self.descriptors.take("connect"):
+            raise _Reply(508, "out of file descriptors (descriptor-reserve)")
 
         def connected(connection: PeerConnection) -> None:
             response = request.successResponse([(A.CONNECTION_ID, connection.connectionID)])
@@ -885,11 +1086,22 @@ class TURNServer:
         (RFC 6062 section 5.3).
         """
         peer = TransportAddress(unmapIPv4(address.host), address.port)
+        # Peers are strangers who can connect as often as they like: count
+        # what is refused, and log it only at debug level.
+        refusal = None
         if peer.host not in allocation.permissions:
-            self.log.info(
-                "TCP connection from {peer} to {relayed} refused: no permission",
+            refusal = "permission"
+        elif len(allocation.peerConnections) >= self.limits.maxPeerConnections:
+            refusal = "max-peer-connections"
+        elif self.descriptors is not None and not self.descriptors.take("peer"):
+            refusal = "descriptors"
+        if refusal is not None:
+            self.peerConnectionsRefused[refusal] += 1
+            self.log.debug(
+                "TCP connection from {peer} to {relayed} refused: {reason}",
                 peer=str(peer),
                 relayed=str(allocation.relayedAddress),
+                reason=refusal,
             )
             return None
 
@@ -950,8 +1162,7 @@ class TURNServer:
             sendto is None
             or data is None
             or message.unknownComprehensionRequired(UNDERSTOOD_ATTRIBUTES)
-            or peer.port == 0
-            or self._ownPortRefused(peer)
+            or self.peerPolicy.peerDenialReason(peer) is not None
         ):
             allocation.droppedInvalid += 1
             return
