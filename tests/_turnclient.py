@@ -19,9 +19,10 @@ from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.credentials import longTermKey
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
 from turnrelay.testing import FakeReplyChannel, FakeUDPPort, FakeUDPReactor
+from turnrelay.turn.limits import RelayLimits
 from turnrelay.turn.policy import PeerPolicy
 from turnrelay.turn.relay import RelayPortPool
-from turnrelay.turn.server import RelayLimits, TURNServer
+from turnrelay.turn.server import TURNServer
 
 REALM = "example.org"
 USERS = {"alice": "alice-password", "bob": "bob-password"}

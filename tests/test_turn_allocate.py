@@ -13,8 +13,8 @@ from tests._turnclient import PEER_A, REALM, RELAY_IP, Harness, TURNTestCase
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
 from turnrelay.stun.message import MessageClass, Method
+from turnrelay.turn.limits import RelayLimits
 from turnrelay.turn.relay import IP_MTU_DISCOVER, IP_PMTUDISC_DO
-from turnrelay.turn.server import RelayLimits
 
 
 class AllocateTests(TURNTestCase):

@@ -23,7 +23,7 @@ from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX, encodeChannelData
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
 from turnrelay.testing import FakeUDPPort
-from turnrelay.turn.server import RelayLimits
+from turnrelay.turn.limits import RelayLimits
 
 
 class RelayTestCase(TURNTestCase):

@@ -18,7 +18,7 @@ from turnrelay.stun import attributes as A
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
 from turnrelay.transports.stream import StreamLimits, STUNStreamProtocol
 from turnrelay.turn.descriptors import DescriptorBudget
-from turnrelay.turn.server import RelayLimits
+from turnrelay.turn.limits import RelayLimits
 from turnrelay.turn.tcprelay import PeerConnection
 
 

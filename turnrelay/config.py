@@ -20,8 +20,8 @@ import attr
 from turnrelay.logs import LEVELS
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import TEXT_MAX_CHARACTERS
+from turnrelay.turn.limits import RelayLimits
 from turnrelay.turn.policy import canonicalIP
-from turnrelay.turn.server import RelayLimits
 
 
 class ConfigError(ValueError):

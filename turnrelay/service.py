@@ -42,9 +42,10 @@ from turnrelay.transports.tls import ReloadingTLSOptions
 from turnrelay.transports.udp import STUNDatagramProtocol
 from turnrelay.turn.allocation import UsageTotals
 from turnrelay.turn.descriptors import DescriptorBudget, watchAccepts
+from turnrelay.turn.limits import RelayLimits
 from turnrelay.turn.policy import PeerPolicy
 from turnrelay.turn.relay import RelayPortPool
-from turnrelay.turn.server import RelayLimits, TURNServer
+from turnrelay.turn.server import TURNServer
 from turnrelay.turn.sources import SourceRateLimiter
 
 log = Logger()

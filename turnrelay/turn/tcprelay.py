@@ -22,9 +22,8 @@ from twisted.python.failure import Failure
 from turnrelay.logs import Logger
 from turnrelay.stun.address import TransportAddress
 
-# Seconds to wait for the outgoing connection, and for the ConnectionBind
-# that claims a connection (RFC 6062 sections 5.2 and 5.3; coturn uses 30 s).
-CONNECT_TIMEOUT = 30.0
+# Seconds to wait for the ConnectionBind that claims a connection (RFC 6062
+# section 5.3; coturn uses 30 s).
 BIND_TIMEOUT = 30.0
 
 # What a peer may send before the connection is bound and reading is paused.
