@@ -30,7 +30,7 @@ from tests._loopback import ChildProcess, reactor, relayAddress, spawn
 from turnrelay.config import buildConfig
 from turnrelay.service import RelayService, makeRelayService
 from turnrelay.stun.address import TransportAddress
-from turnrelay.turn.allocation import AllocationRegistry
+from turnrelay.turn.registry import AllocationRegistry
 
 HOST = "127.0.0.1"
 REALM = "example.org"
@@ -109,7 +109,7 @@ def isRefreshed(event: LogEvent) -> bool:
     @return: whether C{event} says an allocation was refreshed.
     """
     return (
-        event.get("log_namespace", "").startswith("turnrelay.turn.server")
+        event.get("log_namespace", "").startswith("turnrelay.turn.allocate")
         and "relayed" in event
         and "lifetime" in event
     )
@@ -134,7 +134,7 @@ def assertRefusedUnauthenticated(testCase: TestCase, relay: RelayUnderTest, reas
 
 
 def _fromRegistry(event: LogEvent) -> bool:
-    return event.get("log_namespace", "").startswith("turnrelay.turn.allocation") and (
+    return event.get("log_namespace", "").startswith("turnrelay.turn.registry") and (
         "relayed" in event
     )
 

@@ -1,7 +1,7 @@
 """
 A sans-IO TURN client for controller tests: it builds authenticated
 requests, answers the 401 challenge and decodes what the server sends back
-through a L{FakeReplyChannel}.
+through a L{FakeClientLink}.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.credentials import longTermKey
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
-from turnrelay.testing import FakeReplyChannel, FakeUDPPort, FakeUDPReactor
+from turnrelay.testing import FakeClientLink, FakeUDPPort, FakeUDPReactor
 from turnrelay.turn.limits import RelayLimits
 from turnrelay.turn.policy import PeerPolicy
 from turnrelay.turn.relay import RelayPortPool
@@ -83,17 +83,17 @@ class Harness:
         transport: str = "udp",
     ) -> TURNClient:
         self._nextClientPort += 1
-        channel = FakeReplyChannel(
+        link = FakeClientLink(
             TransportAddress(host, self._nextClientPort),
             TransportAddress("192.0.2.1", 3478),
             transport,
         )
         if password is None:
             password = USERS.get(username, "")
-        return TURNClient(self.server, channel, username, password, sha256)
+        return TURNClient(self.server, link, username, password, sha256)
 
     def relayPort(self, client: TURNClient) -> FakeUDPPort:
-        allocation = client.channel.allocation
+        allocation = client.link.allocation
         assert allocation is not None
         port = allocation.relayPort
         assert isinstance(port, FakeUDPPort)
@@ -108,13 +108,13 @@ class TURNClient:
     def __init__(
         self,
         server: TURNServer,
-        channel: FakeReplyChannel,
+        link: FakeClientLink,
         username: str,
         password: str,
         sha256: bool,
     ) -> None:
         self.server = server
-        self.channel = channel
+        self.link = link
         self.username = username
         self.password = password
         self.sha256 = sha256
@@ -131,9 +131,9 @@ class TURNClient:
         Hand bytes to the server; decode its one answer, if any.
         """
         self.lastRequest = data
-        self.server.stunReceived(data, self.channel)
-        sent = self.channel.popSent()
-        assert not self.channel.sent, "more than one answer"
+        self.server.stunReceived(data, self.link)
+        sent = self.link.popSent()
+        assert not self.link.sent, "more than one answer"
         return None if sent is None else decodeMessage(sent)
 
     def build(
@@ -210,7 +210,7 @@ class TURNClient:
         data = STUNMessage(
             method, MessageClass.INDICATION, os.urandom(12), list(attributes)
         ).encode()
-        self.server.stunReceived(data, self.channel)
+        self.server.stunReceived(data, self.link)
 
 
 class TURNTestCase(SynchronousTestCase):

@@ -29,7 +29,7 @@ from turnrelay.config import ConfigError, ListenerConfig, RelayConfig, buildConf
 from turnrelay.service import makeRelayService
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import MessageClass
-from turnrelay.testing import FakeReplyChannel, FakeUDPReactor
+from turnrelay.testing import FakeClientLink, FakeUDPReactor
 from turnrelay.transports.tls import makeSelfSignedCertificate
 
 ENDPOINT_PORT = 8089
@@ -120,10 +120,10 @@ class CredentialsTestCase(TURNTestCase):
         return status, responseHeaders, json.loads(content)
 
     def client(self, username: str, password: str) -> TURNClient:
-        channel = FakeReplyChannel(
+        link = FakeClientLink(
             TransportAddress("192.0.2.50", 40001), TransportAddress("192.0.2.1", 3478)
         )
-        return TURNClient(self.relay.server, channel, username, password, False)
+        return TURNClient(self.relay.server, link, username, password, False)
 
 
 class AuthorizationTests(CredentialsTestCase):
@@ -431,8 +431,8 @@ class LoopbackTests(TestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(body["urls"], ["turn:192.0.2.1:3478?transport=udp"])
         self.assertTrue(body["username"].endswith(":erin"))
-        channel = FakeReplyChannel(
+        link = FakeClientLink(
             TransportAddress("192.0.2.50", 40001), TransportAddress("192.0.2.1", 3478)
         )
-        client = TURNClient(relay.server, channel, body["username"], body["credential"], False)
+        client = TURNClient(relay.server, link, body["username"], body["credential"], False)
         self.assertEqual(client.allocate().messageClass, MessageClass.SUCCESS_RESPONSE)

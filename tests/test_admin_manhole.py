@@ -59,7 +59,7 @@ from turnrelay.service import RelayService, makeRelayService
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import Method
-from turnrelay.testing import FakeReplyChannel, FakeUDPReactor
+from turnrelay.testing import FakeClientLink, FakeUDPReactor
 from turnrelay.transports.tls import makeSelfSignedCertificate
 
 PEER = TransportAddress("198.51.100.20", 5000)
@@ -178,9 +178,9 @@ class ConsoleTestCase(TURNTestCase):
 
     def client(self, username: str = "alice", password: Optional[str] = None) -> TURNClient:
         self.port = getattr(self, "port", 40000) + 1
-        channel = FakeReplyChannel(TransportAddress(CLIENT_HOST, self.port))
+        link = FakeClientLink(TransportAddress(CLIENT_HOST, self.port))
         return TURNClient(
-            self.relay.server, channel, username, password or f"{username}-password", False
+            self.relay.server, link, username, password or f"{username}-password", False
         )
 
     def allocated(self, username: str = "alice") -> TURNClient:
@@ -192,7 +192,7 @@ class ConsoleTestCase(TURNTestCase):
         return client
 
     def relayedOf(self, client: TURNClient) -> str:
-        allocation = client.channel.allocation
+        allocation = client.link.allocation
         assert allocation is not None
         return str(allocation.relayedAddress)
 
@@ -271,7 +271,7 @@ class AllocationsTests(ConsoleTestCase):
             self.assertIn(column, header)
         self.assertTrue(first.startswith("alice "))
         self.assertTrue(second.startswith("bob "))
-        self.assertIn(f"{alice.channel.clientAddress}->{alice.channel.serverAddress}", first)
+        self.assertIn(f"{alice.link.clientAddress}->{alice.link.serverAddress}", first)
         self.assertIn(self.relayedOf(alice), first)
         self.assertIn(self.relayedOf(bob), second)
         self.assertEqual(header.index("CLIENT"), first.index(CLIENT_HOST))
@@ -326,7 +326,7 @@ class AllocationsTests(ConsoleTestCase):
         alice = self.allocated("alice")
         bob = self.allocated("bob")
         self.assertSuccess(bob.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, PEER)]))
-        client = str(alice.channel.clientAddress)
+        client = str(alice.link.clientAddress)
         for address in (client, self.relayedOf(alice)):
             rows = self.console.allocations(address=address).splitlines()[1:-1]
             self.assertEqual([row.split()[0] for row in rows], ["alice"], address)
@@ -387,9 +387,9 @@ class KillTests(ConsoleTestCase):
         """
         alice = self.allocated("alice")
         bob = self.allocated("bob")
-        allocation = alice.channel.allocation
+        allocation = alice.link.allocation
         self.assertTrue(self.console.kill(allocation).startswith("killed 1 allocation:"))
-        text = self.console.kill([allocation, bob.channel.allocation])
+        text = self.console.kill([allocation, bob.link.allocation])
         self.assertTrue(text.startswith("killed 1 allocation:"), text)
         self.assertIn("had already ended", text)
         self.assertEqual(len(self.relay.server.registry), 0)

@@ -39,7 +39,7 @@ from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.channeldata import encodeChannelData
 from turnrelay.stun.message import MessageClass, Method, STUNMessage
-from turnrelay.testing import FakeReplyChannel, FakeUDPPort, FakeUDPReactor
+from turnrelay.testing import FakeClientLink, FakeUDPPort, FakeUDPReactor
 
 METRICS_PORT = 9641
 PEER = TransportAddress("198.51.100.20", 5000)
@@ -154,12 +154,12 @@ class MetricsTestCase(TURNTestCase):
         self, username: str = "alice", password: str = "alice-password", transport: str = "udp"
     ) -> TURNClient:
         self.clientPort += 1
-        channel = FakeReplyChannel(
+        link = FakeClientLink(
             TransportAddress(CLIENT_HOST, self.clientPort),
             TransportAddress("192.0.2.1", 3478),
             transport,
         )
-        return TURNClient(self.relay.server, channel, username, password, False)
+        return TURNClient(self.relay.server, link, username, password, False)
 
     def scrapeText(self, accept: bytes = b"") -> Tuple[Dict[bytes, bytes], str]:
         headers = [b"Accept: " + accept] if accept else []
@@ -171,12 +171,12 @@ class MetricsTestCase(TURNTestCase):
         return parseScrape(self.scrapeText()[1])
 
     def relayPort(self, client: TURNClient) -> FakeUDPPort:
-        port = client.channel.allocation.relayPort
+        port = client.link.allocation.relayPort
         assert isinstance(port, FakeUDPPort)
         return port
 
     def channelData(self, client: TURNClient, payload: bytes, number: int = 0x4000) -> None:
-        self.relay.server.channelDataReceived(encodeChannelData(number, payload), client.channel)
+        self.relay.server.channelDataReceived(encodeChannelData(number, payload), client.link)
 
     def traffic(self) -> TURNClient:
         """
@@ -203,8 +203,8 @@ class MetricsTestCase(TURNTestCase):
         port = self.relayPort(alice)
         port.protocol.datagramReceived(b"back!!", (PEER.host, PEER.port))
         port.protocol.datagramReceived(b"nope", (STRANGER.host, STRANGER.port))
-        self.assertEqual(alice.channel.sent, [encodeChannelData(0x4000, b"back!!")])
-        alice.channel.sent.clear()
+        self.assertEqual(alice.link.sent, [encodeChannelData(0x4000, b"back!!")])
+        alice.link.sent.clear()
         return alice
 
 
@@ -383,18 +383,18 @@ class RefusalMetricsTests(MetricsTestCase):
         integrity without credentials, answers too large to send, and
         answers over the per-source rate.
         """
-        channel = FakeReplyChannel(TransportAddress(CLIENT_HOST, 40000))
+        link = FakeClientLink(TransportAddress(CLIENT_HOST, 40000))
         server = self.relay.server
         header = STUNMessage(Method.BINDING, MessageClass.REQUEST, b"t" * 12).encode()
-        server.stunReceived(header[:2] + b"\x00\x04" + header[4:] + b"\x80\x22\x01\x00", channel)
+        server.stunReceived(header[:2] + b"\x00\x04" + header[4:] + b"\x80\x22\x01\x00", link)
         anonymous = STUNMessage(Method.ALLOCATE, MessageClass.REQUEST, b"a" * 12)
-        server.stunReceived(anonymous.encode(key=b"k" * 16), channel)
+        server.stunReceived(anonymous.encode(key=b"k" * 16), link)
         server.stunReceived(
-            STUNMessage(Method.ALLOCATE, MessageClass.REQUEST, b"b" * 12).encode(), channel
+            STUNMessage(Method.ALLOCATE, MessageClass.REQUEST, b"b" * 12).encode(), link
         )
         binding = STUNMessage(Method.BINDING, MessageClass.REQUEST, b"c" * 12).encode()
         for _ in range(100):
-            server.stunReceived(binding, channel)
+            server.stunReceived(binding, link)
         samples = self.scrape()
         refused = "turnrelay_refused_total"
         self.assertEqual(value(samples, refused, reason="malformed"), 1)

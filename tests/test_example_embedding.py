@@ -21,7 +21,7 @@ from tests._turnclient import TURNClient
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import MessageClass
-from turnrelay.testing import FakeReplyChannel
+from turnrelay.testing import FakeClientLink
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "telephony_app.py")
 
@@ -60,7 +60,7 @@ class EmbeddingExampleTests(TestCase):
         self.assertIn(b"RTCPeerConnection", page)
         client = TURNClient(
             relay.server,
-            FakeReplyChannel(TransportAddress("127.0.0.1", 40001)),
+            FakeClientLink(TransportAddress("127.0.0.1", 40001)),
             server["username"],
             server["credential"],
             False,

@@ -14,7 +14,7 @@ from turnrelay.service import RelayService, makeRelayService
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import Method
-from turnrelay.testing import FakeReplyChannel, FakeUDPReactor
+from turnrelay.testing import FakeClientLink, FakeUDPReactor
 
 PEER = TransportAddress("198.51.100.20", 5000)
 SETTINGS: dict[str, Any] = {
@@ -43,8 +43,8 @@ class OperationsTestCase(TURNTestCase):
 
     def client(self, username: str = "alice", password: str = "alice-password") -> TURNClient:
         self.port = getattr(self, "port", 40000) + 1
-        channel = FakeReplyChannel(TransportAddress("192.0.2.50", self.port))
-        return TURNClient(self.relay.server, channel, username, password, False)
+        link = FakeClientLink(TransportAddress("192.0.2.50", self.port))
+        return TURNClient(self.relay.server, link, username, password, False)
 
 
 class DrainTests(OperationsTestCase):
@@ -171,7 +171,7 @@ class ReloadConfigTests(OperationsTestCase):
         self.assertEqual(self.relay.reloadConfig(buildConfig(changed)), [])
         self.assertSuccess(self.client("bob", "bob-password").allocate())
         self.assertError(self.client().allocate(), 401)
-        self.assertIsNotNone(alice.channel.allocation)
+        self.assertIsNotNone(alice.link.allocation)
         self.assertEqual(len(self.relay.server.registry), 2)
 
     def test_peerPolicy(self) -> None:

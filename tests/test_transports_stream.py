@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from turnrelay.interfaces import IReplyChannel
+from turnrelay.interfaces import IClientLink
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.channeldata import StreamFramer, encodeChannelData
@@ -57,12 +57,12 @@ class StreamProtocolTests(SynchronousTestCase):
         protocol.makeConnection(transport)
         return protocol, transport
 
-    def test_providesReplyChannel(self) -> None:
+    def test_providesClientLink(self) -> None:
         """
-        A connection is its own reply channel and knows its 5-tuple.
+        A connection is its own client link and knows its 5-tuple.
         """
         protocol, _ = self.connect(TURNServer(Clock()))
-        self.assertTrue(verifyObject(IReplyChannel, protocol))
+        self.assertTrue(verifyObject(IClientLink, protocol))
         self.assertEqual(protocol.transportProtocol, "tcp")
         self.assertEqual(protocol.clientAddress, TransportAddress("127.0.0.5", 40000))
         self.assertEqual(protocol.serverAddress, TransportAddress("127.0.0.1", 3478))

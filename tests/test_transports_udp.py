@@ -10,12 +10,12 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from turnrelay.interfaces import IReplyChannel
+from turnrelay.interfaces import IClientLink
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
 from turnrelay.testing import FakeUDPReactor
-from turnrelay.transports.udp import STUNDatagramProtocol, UDPReplyChannel
+from turnrelay.transports.udp import STUNDatagramProtocol, UDPClientLink
 from turnrelay.turn.server import TURNServer
 
 TID = b"udp-test-tid"
@@ -134,7 +134,7 @@ class DatagramProtocolTests(SynchronousTestCase):
 
     def test_channelKeptWhileAllocated(self) -> None:
         """
-        A client's reply channel is kept, and found by address, only while it
+        A client's link is kept, and found by address, only while it
         has an allocation.
         """
         server = RecordingServer()
@@ -152,14 +152,14 @@ class DatagramProtocolTests(SynchronousTestCase):
 
     def test_replyChannel(self) -> None:
         """
-        The reply channel handed over provides IReplyChannel and describes the 5-tuple.
+        The client link handed over provides IClientLink and describes the 5-tuple.
         """
         server = RecordingServer()
         protocol = self.listen(server)
         protocol.datagramReceived(REQUEST, ("127.0.0.2", 7))
         [(_, channel)] = server.stun
-        self.assertIsInstance(channel, UDPReplyChannel)
-        self.assertTrue(verifyObject(IReplyChannel, channel))
+        self.assertIsInstance(channel, UDPClientLink)
+        self.assertTrue(verifyObject(IClientLink, channel))
         self.assertEqual(channel.transportProtocol, "udp")
         self.assertEqual(channel.clientAddress, TransportAddress("127.0.0.2", 7))
         self.assertEqual(channel.serverAddress, TransportAddress("127.0.0.1", 3478))

@@ -49,7 +49,7 @@ class AllocateTests(TURNTestCase):
         self.assertEqual(relayed.host, RELAY_IP)
         self.assertTrue(50000 <= relayed.port <= 50099)
         self.assertEqual(response.get(A.LIFETIME), 600)
-        self.assertEqual(response.get(A.XOR_MAPPED_ADDRESS), self.client.channel.clientAddress)
+        self.assertEqual(response.get(A.XOR_MAPPED_ADDRESS), self.client.link.clientAddress)
         self.assertIsNotNone(response.messageIntegrity)
         self.assertEqual(len(self.harness.server.registry), 1)
         port = self.harness.relayPort(self.client)
@@ -61,7 +61,7 @@ class AllocateTests(TURNTestCase):
         (item 36).
         """
         self.client.allocate()
-        response = self.harness.server.registry.get(self.client.channel.fiveTuple)
+        response = self.harness.server.registry.get(self.client.link.fiveTuple)
         assert response is not None
         from turnrelay.stun.message import decodeMessage
 
@@ -79,7 +79,7 @@ class AllocateTests(TURNTestCase):
         self.assertIsNotNone(response.messageIntegritySHA256)
         from turnrelay.stun.message import decodeMessage
 
-        allocation = self.harness.server.registry.get(client.channel.fiveTuple)
+        allocation = self.harness.server.registry.get(client.link.fiveTuple)
         assert allocation is not None
         decoded = decodeMessage(allocation.allocateResponse)
         self.assertTrue(decoded.verifyMessageIntegritySHA256(client.key()))
@@ -138,10 +138,10 @@ class AllocateTests(TURNTestCase):
         """
         self.client.allocate(tid=b"retransmit!!")
         first = self.client.lastRequest
-        allocation = self.harness.server.registry.get(self.client.channel.fiveTuple)
+        allocation = self.harness.server.registry.get(self.client.link.fiveTuple)
         assert allocation is not None
-        self.harness.server.stunReceived(first, self.client.channel)
-        self.assertEqual(self.client.channel.popSent(), allocation.allocateResponse)
+        self.harness.server.stunReceived(first, self.client.link)
+        self.assertEqual(self.client.link.popSent(), allocation.allocateResponse)
         self.assertEqual(len(self.harness.server.registry), 1)
         self.assertEqual(len(self.harness.reactor.udpPorts), 1)
 
@@ -397,7 +397,7 @@ class LifetimeTests(TURNTestCase):
         self.harness.reactor.advance(1)
         self.assertEqual(len(self.harness.server.registry), 0)
         self.assertFalse(self.port.listening)
-        self.assertIsNone(self.client.channel.allocation)
+        self.assertIsNone(self.client.link.allocation)
         self.assertEqual(self.harness.server.relayPorts.inUse, 0)  # type: ignore[union-attr]
 
     def test_expiryCancelsTimers(self) -> None:
@@ -463,7 +463,7 @@ class LifetimeTests(TURNTestCase):
         (item 39).
         """
         bob = self.harness.client("bob")
-        bob.channel = self.client.channel
+        bob.link = self.client.link
         self.assertError(bob.request(Method.REFRESH), 441)
         self.assertError(bob.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, PEER_A)]), 441)
         self.assertEqual(len(self.harness.server.registry), 1)

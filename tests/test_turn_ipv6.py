@@ -96,7 +96,7 @@ class DualAllocationTests(TURNTestCase):
         self.harness = Harness(relayIP6=RELAY_IP6)
         self.client = self.harness.client()
         self.response = self.client.allocate((A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6))
-        self.allocation = self.client.channel.allocation
+        self.allocation = self.client.link.allocation
 
     def ports(self) -> dict[int, FakeUDPPort]:
         return {family: relay.port for family, relay in self.allocation.relays.items()}
@@ -145,12 +145,12 @@ class DualAllocationTests(TURNTestCase):
             )
             self.assertSuccess(response)
             self.harness.server.channelDataReceived(
-                encodeChannelData(number, b"hello"), self.client.channel
+                encodeChannelData(number, b"hello"), self.client.link
             )
         self.assertEqual(ports[FAMILY_IPV4].written, [(b"hello", PEER_A)])
         self.assertEqual(ports[FAMILY_IPV6].written, [(b"hello", PEER_6)])
         ports[FAMILY_IPV6].protocol.datagramReceived(b"back", (PEER_6.host, PEER_6.port))
-        self.assertEqual(self.client.channel.sent, [encodeChannelData(0x4001, b"back")])
+        self.assertEqual(self.client.link.sent, [encodeChannelData(0x4001, b"back")])
 
     def test_sendIndicationPerFamily(self) -> None:
         """
@@ -165,7 +165,7 @@ class DualAllocationTests(TURNTestCase):
         self.assertEqual(ports[FAMILY_IPV4].written, [(b"x", PEER_A)])
         self.assertEqual(ports[FAMILY_IPV6].written, [(b"x", PEER_6)])
         ports[FAMILY_IPV6].protocol.datagramReceived(b"y", (PEER_6.host, PEER_6.port))
-        data = self.client.channel.popSent()
+        data = self.client.link.popSent()
         assert data is not None
         self.assertEqual(decodeMessage(data).get(A.XOR_PEER_ADDRESS), PEER_6)
 

@@ -18,8 +18,9 @@ from tests._turnclient import Harness, TURNTestCase
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
-from turnrelay.testing import FakeReplyChannel
-from turnrelay.turn.server import REFUSED_WARNINGS_PER_INTERVAL, TURNServer
+from turnrelay.testing import FakeClientLink
+from turnrelay.turn.refusals import REFUSED_WARNINGS_PER_INTERVAL
+from turnrelay.turn.server import TURNServer
 from turnrelay.turn.sources import AMPLIFICATION_LIMIT, SourceRateLimiter
 
 CLIENT = TransportAddress("192.0.2.1", 32853)
@@ -89,10 +90,10 @@ class ControllerTestCase(TURNTestCase):
 
         @return: what it sent back, if anything.
         """
-        channel = FakeReplyChannel(client, transportProtocol=transport)
-        self.server.stunReceived(data, channel)
-        sent = channel.popSent()
-        self.assertEqual(channel.sent, [])
+        link = FakeClientLink(client, transportProtocol=transport)
+        self.server.stunReceived(data, link)
+        sent = link.popSent()
+        self.assertEqual(link.sent, [])
         return sent
 
 
@@ -391,7 +392,7 @@ class DefaultsTests(SynchronousTestCase):
         Without C{sourceLimit}, answers are not limited per source.
         """
         server = TURNServer(Clock())
-        channel = FakeReplyChannel()
+        link = FakeClientLink()
         for _ in range(100):
-            server.stunReceived(unsigned(Method.BINDING), channel)
-        self.assertEqual(len(channel.sent), 100)
+            server.stunReceived(unsigned(Method.BINDING), link)
+        self.assertEqual(len(link.sent), 100)

@@ -32,7 +32,7 @@ class RelayTestCase(TURNTestCase):
         self.client = self.harness.client()
         self.assertSuccess(self.client.allocate())
         self.port = self.harness.relayPort(self.client)
-        self.allocation = self.client.channel.allocation
+        self.allocation = self.client.link.allocation
 
     def permit(self, *peers: TransportAddress, client: Optional[TURNClient] = None) -> STUNMessage:
         client = client or self.client
@@ -134,7 +134,7 @@ class CreatePermissionTests(RelayTestCase):
         self.permit(PEER_A)
         self.harness.reactor.advance(300)
         self.fromPeer(PEER_A, b"late")
-        self.assertEqual(self.client.channel.sent, [])
+        self.assertEqual(self.client.link.sent, [])
 
 
 class SendAndDataTests(RelayTestCase):
@@ -177,7 +177,7 @@ class SendAndDataTests(RelayTestCase):
         self.sendIndication(TransportAddress(PEER_A.host, 0), b"x")
         self.sendIndication(PEER_A, b"x", (0x7FF0, b""))
         self.assertEqual(self.toPeers(), [])
-        self.assertEqual(self.client.channel.sent, [])
+        self.assertEqual(self.client.link.sent, [])
 
     def test_noAllocation(self) -> None:
         """
@@ -186,7 +186,7 @@ class SendAndDataTests(RelayTestCase):
         other = self.harness.client()
         other.indication(Method.SEND, (A.XOR_PEER_ADDRESS, PEER_A), (A.DATA, b"x"))
         self.assertEqual(self.toPeers(), [])
-        self.assertEqual(other.channel.sent, [])
+        self.assertEqual(other.link.sent, [])
 
     def test_sendDoesNotRefreshPermission(self) -> None:
         """
@@ -206,7 +206,7 @@ class SendAndDataTests(RelayTestCase):
         """
         self.permit(PEER_A)
         self.fromPeer(PEER_A, b"reply")
-        data = self.client.channel.popSent()
+        data = self.client.link.popSent()
         assert data is not None
         message = decodeMessage(data)
         self.assertEqual(
@@ -222,7 +222,7 @@ class SendAndDataTests(RelayTestCase):
         """
         self.permit(PEER_A)
         self.fromPeer(PEER_B, b"who?")
-        self.assertEqual(self.client.channel.sent, [])
+        self.assertEqual(self.client.link.sent, [])
         self.assertEqual(self.allocation.dropped, 1)
 
     def test_ownRelayAddressOutsideRange(self) -> None:
@@ -271,9 +271,9 @@ class ChannelTests(RelayTestCase):
             self.assertError(self.bind(number, PEER_A), 400)
         self.assertSuccess(self.bind(0x7FFF, PEER_A))
         self.fromPeer(PEER_A, b"up high")
-        self.assertEqual(self.client.channel.sent, [encodeChannelData(0x7FFF, b"up high")])
+        self.assertEqual(self.client.link.sent, [encodeChannelData(0x7FFF, b"up high")])
         self.harness.server.channelDataReceived(
-            encodeChannelData(0x7FFF, b"back"), self.client.channel
+            encodeChannelData(0x7FFF, b"back"), self.client.link
         )
         self.assertEqual(self.toPeers(), [(b"back", PEER_A)])
 
@@ -341,7 +341,7 @@ class ChannelTests(RelayTestCase):
             (encodeChannelData(0x4000, b"abc", pad=True), b"abc"),
             (encodeChannelData(0x4000, b""), b""),
         ):
-            self.harness.server.channelDataReceived(frame, self.client.channel)
+            self.harness.server.channelDataReceived(frame, self.client.link)
             self.assertEqual(self.toPeers(), [(payload, PEER_A)])
 
     def test_channelDataDropped(self) -> None:
@@ -350,7 +350,7 @@ class ChannelTests(RelayTestCase):
         discarded (item 84).
         """
         self.bind(0x4000, PEER_A)
-        server, channel = self.harness.server, self.client.channel
+        server, channel = self.harness.server, self.client.link
         server.channelDataReceived(encodeChannelData(0x4001, b"abc"), channel)
         server.channelDataReceived(encodeChannelData(0x4000, b"abc")[:-1], channel)
         self.assertEqual(self.toPeers(), [])
@@ -364,13 +364,11 @@ class ChannelTests(RelayTestCase):
         for _ in range(3):
             self.harness.reactor.advance(99)
             self.harness.server.channelDataReceived(
-                encodeChannelData(0x4000, b"x"), self.client.channel
+                encodeChannelData(0x4000, b"x"), self.client.link
             )
         self.assertEqual(len(self.toPeers()), 3)
         self.harness.reactor.advance(3)
-        self.harness.server.channelDataReceived(
-            encodeChannelData(0x4000, b"x"), self.client.channel
-        )
+        self.harness.server.channelDataReceived(encodeChannelData(0x4000, b"x"), self.client.link)
         self.assertEqual(self.toPeers(), [])
 
     def test_peerDataOnChannel(self) -> None:
@@ -380,20 +378,18 @@ class ChannelTests(RelayTestCase):
         """
         self.bind(0x4000, PEER_A)
         self.fromPeer(PEER_A, b"media")
-        self.assertEqual(self.client.channel.sent, [encodeChannelData(0x4000, b"media")])
+        self.assertEqual(self.client.link.sent, [encodeChannelData(0x4000, b"media")])
 
     def test_peerDataPaddedOnStreams(self) -> None:
         """
         Over TCP, ChannelData to the client is padded to 4 bytes (item 83).
         """
-        self.client.channel.transportProtocol = "tcp"
-        self.client.channel.fiveTuple = self.client.channel.fiveTuple._replace(
-            transportProtocol="tcp"
-        )
-        self.allocation.fiveTuple = self.client.channel.fiveTuple
+        self.client.link.transportProtocol = "tcp"
+        self.client.link.fiveTuple = self.client.link.fiveTuple._replace(transportProtocol="tcp")
+        self.allocation.fiveTuple = self.client.link.fiveTuple
         self.bind(0x4000, PEER_A)
         self.fromPeer(PEER_A, b"media")
-        self.assertEqual(self.client.channel.sent, [encodeChannelData(0x4000, b"media", pad=True)])
+        self.assertEqual(self.client.link.sent, [encodeChannelData(0x4000, b"media", pad=True)])
 
     def test_otherPortOfBoundPeerGetsDataIndication(self) -> None:
         """
@@ -402,7 +398,7 @@ class ChannelTests(RelayTestCase):
         """
         self.bind(0x4000, PEER_A)
         self.fromPeer(TransportAddress(PEER_A.host, PEER_A.port + 1), b"other")
-        data = self.client.channel.popSent()
+        data = self.client.link.popSent()
         assert data is not None
         self.assertEqual(decodeMessage(data).method, Method.DATA)
 
@@ -421,15 +417,15 @@ class BandwidthTests(RelayTestCase):
         self.client = self.harness.client()
         self.client.allocate()
         self.port = self.harness.relayPort(self.client)
-        allocation = self.client.channel.allocation
+        allocation = self.client.link.allocation
         self.bind(0x4000, PEER_A)
         frame = encodeChannelData(0x4000, b"x" * 400)
         for _ in range(4):
-            self.harness.server.channelDataReceived(frame, self.client.channel)
+            self.harness.server.channelDataReceived(frame, self.client.link)
         self.assertEqual(len(self.toPeers()), 2)
         self.assertEqual(allocation.dropped, 2)
         self.harness.reactor.advance(0.4)
-        self.harness.server.channelDataReceived(frame, self.client.channel)
+        self.harness.server.channelDataReceived(frame, self.client.link)
         self.assertEqual(len(self.toPeers()), 1)
 
 
@@ -545,7 +541,7 @@ class RegistryTests(TURNTestCase):
             )
         )
         portA = harness.relayPort(alice)
-        harness.server.channelDataReceived(encodeChannelData(0x4000, b"hi bob"), alice.channel)
+        harness.server.channelDataReceived(encodeChannelData(0x4000, b"hi bob"), alice.link)
         self.assertEqual(portA.written, [(b"hi bob", relayedB)])
         self.assertIsInstance(portA, FakeUDPPort)
 
@@ -613,6 +609,6 @@ class ShortChannelDataTests(RelayTestCase):
         """
         self.bind(0x4000, PEER_A)
         for data in (b"\x40", b"\x40\x00", b"\x40\x00\x00"):
-            self.harness.server.channelDataReceived(data, self.client.channel)
+            self.harness.server.channelDataReceived(data, self.client.link)
         self.assertEqual(self.toPeers(), [])
         self.assertEqual(self.allocation.droppedInvalid, 3)

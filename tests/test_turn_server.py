@@ -12,13 +12,13 @@ from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from turnrelay.interfaces import IReplyChannel
+from turnrelay.interfaces import IClientLink
 from turnrelay.logs import setLogLevel
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import ErrorCode
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
-from turnrelay.testing import FakeReplyChannel, FakeUDPReactor
+from turnrelay.testing import FakeClientLink, FakeUDPReactor
 from turnrelay.turn.policy import OWN_SERVICE, PeerPolicy
 from turnrelay.turn.relay import RelayPortPool
 from turnrelay.turn.server import TURNServer
@@ -38,21 +38,21 @@ class BindingTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.server = TURNServer(Clock())
-        self.channel = FakeReplyChannel()
+        self.link = FakeClientLink()
 
-    def answer(self, data: bytes, channel: FakeReplyChannel | None = None) -> STUNMessage:
-        channel = channel or self.channel
-        self.server.stunReceived(data, channel)
-        sent = channel.popSent()
+    def answer(self, data: bytes, link: FakeClientLink | None = None) -> STUNMessage:
+        link = link or self.link
+        self.server.stunReceived(data, link)
+        sent = link.popSent()
         assert sent is not None, "no response"
-        self.assertEqual(channel.sent, [])
+        self.assertEqual(link.sent, [])
         return decodeMessage(sent)
 
     def test_fakeChannelProvidesInterface(self) -> None:
         """
-        The test reply channel provides IReplyChannel.
+        The test client link provides IClientLink.
         """
-        self.assertTrue(verifyObject(IReplyChannel, self.channel))
+        self.assertTrue(verifyObject(IClientLink, self.link))
 
     def test_xorMappedAddressIPv4(self) -> None:
         """
@@ -70,8 +70,8 @@ class BindingTests(SynchronousTestCase):
         """
         An IPv6 client gets its IPv6 address back.
         """
-        channel = FakeReplyChannel(TransportAddress("2001:db8::1", 4444))
-        response = self.answer(bindingRequest().encode(), channel)
+        link = FakeClientLink(TransportAddress("2001:db8::1", 4444))
+        response = self.answer(bindingRequest().encode(), link)
         self.assertEqual(response.get(A.XOR_MAPPED_ADDRESS), TransportAddress("2001:db8::1", 4444))
 
     def test_noFingerprintUnlessAsked(self) -> None:
@@ -131,8 +131,8 @@ class BindingTests(SynchronousTestCase):
         self.assertIsNotNone(response.fingerprint)
 
     def assertSilent(self, data: bytes) -> None:
-        self.server.stunReceived(data, self.channel)
-        self.assertEqual(self.channel.sent, [])
+        self.server.stunReceived(data, self.link)
+        self.assertEqual(self.link.sent, [])
 
     def test_indicationIsKeepAlive(self) -> None:
         """
@@ -178,10 +178,10 @@ class BindingTests(SynchronousTestCase):
         setLogLevel("debug")
         self.addCleanup(setLogLevel, "info")
         with capturedLogs() as events:
-            self.server.stunReceived(b"\x00\x01\x00\x00", self.channel)
+            self.server.stunReceived(b"\x00\x01\x00\x00", self.link)
         [event] = events
         self.assertEqual(event["log_level"], LogLevel.debug)
-        self.assertEqual(event["client"], self.channel.clientAddress)
+        self.assertEqual(event["client"], self.link.clientAddress)
         self.assertIn("shorter than a STUN header", str(event["reason"]))
 
     def test_debugOffByDefault(self) -> None:
@@ -190,15 +190,15 @@ class BindingTests(SynchronousTestCase):
         filtered before they reach any observer.
         """
         with capturedLogs() as events:
-            self.server.stunReceived(b"\x00\x01\x00\x00", self.channel)
+            self.server.stunReceived(b"\x00\x01\x00\x00", self.link)
         self.assertEqual(list(events), [])
 
     def test_channelDataWithoutAllocationDropped(self) -> None:
         """
         ChannelData on a 5-tuple with no allocation is silently ignored (item 84).
         """
-        self.server.channelDataReceived(b"\x40\x00\x00\x00", self.channel)
-        self.assertEqual(self.channel.sent, [])
+        self.server.channelDataReceived(b"\x40\x00\x00\x00", self.link)
+        self.assertEqual(self.link.sent, [])
 
 
 class PeerPolicyWiringTests(SynchronousTestCase):

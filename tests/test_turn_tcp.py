@@ -30,7 +30,7 @@ class TCPAllocationTestCase(TURNTestCase):
         self.response = self.client.request(
             Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, A.TRANSPORT_TCP)]
         )
-        self.allocation = self.client.channel.allocation
+        self.allocation = self.client.link.allocation
 
     def connect(self, peer: Any = PEER_A) -> STUNMessage | None:
         """
@@ -136,7 +136,7 @@ class AllocateTCPTests(TCPAllocationTestCase):
         The allocation ends when its control connection closes, and its
         listening socket with it (item 66).
         """
-        self.harness.server.channelClosed(self.client.channel, "closed with its connection")
+        self.harness.server.linkClosed(self.client.link, "closed with its connection")
         self.assertEqual(len(self.harness.server.registry), 0)
         self.assertFalse(self.reactor.tcpPorts[0].listening)
 
@@ -160,7 +160,7 @@ class ConnectTests(TCPAllocationTestCase):
         self.assertEqual((binding._address, binding._port), (RELAY_IP, relayed.port))
         self.assertTrue(binding._reusePort)
         connection, _ = self.peerConnected()
-        response = self.assertSuccess(decodeMessage(self.client.channel.popSent() or b""))
+        response = self.assertSuccess(decodeMessage(self.client.link.popSent() or b""))
         self.assertEqual(response.get(A.CONNECTION_ID), connection.connectionID)
         self.assertEqual(connection.state, "pending")
 
@@ -196,7 +196,7 @@ class ConnectTests(TCPAllocationTestCase):
         self.connect()
         self.assertError(self.connect(), 446)
         self.peerConnected()
-        self.client.channel.popSent()
+        self.client.link.popSent()
         self.assertError(self.connect(), 446)
 
     def test_failure(self) -> None:
@@ -207,7 +207,7 @@ class ConnectTests(TCPAllocationTestCase):
         self.connect()
         _, _, factory, _, _ = self.reactor.tcpClients[0]
         factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))  # type: ignore[arg-type]
-        self.assertError(decodeMessage(self.client.channel.popSent() or b""), 447)
+        self.assertError(decodeMessage(self.client.link.popSent() or b""), 447)
         self.assertEqual(self.harness.server.peerConnections, {})
         self.assertIsNone(self.connect())
 
@@ -231,7 +231,7 @@ class ConnectTests(TCPAllocationTestCase):
         """
         self.connect()
         _, transport = self.peerConnected()
-        self.client.channel.popSent()
+        self.client.link.popSent()
         self.client.request(Method.REFRESH, [(A.LIFETIME, 0)])
         self.assertTrue(transport.disconnecting)
 
@@ -246,7 +246,7 @@ class ConnectionBindTests(TCPAllocationTestCase):
         super().setUp()
         self.connect()
         self.peer, self.peerTransport = self.peerConnected()
-        self.client.channel.popSent()
+        self.client.link.popSent()
 
     def test_bind(self) -> None:
         """
@@ -362,7 +362,7 @@ class IncomingConnectionTests(TCPAllocationTestCase):
         """
         connection, _ = self.accept(PEER_A.host)
         self.assertIsNone(connection)
-        self.assertIsNone(self.client.channel.popSent())
+        self.assertIsNone(self.client.link.popSent())
 
     def test_connectionAttempt(self) -> None:
         """
@@ -371,7 +371,7 @@ class IncomingConnectionTests(TCPAllocationTestCase):
         """
         self.client.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, PEER_A)])
         connection, transport = self.accept(PEER_A.host)
-        message = decodeMessage(self.client.channel.popSent() or b"")
+        message = decodeMessage(self.client.link.popSent() or b"")
         self.assertEqual(
             (message.method, message.messageClass),
             (Method.CONNECTION_ATTEMPT, MessageClass.INDICATION),
@@ -416,9 +416,9 @@ class PeerConnectionLimitTests(TCPAllocationTestCase):
         """
         self.assertIsNotNone(self.accept())
         self.assertIsNotNone(self.accept())
-        self.client.channel.sent.clear()
+        self.client.link.sent.clear()
         self.assertIsNone(self.accept())
-        self.assertIsNone(self.client.channel.popSent())
+        self.assertIsNone(self.client.link.popSent())
         self.assertEqual(self.harness.server.peerConnectionsRefused["max-peer-connections"], 1)
 
     def test_connectBeyondCap(self) -> None:
@@ -427,7 +427,7 @@ class PeerConnectionLimitTests(TCPAllocationTestCase):
         """
         self.accept()
         self.accept()
-        self.client.channel.sent.clear()  # the ConnectionAttempts
+        self.client.link.sent.clear()  # the ConnectionAttempts
         self.assertError(self.connect(PEER_A), 508)
 
     def test_descriptorsShort(self) -> None:

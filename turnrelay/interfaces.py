@@ -9,13 +9,16 @@ from typing import Any
 from zope.interface import Attribute, Interface
 
 
-class IReplyChannel(Interface):
+class IClientLink(Interface):
     """
-    The way back to one client over the transport its message came in on.
+    A client's link: the way back to one client over the transport its
+    message came in on (a UDP source address on a listener, or a TCP or TLS
+    connection).
 
     Transport protocols provide it and hand it, with each STUN message or
     ChannelData frame, to the controller (L{turnrelay.turn.server.TURNServer}),
-    which answers through it without knowing which transport it is.
+    which answers through it without knowing which transport it is.  TURN's
+    own "channels" are the channel bindings of an allocation, not this.
     """
 
     transportProtocol = Attribute('C{"udp"}, C{"tcp"} or C{"tls"}.')
@@ -36,7 +39,7 @@ class IReplyChannel(Interface):
     def attach(allocation: Any) -> None:
         """
         The registry made C{allocation} for this client: keep it, and keep
-        this channel, until L{detach}.
+        this link, until L{detach}.
         """
 
     def detach(allocation: Any) -> None:
@@ -55,4 +58,36 @@ class IReplyChannel(Interface):
         drop it if the client cannot take it now.
 
         @return: whether it was sent.
+        """
+
+
+class IDataPath(Interface):
+    """
+    What relays application data between clients and peers, both ways
+    (L{turnrelay.turn.datapath.DataPath}).  Every drop is counted on the
+    allocation; nothing is logged.
+    """
+
+    def channelDataFromClient(data: bytes, link: IClientLink) -> None:
+        """
+        Relay one ChannelData message (padding included) from a client to
+        the peer its channel is bound to.
+        """
+
+    def sendIndicationFromClient(message: Any, link: IClientLink) -> None:
+        """
+        Relay a decoded Send indication's DATA to its XOR-PEER-ADDRESS.
+        """
+
+    def toPeer(allocation: Any, payload: bytes, peer: Any, sendto: Any) -> None:
+        """
+        Send a payload to a permitted peer from the allocation's relayed
+        address, within its bandwidth cap.
+        """
+
+    def datagramFromPeer(allocation: Any, payload: bytes, peer: Any) -> None:
+        """
+        Relay a datagram a peer sent to a relayed address to its client: as
+        ChannelData if a channel is bound to the peer, else in a Data
+        indication.
         """

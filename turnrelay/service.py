@@ -40,11 +40,11 @@ from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX, CHANNEL_NUMBER_MAX_RF
 from turnrelay.transports.stream import StreamLimits, STUNStreamFactory
 from turnrelay.transports.tls import ReloadingTLSOptions
 from turnrelay.transports.udp import STUNDatagramProtocol
-from turnrelay.turn.allocation import UsageTotals
 from turnrelay.turn.descriptors import DescriptorBudget, watchAccepts
 from turnrelay.turn.limits import RelayLimits
 from turnrelay.turn.policy import PeerPolicy
-from turnrelay.turn.relay import RelayPortPool
+from turnrelay.turn.registry import UsageTotals
+from turnrelay.turn.relay import MAX_DATAGRAM, RelayPortPool
 from turnrelay.turn.server import TURNServer
 from turnrelay.turn.sources import SourceRateLimiter
 
@@ -70,9 +70,6 @@ _RESTART_SETTINGS = (
     ("log-max-bytes", "logMaxBytes"),
     ("log-max-files", "logMaxFiles"),
 )
-
-# Large enough for any STUN message or ChannelData frame.
-MAX_DATAGRAM = 65535
 
 
 class ListenerService(ListeningService):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_testing -*-
+# -*- test-case-name: tests.test_turn_server -*-
 """
 Fakes for testing turnrelay, and code that embeds it, without sockets.
 
@@ -16,7 +16,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
-from turnrelay.interfaces import IReplyChannel
+from turnrelay.interfaces import IClientLink
 from turnrelay.stun.address import TransportAddress
 from turnrelay.turn.allocation import FiveTuple
 
@@ -176,10 +176,10 @@ class FakeUDPReactor(MemoryReactorClock):
         return udpPort
 
 
-@implementer(IReplyChannel)
-class FakeReplyChannel:
+@implementer(IClientLink)
+class FakeClientLink:
     """
-    A reply channel that records what is sent, for controller tests.
+    A client link that records what is sent, for controller tests.
 
     @ivar sent: the bytes sent, oldest first.
     """

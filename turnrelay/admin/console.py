@@ -2,6 +2,7 @@
 """
 What the SSH admin console (L{turnrelay.admin.manhole}) offers: the live
 objects of a running relay, and small helpers that answer in readable text.
+One concept (the console's vocabulary), hence one module, if a long one.
 
 The helpers are plain methods of L{AdminConsole}: they read and act through
 the relay's public API (L{turnrelay.service.RelayService}) and return text,
@@ -31,7 +32,8 @@ from turnrelay.logs import LEVELS, Logger, logLevel, setLogLevel
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import TRANSPORT_TCP
 from turnrelay.transports.tls import fingerprint
-from turnrelay.turn.allocation import Allocation, AllocationRegistry
+from turnrelay.turn.allocation import Allocation
+from turnrelay.turn.registry import AllocationRegistry
 
 KILL_REASON = "killed by the administrator"
 

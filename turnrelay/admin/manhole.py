@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_admin_manhole -*-
 """
 The SSH admin console ("manhole"): a Python prompt inside the running relay,
-for its operator.
+for its operator.  One concept, the SSH side of the console (credentials,
+the session, the terminal), which is why the module is long; what the
+console offers is L{turnrelay.admin.console}'s.
 
 It is off unless C{manhole} is set (C{--manhole tcp:2222:interface=127.0.0.1})
 and, unless C{manhole-allow-remote} says otherwise, listens on loopback only

@@ -77,7 +77,7 @@ class IExpiringCredentials(Interface):
         """
 
 
-def _sameRealm(realm: str, preparedRealm: str) -> bool:
+def sameRealm(realm: str, preparedRealm: str) -> bool:
     """
     Compare a realm with one already prepared with OpaqueString, in their
     prepared forms (RFC 8489 section 14.9).
@@ -159,7 +159,7 @@ class StaticCredentials:
         @see: L{ICredentialStore.keysFor}
         """
         keys = self._keys.get(username)
-        if keys is None or algorithm not in keys or not _sameRealm(realm, self._preparedRealm):
+        if keys is None or algorithm not in keys or not sameRealm(realm, self._preparedRealm):
             return []
         return [keys[algorithm]]
 
@@ -167,7 +167,7 @@ class StaticCredentials:
         """
         @see: L{ICredentialStore.usernameForHash}
         """
-        if not _sameRealm(realm, self._preparedRealm):
+        if not sameRealm(realm, self._preparedRealm):
             return None
         return self._userHashes.get(userhash)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attr
 
-from turnrelay.auth.credentials import ICredentialStore, IExpiringCredentials
+from turnrelay.auth.credentials import ICredentialStore, IExpiringCredentials, sameRealm
 from turnrelay.auth.nonce import NonceMinter
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import (
@@ -107,7 +107,6 @@ class LongTermAuthenticator:
         @raise ValueError: C{realm} is not a valid OpaqueString.
         """
         self.realm = realm
-        self._preparedRealm = opaqueString(realm)
         self.credentials = credentials
         self.nonces = nonces
 
@@ -133,16 +132,18 @@ class LongTermAuthenticator:
             attributes += ((PASSWORD_ALGORITHMS, self.passwordAlgorithms),)
         return attributes
 
-    def _isOurRealm(self, realm: str) -> bool:
+    @property
+    def realm(self) -> str:
         """
-        Compare a REALM with ours after OpaqueString (RFC 8489 section 14.9).
+        The server's realm; setting it (a configuration reload) prepares it
+        with OpaqueString for comparisons.
         """
-        if realm == self.realm:
-            return True
-        try:
-            return opaqueString(realm) == self._preparedRealm
-        except ValueError:
-            return False
+        return self._realm
+
+    @realm.setter
+    def realm(self, realm: str) -> None:
+        self._preparedRealm = opaqueString(realm)
+        self._realm = realm
 
     def _algorithm(self, request: STUNMessage, nonce: str) -> int | None:
         """
@@ -209,7 +210,7 @@ class LongTermAuthenticator:
         if algorithm is None:
             return _failure(400, "bid-down")
 
-        if not self._isOurRealm(realm):
+        if not sameRealm(realm, self._preparedRealm):
             return _failure(401, "bad-realm", self.challenge(clientAddress))
         if username is None:
             username = self.credentials.usernameForHash(userhash, self.realm)

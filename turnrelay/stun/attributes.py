@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_stun_attributes -*-
 """
-STUN attribute types and their typed values.
+STUN attribute types and their typed values: one concept, every codec of
+the attribute registry, in one module.
 
 Each known attribute type has a codec: a pair of functions turning the
 attribute's value bytes into a Python value and back.  The value types are:

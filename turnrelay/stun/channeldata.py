@@ -47,6 +47,24 @@ def encodeChannelData(channelNumber: int, data: bytes, pad: bool = False) -> byt
     return frame
 
 
+def splitChannelData(frame: bytes) -> Optional[Tuple[int, bytes]]:
+    """
+    Split a ChannelData message into its channel number and data, without
+    judging the number: the data path's decoder, for which an unknown
+    channel and a malformed frame are the same drop.
+
+    @return: C{(channelNumber, data)}, or L{None} when the frame is shorter
+        than its header or than its length field says.
+    """
+    size = len(frame)
+    if size < CHANNEL_DATA_HEADER_SIZE:
+        return None
+    end = CHANNEL_DATA_HEADER_SIZE + ((frame[2] << 8) | frame[3])
+    if size < end:
+        return None
+    return (frame[0] << 8) | frame[1], frame[CHANNEL_DATA_HEADER_SIZE:end]
+
+
 def decodeChannelData(frame: bytes, maximum: int = CHANNEL_NUMBER_MAX) -> Tuple[int, bytes]:
     """
     Split a ChannelData message into its channel number and data.
@@ -60,14 +78,15 @@ def decodeChannelData(frame: bytes, maximum: int = CHANNEL_NUMBER_MAX) -> Tuple[
     @raise STUNDecodeError: the frame is shorter than its length field says,
         or the number is not a channel number.
     """
-    if len(frame) < CHANNEL_DATA_HEADER_SIZE:
-        raise STUNDecodeError(f"ChannelData of {len(frame)} bytes")
-    channelNumber, size = _channelHeader.unpack_from(frame)
-    if not CHANNEL_NUMBER_MIN <= channelNumber <= maximum:
-        raise STUNDecodeError(f"0x{channelNumber:04X} is not a channel number")
-    if len(frame) < CHANNEL_DATA_HEADER_SIZE + size:
+    split = splitChannelData(frame)
+    if split is None:
+        if len(frame) < CHANNEL_DATA_HEADER_SIZE:
+            raise STUNDecodeError(f"ChannelData of {len(frame)} bytes")
+        size = (frame[2] << 8) | frame[3]
         raise STUNDecodeError(f"ChannelData says {size} bytes, {len(frame) - 4} present")
-    return channelNumber, frame[CHANNEL_DATA_HEADER_SIZE : CHANNEL_DATA_HEADER_SIZE + size]
+    if not CHANNEL_NUMBER_MIN <= split[0] <= maximum:
+        raise STUNDecodeError(f"0x{split[0]:04X} is not a channel number")
+    return split
 
 
 def frameLength(buffer: bytes | bytearray | memoryview) -> Optional[int]:

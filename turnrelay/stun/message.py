@@ -5,7 +5,8 @@ STUN messages: the header, the attribute list, integrity and FINGERPRINT.
 L{decodeMessage} is total: whatever bytes it is given, it returns a
 L{STUNMessage} or raises L{STUNDecodeError}, and its work is linear in the
 input's length.  L{STUNMessage.encode} writes canonical bytes (zero padding,
-integrity and FINGERPRINT last).
+integrity and FINGERPRINT last).  One concept, the message codec, in one
+module.
 
 @see: RFC 8489 sections 5, 6.3, 7, 14.5-14.7.
 """

@@ -28,7 +28,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from turnrelay.interfaces import IReplyChannel
+from turnrelay.interfaces import IClientLink
 from turnrelay.logs import Logger
 from turnrelay.stun.address import TransportAddress, unmapIPv4
 from turnrelay.stun.channeldata import StreamFramer
@@ -128,7 +128,7 @@ class StreamLimits:
         oldest.closeForLimit("shed")
 
 
-@implementer(IReplyChannel, IPushProducer, IHandshakeListener)
+@implementer(IClientLink, IPushProducer, IHandshakeListener)
 class STUNStreamProtocol(Protocol):
     """
     One client connection carrying STUN messages and padded ChannelData back
@@ -215,7 +215,7 @@ class STUNStreamProtocol(Protocol):
         if self._peerConnection is not None:
             self._peerConnection.close()
         _cancel(self._handshakeTimer)
-        self.server.channelClosed(self, "closed with its connection")
+        self.server.linkClosed(self, "closed with its connection")
 
     def closeForLimit(self, reason: str) -> None:
         """

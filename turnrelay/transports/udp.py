@@ -10,20 +10,20 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from twisted.internet.protocol import DatagramProtocol
 from zope.interface import implementer
 
-from turnrelay.interfaces import IReplyChannel
+from turnrelay.interfaces import IClientLink
 from turnrelay.logs import Logger
 from turnrelay.stun.address import TransportAddress, unmapIPv4
 from turnrelay.turn.allocation import Allocation, FiveTuple
 from turnrelay.turn.server import TURNServer
 
 
-@implementer(IReplyChannel)
-class UDPReplyChannel:
+@implementer(IClientLink)
+class UDPClientLink:
     """
     The way back to one UDP client.
 
-    A client without an allocation gets a fresh channel with each message;
-    a client with one keeps its channel, which its listener finds by address.
+    A client without an allocation gets a fresh link with each message; a
+    client with one keeps its link, which its listener finds by address.
 
     @ivar rawAddress: the address as the socket reported it (possibly
         IPv4-mapped), which is what the socket must be given to write to.
@@ -84,7 +84,7 @@ class STUNDatagramProtocol(DatagramProtocol):
 
     @ivar server: the controller the messages go to.
     @ivar serverAddress: our bound address, once listening.
-    @ivar clients: the reply channels of clients with allocations, by the
+    @ivar clients: the links of clients with allocations, by the
         address the socket reports.
     """
 
@@ -94,7 +94,7 @@ class STUNDatagramProtocol(DatagramProtocol):
     def __init__(self, server: TURNServer) -> None:
         self.server = server
         self.serverAddress = TransportAddress("0.0.0.0", 0)
-        self.clients: Dict[Tuple[str, int], UDPReplyChannel] = {}
+        self.clients: Dict[Tuple[str, int], UDPClientLink] = {}
         self.sendto: Callable[[bytes, Tuple[str, int]], object] = self._notListening
 
     @staticmethod
@@ -110,8 +110,8 @@ class STUNDatagramProtocol(DatagramProtocol):
 
     def stopProtocol(self) -> None:
         # The listener is going away: so are the allocations made through it.
-        for channel in list(self.clients.values()):
-            self.server.channelClosed(channel, "closed with its listener")
+        for link in list(self.clients.values()):
+            self.server.linkClosed(link, "closed with its listener")
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         # Never let one client's datagram take the listener down: Twisted
@@ -119,12 +119,12 @@ class STUNDatagramProtocol(DatagramProtocol):
         try:
             first = datagram[0] if datagram else 0xFF
             if 0x40 <= first <= 0x7F:
-                channel = self.clients.get(addr)
-                if channel is not None:
-                    self.server.channelDataReceived(datagram, channel)
+                link = self.clients.get(addr)
+                if link is not None:
+                    self.server.channelDataReceived(datagram, link)
             elif first < 0x04:
-                channel = self.clients.get(addr) or UDPReplyChannel(self, addr)
-                self.server.stunReceived(datagram, channel)
+                link = self.clients.get(addr) or UDPClientLink(self, addr)
+                self.server.stunReceived(datagram, link)
             else:
                 self.log.debug(
                     "dropped a {size}-byte datagram from {client}: neither STUN nor ChannelData",

@@ -1,7 +1,6 @@
-# -*- test-case-name: tests.test_turn_allocation -*-
+# -*- test-case-name: tests.test_turn_relaying -*-
 """
-Allocations, their permissions and channel bindings, and the one registry
-that holds them all, whatever transport the clients came in on.
+Allocations, with their permissions and channel bindings.
 
 Lifetimes run on the injected clock: every allocation, permission and
 channel binding has one timer, reset when it is refreshed, and an expiring
@@ -12,30 +11,31 @@ allocation closes its relay socket.
 
 from __future__ import annotations
 
-import struct
-from random import getrandbits
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from turnrelay.logs import Logger
+from turnrelay.interfaces import IClientLink
 from turnrelay.stun.address import FAMILY_IPV6, TransportAddress
 from turnrelay.stun.attributes import TRANSPORT_UDP
-from turnrelay.stun.message import encodeDataIndication
+
+if TYPE_CHECKING:
+    from turnrelay.turn.datapath import TokenBucket
+
+# What the data path counts on each allocation: relayed packets and bytes
+# each way, and dropped packets by cause: no permission; not valid (an
+# unbound channel, a short frame); over the bandwidth cap; a full socket
+# buffer or a client reading too slowly.
+DROP_COUNTERS = ("droppedPermission", "droppedInvalid", "droppedBandwidth", "droppedCongestion")
+TRAFFIC_COUNTERS = (
+    "packetsToPeer",
+    "bytesToPeer",
+    "packetsFromPeer",
+    "bytesFromPeer",
+) + DROP_COUNTERS
 
 PERMISSION_LIFETIME = 300.0
 CHANNEL_LIFETIME = 600.0
-
-_channelDataHeader = struct.Struct("!HH").pack
-# Zeros that pad ChannelData to 4 bytes on streams, by length modulo 4.
-_PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
-
-
-def _indicationID() -> bytes:
-    # An indication's transaction ID matches nothing and protects nothing
-    # (RFC 8489 section 6): a fast non-cryptographic source is enough.
-    return getrandbits(96).to_bytes(12, "big")
 
 
 class FiveTuple(NamedTuple):
@@ -50,40 +50,6 @@ class FiveTuple(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.transportProtocol}:{self.clientAddress}->{self.serverAddress}"
-
-
-class TokenBucket:
-    """
-    A byte budget that refills at a steady rate: the per-allocation bandwidth
-    cap (RFC 8656 section 21.3.1).  Excess traffic is dropped, not queued.
-
-    @ivar rate: bytes per second.
-    @ivar burst: the most bytes that can be saved up.
-    """
-
-    __slots__ = ("rate", "burst", "_tokens", "_last", "_clock")
-
-    def __init__(self, clock: IReactorTime, rate: float, burst: Optional[float] = None) -> None:
-        self._clock = clock
-        self.rate = rate
-        self.burst = burst if burst is not None else rate
-        self._tokens = self.burst
-        self._last = clock.seconds()
-
-    def take(self, size: int) -> bool:
-        """
-        Spend C{size} bytes if the budget allows.
-
-        @return: whether the packet may be sent.
-        """
-        now = self._clock.seconds()
-        tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if tokens < size:
-            self._tokens = tokens
-            return False
-        self._tokens = tokens - size
-        return True
 
 
 class Relay:
@@ -139,7 +105,7 @@ class Allocation:
     data path, and read by logs and the admin console.
 
     @ivar fiveTuple: the client's 5-tuple.
-    @ivar channel: the L{IReplyChannel} back to the client.
+    @ivar link: the L{IClientLink} back to the client.
     @ivar username: who authenticated the Allocate; later requests must match.
     @ivar transactionID: the Allocate's transaction ID, to spot retransmissions.
     @ivar allocateResponse: the bytes answered to that Allocate.
@@ -152,13 +118,14 @@ class Allocation:
     @ivar channels: channel number -> L{ChannelBinding}.
     @ivar channelsByPeer: peer address -> L{ChannelBinding}.
     @ivar bucket: the bandwidth cap, or L{None}.
-    """
 
-    log = Logger()
+    What the data path relays and drops is counted here by
+    L{turnrelay.turn.datapath.DataPath}.
+    """
 
     __slots__ = (
         "fiveTuple",
-        "channel",
+        "link",
         "username",
         "transactionID",
         "allocateResponse",
@@ -171,14 +138,7 @@ class Allocation:
         "bucket",
         "createdAt",
         "expiresAt",
-        "packetsToPeer",
-        "bytesToPeer",
-        "packetsFromPeer",
-        "bytesFromPeer",
-        "droppedPermission",
-        "droppedInvalid",
-        "droppedBandwidth",
-        "droppedCongestion",
+        *TRAFFIC_COUNTERS,
         "_clock",
         "_timer",
         "_onExpiry",
@@ -189,7 +149,7 @@ class Allocation:
         self,
         clock: IReactorTime,
         fiveTuple: FiveTuple,
-        channel: Any,
+        link: IClientLink,
         username: str,
         transactionID: bytes,
         relays: Sequence[Relay],
@@ -204,7 +164,7 @@ class Allocation:
         """
         self._clock = clock
         self.fiveTuple = fiveTuple
-        self.channel = channel
+        self.link = link
         self.username = username
         self.transactionID = transactionID
         self.allocateResponse = b""
@@ -217,11 +177,9 @@ class Allocation:
         self.bucket = bucket
         self.createdAt = clock.seconds()
         self.expiresAt = self.createdAt + lifetime
+        # The counters of TRAFFIC_COUNTERS, declared here for the type checker.
         self.packetsToPeer = self.bytesToPeer = 0
         self.packetsFromPeer = self.bytesFromPeer = 0
-        # Dropped packets, by cause: no permission; not valid (an unbound
-        # channel, a short frame); over the bandwidth cap; a full socket
-        # buffer or a client reading too slowly.
         self.droppedPermission = self.droppedInvalid = 0
         self.droppedBandwidth = self.droppedCongestion = 0
         self._onExpiry = onExpiry
@@ -281,12 +239,7 @@ class Allocation:
         """
         Packets dropped, whatever the cause.
         """
-        return (
-            self.droppedPermission
-            + self.droppedInvalid
-            + self.droppedBandwidth
-            + self.droppedCongestion
-        )
+        return sum(getattr(self, counter) for counter in DROP_COUNTERS)
 
     @property
     def lifetime(self) -> int:
@@ -352,57 +305,6 @@ class Allocation:
         binding = self.channels.pop(number)
         del self.channelsByPeer[binding.peer]
 
-    # The data path -------------------------------------------------------------
-
-    def sendToPeer(self, payload: bytes, peer: Any, sendto: Callable[[bytes, Any], Any]) -> None:
-        """
-        Relay a client's payload to a peer from the relayed address.
-
-        @param sendto: the send function of the relay socket of the peer's
-            family (L{ChannelBinding.sendto}, L{sendtoFor}).  The caller has
-            checked the permission.
-        """
-        size = len(payload)
-        bucket = self.bucket
-        if bucket is not None and not bucket.take(size):
-            self.droppedBandwidth += 1
-            return
-        try:
-            sendto(payload, peer)
-        except OSError:
-            # EAGAIN: the socket buffer is full; drop, as a router would.
-            self.droppedCongestion += 1
-            return
-        self.packetsToPeer += 1
-        self.bytesToPeer += size
-
-    def peerDataReceived(self, payload: bytes, peer: Any) -> None:
-        """
-        Relay a peer's datagram to the client: ChannelData when a channel is
-        bound to the peer (RFC 8656 section 12.5 makes that a MUST), a Data
-        indication otherwise; nothing without a permission (section 9).
-        """
-        if peer[0] not in self.permissions:
-            self.droppedPermission += 1
-            return
-        size = len(payload)
-        bucket = self.bucket
-        if bucket is not None and not bucket.take(size):
-            self.droppedBandwidth += 1
-            return
-        binding = self.channelsByPeer.get(peer)
-        if binding is not None:
-            frame = _channelDataHeader(binding.number, size) + payload
-            if size & 3 and self.fiveTuple.transportProtocol != "udp":
-                frame += _PADDING[size & 3]
-        else:
-            frame = encodeDataIndication(_indicationID(), peer, payload)
-        if self.channel.relay(frame):
-            self.packetsFromPeer += 1
-            self.bytesFromPeer += size
-        else:
-            self.droppedCongestion += 1
-
     # The end -------------------------------------------------------------------
 
     def release(self) -> None:
@@ -436,143 +338,6 @@ class Allocation:
             "client": str(self.fiveTuple),
             "relayed": " ".join(str(address) for address in self.relayedAddresses),
             "duration": round(self._clock.seconds() - self.createdAt, 3),
-            "packetsToPeer": self.packetsToPeer,
-            "bytesToPeer": self.bytesToPeer,
-            "packetsFromPeer": self.packetsFromPeer,
-            "bytesFromPeer": self.bytesFromPeer,
             "dropped": self.dropped,
-            "droppedPermission": self.droppedPermission,
-            "droppedInvalid": self.droppedInvalid,
-            "droppedBandwidth": self.droppedBandwidth,
-            "droppedCongestion": self.droppedCongestion,
+            **{counter: getattr(self, counter) for counter in TRAFFIC_COUNTERS},
         }
-
-
-class UsageTotals:
-    """
-    What ended allocations relayed, so that totals stay monotonic counters
-    when allocations come and go (metrics add the live ones).
-    """
-
-    FIELDS = (
-        "packetsToPeer",
-        "bytesToPeer",
-        "packetsFromPeer",
-        "bytesFromPeer",
-        "droppedPermission",
-        "droppedInvalid",
-        "droppedBandwidth",
-        "droppedCongestion",
-    )
-
-    def __init__(self) -> None:
-        self.allocations = 0
-        self.counts: Dict[str, int] = dict.fromkeys(self.FIELDS, 0)
-
-    def add(self, allocation: Allocation) -> None:
-        """
-        Count an allocation that ended.
-        """
-        self.allocations += 1
-        for field in self.FIELDS:
-            self.counts[field] += getattr(allocation, field)
-
-
-class AllocationRegistry:
-    """
-    Every live allocation, keyed by 5-tuple, for all transports at once.
-
-    Adding and removing keep each client's reply channel pointing at its
-    allocation, so that the data path finds it with one attribute read.
-    Removing releases the allocation's timers and relay socket and logs its
-    usage.
-    """
-
-    log = Logger()
-
-    def __init__(self) -> None:
-        self._allocations: Dict[FiveTuple, Allocation] = {}
-        self._byUser: Dict[str, Set[Allocation]] = {}
-        self._emptyWaiters: List[Deferred[None]] = []
-        # Totals of ended allocations, by client transport.
-        self.ended: Dict[str, UsageTotals] = {}
-
-    def whenEmpty(self) -> Deferred[None]:
-        """
-        @return: a L{Deferred} that fires when no allocation is left (at
-            once if none is).
-        """
-        if not self._allocations:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._emptyWaiters.append(d)
-        return d
-
-    def __len__(self) -> int:
-        return len(self._allocations)
-
-    def __iter__(self) -> Iterator[Allocation]:
-        return iter(list(self._allocations.values()))
-
-    def get(self, fiveTuple: FiveTuple) -> Optional[Allocation]:
-        """
-        @return: the allocation on C{fiveTuple}, or L{None}.
-        """
-        return self._allocations.get(fiveTuple)
-
-    def countForUser(self, username: str) -> int:
-        """
-        @return: how many allocations C{username} holds (the 486 quota counts
-            per username, RFC 8656 section 7.2).
-        """
-        return len(self._byUser.get(username, ()))
-
-    def forUser(self, username: str) -> List[Allocation]:
-        """
-        @return: C{username}'s allocations.
-        """
-        return list(self._byUser.get(username, ()))
-
-    def add(self, allocation: Allocation) -> None:
-        """
-        Register a new allocation and point its client's channel at it.
-        """
-        self._allocations[allocation.fiveTuple] = allocation
-        self._byUser.setdefault(allocation.username, set()).add(allocation)
-        allocation.channel.attach(allocation)
-        self.log.info(
-            "allocation {relayed} created for {username} on {client}, lifetime {lifetime} s",
-            relayed=" ".join(str(address) for address in allocation.relayedAddresses),
-            username=allocation.username,
-            client=str(allocation.fiveTuple),
-            lifetime=allocation.lifetime,
-        )
-
-    def remove(self, allocation: Allocation, reason: str) -> None:
-        """
-        End an allocation: unregister it, release it, log its usage.
-
-        @param reason: C{"deleted"}, C{"expired"}, C{"closed"}, ...
-        """
-        if self._allocations.get(allocation.fiveTuple) is not allocation:
-            return
-        del self._allocations[allocation.fiveTuple]
-        owned = self._byUser[allocation.username]
-        owned.discard(allocation)
-        if not owned:
-            del self._byUser[allocation.username]
-        allocation.channel.detach(allocation)
-        allocation.release()
-        self.log.info(
-            "allocation {relayed} {reason}: {username} on {client}, {duration} s, "
-            "{packetsToPeer} packets ({bytesToPeer} bytes) to peers, "
-            "{packetsFromPeer} packets ({bytesFromPeer} bytes) from peers, {dropped} dropped",
-            reason=reason,
-            **allocation.usage(),
-        )
-        transport = allocation.fiveTuple.transportProtocol
-        self.ended.setdefault(transport, UsageTotals()).add(allocation)
-        if not self._allocations:
-            waiters, self._emptyWaiters = self._emptyWaiters, []
-            for d in waiters:
-                d.callback(None)

@@ -10,6 +10,10 @@ L{PeerPolicy} is the one place that decision is made; the controller asks it
 for every XOR-PEER-ADDRESS (CreatePermission, ChannelBind, Send, Connect)
 before it installs, binds, forwards or connects anything.
 
+The module is long because the concept is: every spelling of an address
+(mapped, SIIT, NAT64, 6to4, Teredo) is reduced to one canonical form here,
+and the tables of denied ranges, own addresses and relay ports live with it.
+
 @see: C{shared/spec/security-notes.md}, section 1 (what is denied and why)
     and section 4 (the defaults turnrelay ships).
 @see: RFC 8656 sections 21.1.4, 21.2.2 and 21.4.
@@ -312,9 +316,10 @@ class _RangeTable:
         return cls(tuple(starts), tuple(ends), tuple(labels))
 
 
-def _parseNetwork(text: str) -> Union[IPv4Network, IPv6Network]:
+def parseNetwork(text: str) -> Union[IPv4Network, IPv6Network]:
     """
-    Parse one CIDR string strictly.
+    Parse one CIDR string strictly: the one rule for peer networks, which
+    L{turnrelay.config} applies to C{allow-peer} and C{deny-peer} too.
 
     @param text: a network such as C{10.0.0.0/8}; a bare address means a
         single-address network.
@@ -370,7 +375,7 @@ def _parseEntries(entries: Iterable[str], kind: str) -> Tuple[Tuple[str, List[_B
         if not isinstance(entry, str):
             raise ValueError(f"invalid peer {kind} entry {entry!r}: not a string")
         try:
-            net = _parseNetwork(entry.strip())
+            net = parseNetwork(entry.strip())
         except ValueError as e:
             raise ValueError(f"invalid peer {kind} entry {entry!r}: {e}") from None
         label = _networkText(net)
@@ -410,7 +415,7 @@ def _builtinTable(allowLoopback: bool) -> _RangeTable:
         label: Optional[str] = reason
         if allowLoopback and reason == LOOPBACK:
             label = None
-        blocks.extend(_networkBlocks(_parseNetwork(cidr), label))
+        blocks.extend(_networkBlocks(parseNetwork(cidr), label))
     return _RangeTable.build(blocks)
 
 
@@ -620,24 +625,6 @@ class PeerPolicy:
             relayAddresses=self.relayAddresses,
             ownServices=self.ownServices,
         )
-
-    def addOwnAddress(self, host: str) -> None:
-        """
-        Deny one more of turnrelay's own addresses, on every port.
-
-        Listening and relay sockets bind at start-up, after the policy is
-        built; each reports its address here.  A wildcard address (C{0.0.0.0}
-        or C{::}) is accepted but says nothing new: it is denied already, and
-        the interface addresses behind it must be added one by one.
-
-        @param host: an IP address.
-        @raise ValueError: if C{host} is not an IP address.
-        """
-        text, key = _ownKey(host)
-        if text in self._own:
-            return
-        self._own[text] = key
-        self._update()
 
     def addRelayAddress(self, host: str, ports: range) -> None:
         """

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_turn_relay -*-
+# -*- test-case-name: tests.test_turn_allocate -*-
 """
 Relay sockets: the UDP ports allocations are relayed from.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import socket
 import sys
-from typing import Any, Optional, Set, Tuple
+from typing import Any, Callable, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
@@ -39,22 +39,24 @@ IP_PMTUDISC_DO: Optional[int] = getattr(socket, "IP_PMTUDISC_DO", 2 if _LINUX el
 
 class RelayProtocol(DatagramProtocol):
     """
-    The peer side of one allocation: hands every datagram to it.
+    The peer side of one allocation's relay socket: hands every datagram to
+    the data path.
 
-    @ivar allocation: the allocation, once it exists.
+    @ivar deliver: called with each datagram and the peer's address, once
+        the allocation exists (L{turnrelay.turn.datapath.DataPath}).
     """
 
     noisy = False
     log = Logger()
 
     def __init__(self) -> None:
-        self.allocation: Any = None
+        self.deliver: Optional[Callable[[bytes, Any], None]] = None
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        allocation = self.allocation
-        if allocation is not None:
+        deliver = self.deliver
+        if deliver is not None:
             try:
-                allocation.peerDataReceived(datagram, addr)
+                deliver(datagram, addr)
             except Exception:
                 self.log.failure("while relaying a datagram from {peer}", peer=addr)
 

@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.test_turn_relaying -*-
+"""
+CreatePermission and ChannelBind: what lets a peer's data through, and
+which peers may be named at all.
+
+The state they install (a permission per peer IP, a channel per number)
+lives on the allocation; the data path reads it.
+
+@see: RFC 8656 sections 9, 10 and 12.
+"""
+
+from __future__ import annotations
+
+from turnrelay.stun import attributes as A
+from turnrelay.stun.address import TransportAddress
+from turnrelay.stun.channeldata import isChannelNumber
+from turnrelay.stun.message import STUNMessage
+from turnrelay.turn.allocation import Allocation
+from turnrelay.turn.limits import RelayLimits
+from turnrelay.turn.policy import PeerPolicy
+from turnrelay.turn.refusals import Refusal
+
+
+def checkPeer(policy: PeerPolicy, peer: TransportAddress, withPort: bool) -> None:
+    """
+    Refuse a peer the policy denies (403).
+
+    @param withPort: judge the port too; a permission is for an IP address,
+        whatever the port (RFC 8656 section 9), so CreatePermission does not.
+    @raise Refusal: 403, with the policy's reason.
+    """
+    reason = policy.peerDenialReason(peer) if withPort else policy.denialReason(peer.host)
+    if reason is not None:
+        raise Refusal(403, f"peer {peer} refused: {reason}")
+
+
+def checkFamily(allocation: Allocation, peer: TransportAddress) -> None:
+    """
+    @raise Refusal: 443, the peer's family is not one the allocation relays.
+    """
+    if peer.family not in allocation.relays:
+        raise Refusal(443, "peer address family differs from the allocation's")
+
+
+def createPermission(
+    request: STUNMessage, allocation: Allocation, policy: PeerPolicy, limits: RelayLimits
+) -> STUNMessage:
+    """
+    Install or refresh permissions for every XOR-PEER-ADDRESS, or none.
+    """
+    peers = request.getAll(A.XOR_PEER_ADDRESS)
+    if not peers:
+        raise Refusal(400, "no XOR-PEER-ADDRESS")
+    # All or nothing: check every address before installing any.
+    for peer in peers:
+        checkFamily(allocation, peer)
+    for peer in peers:
+        checkPeer(policy, peer, withPort=False)
+    hosts = {peer.host for peer in peers}
+    if len(hosts | allocation.permissions.keys()) > limits.maxPermissions:
+        raise Refusal(508, "permission limit reached")
+    for host in hosts:
+        allocation.installPermission(host)
+    return request.successResponse()
+
+
+def channelBind(
+    request: STUNMessage, allocation: Allocation, policy: PeerPolicy, limits: RelayLimits
+) -> STUNMessage:
+    """
+    Bind or refresh a channel to a peer, and the peer's permission with it.
+    """
+    number = request.get(A.CHANNEL_NUMBER)
+    peer = request.get(A.XOR_PEER_ADDRESS)
+    if allocation.transport != A.TRANSPORT_UDP:
+        raise Refusal(400, "channels are for UDP allocations")
+    if number is None or peer is None:
+        raise Refusal(400, "CHANNEL-NUMBER or XOR-PEER-ADDRESS missing")
+    if not isChannelNumber(number, limits.maxChannelNumber):
+        raise Refusal(400, f"channel 0x{number:04X} outside 0x4000-0x{limits.maxChannelNumber:04X}")
+    if allocation.channelConflict(number, peer):
+        raise Refusal(400, f"channel 0x{number:04X} or peer {peer} already bound otherwise")
+    checkFamily(allocation, peer)
+    checkPeer(policy, peer, withPort=True)
+    if number not in allocation.channels and (
+        len(allocation.channels) >= limits.maxChannels
+        or (
+            peer.host not in allocation.permissions
+            and len(allocation.permissions) >= limits.maxPermissions
+        )
+    ):
+        raise Refusal(508, "channel or permission limit reached")
+    allocation.bindChannel(number, peer)
+    return request.successResponse()
