@@ -5,6 +5,11 @@ Tests for L{turnrelay.config}.
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
+import tomllib
+from io import StringIO
 
 import attr
 from twisted.trial.unittest import SynchronousTestCase
@@ -16,9 +21,13 @@ from turnrelay.config import (
     ListenerConfig,
     RelayConfig,
     buildConfig,
+    exampleConfig,
     loadConfigFile,
+    main,
     parseListen,
 )
+from turnrelay.logs import LEVELS
+from turnrelay.turn.policy import PeerPolicy
 
 EXAMPLE_CONFIG = os.path.join(os.path.dirname(__file__), "..", "conf", "turnrelay.conf")
 
@@ -192,11 +201,130 @@ class BuildConfigTests(SynchronousTestCase):
         for setting in SETTINGS:
             self.assertIn(setting.name, text)
 
+    def test_exampleFileGenerated(self) -> None:
+        """
+        The example file is what the declarations generate, so that it can
+        never disagree with them.
+        """
+        with open(EXAMPLE_CONFIG) as f:
+            text = f.read()
+        self.assertEqual(
+            text,
+            exampleConfig(),
+            "conf/turnrelay.conf is out of date: "
+            "python -m turnrelay.config --example > conf/turnrelay.conf",
+        )
+
+    def test_exampleKeysParse(self) -> None:
+        """
+        Every key the example file shows, uncommented, is valid TOML and a
+        valid value of its setting; and a key shown without a "Default:"
+        line is shown with the default itself.
+        """
+        shown = re.compile(r"^# ([a-z0-9-]+ = .*)$")
+        lines = [shown.sub(r"\1", line) for line in exampleConfig().splitlines()]
+        values = tomllib.loads("\n".join(lines))
+        self.assertEqual(sorted(values), sorted(setting.name for setting in SETTINGS))
+        for setting in SETTINGS:
+            raw = values[setting.name]
+            if setting.repeatable:
+                parsed = tuple(setting.parse(item) for item in raw)
+            else:
+                parsed = setting.parse(raw)
+            if setting.example is None:
+                self.assertEqual(parsed, setting.default, setting.name)
+
+    def test_settingsAreTheFields(self) -> None:
+        """
+        The settings are the fields of L{RelayConfig}, in order, with their
+        defaults; names are unique and a tuple default makes a setting
+        repeatable.
+        """
+        fields = attr.fields(RelayConfig)
+        self.assertEqual([s.field for s in SETTINGS], [f.name for f in fields])
+        self.assertEqual([s.default for s in SETTINGS], [f.default for f in fields])
+        self.assertEqual(len({s.name for s in SETTINGS}), len(SETTINGS))
+        self.assertEqual(
+            {s.name for s in SETTINGS if s.repeatable},
+            {"listen", "user", "static-auth-secret", "allow-peer", "deny-peer", "alternate-server"},
+        )
+
+    def test_secretsOutOfRepr(self) -> None:
+        """
+        Passwords and shared secrets stay out of the configuration's repr.
+        """
+        config = buildConfig({"user": ["alice:hunter22"], "static-auth-secret": ["s3cr3t-value"]})
+        self.assertNotIn("hunter22", repr(config))
+        self.assertNotIn("s3cr3t-value", repr(config))
+
+    def test_optionHelpShowsRealDefaults(self) -> None:
+        """
+        The --help text of a setting names its value and shows its default as
+        computed from the field, so it cannot drift: every default listener,
+        TLS on 5349 included.
+        """
+        texts = {setting.name: setting.optionHelp() for setting in SETTINGS}
+        self.assertTrue(
+            texts["listen"].endswith(
+                "[repeatable; default: udp:3478:interface=127.0.0.1, "
+                "tcp:3478:interface=127.0.0.1, tls:5349:interface=127.0.0.1]"
+            )
+        )
+        self.assertEqual(
+            texts["max-lifetime"],
+            "SECONDS: The longest allocation lifetime granted, in seconds. [default: 3600]",
+        )
+        self.assertIn("[default: the first listener's specific IPv4 address", texts["relay-ip"])
+        self.assertNotIn("default", texts["allow-loopback-peers"])
+        for setting in SETTINGS:
+            if not setting.flag:
+                self.assertTrue(texts[setting.name].startswith(setting.metavar + ": "))
+
+    def test_logLevelHelpNamesEveryLevel(self) -> None:
+        """
+        The log-level help names every level turnrelay.logs knows.
+        """
+        (setting,) = [s for s in SETTINGS if s.name == "log-level"]
+        for level in LEVELS:
+            self.assertIn(level, setting.help)
+
+    def test_importsNoTwisted(self) -> None:
+        """
+        Importing the configuration imports no Twisted, so that an embedder
+        can build and check one first.
+        """
+        code = (
+            "import sys, turnrelay.config; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'twisted'))"
+        )
+        output = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        self.assertEqual(output.strip(), "[]")
+
+    def test_main(self) -> None:
+        """
+        C{python -m turnrelay.config --example} writes the example file; any
+        other arguments are a usage error.
+        """
+        out, err = StringIO(), StringIO()
+        self.assertEqual(main(["--example"], out, err), 0)
+        self.assertEqual(out.getvalue(), exampleConfig())
+        self.assertEqual(main([], out, err), 2)
+        self.assertIn("--example", err.getvalue())
+
     def writeFile(self, content: str) -> str:
         path = self.mktemp()
         with open(path, "w") as f:
             f.write(content)
         return path
+
+    def test_emptyPath(self) -> None:
+        """
+        An empty path is refused, naming the setting.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"tls-chain": ""})
+        self.assertEqual(str(error), "tls-chain: a path must not be empty")
 
     def test_fileUnknownSetting(self) -> None:
         """
@@ -343,3 +471,47 @@ class AddressSpellingTests(SynchronousTestCase):
                 "manhole",
                 "manhole-allow-remote",
             )
+
+
+class PeerNetworkTests(SynchronousTestCase):
+    """
+    allow-peer and deny-peer follow the peer policy's one rule for networks.
+    """
+
+    def test_hostBitsRefused(self) -> None:
+        """
+        A network with host bits set is refused in one line that names the
+        setting, the value and the network that was probably meant.
+        """
+        for name in ("allow-peer", "deny-peer"):
+            error = self.assertRaises(ConfigError, buildConfig, {name: ["10.1.2.3/8"]})
+            message = str(error)
+            self.assertNotIn("\n", message)
+            for text in (name, "'10.1.2.3/8'", "host bits", "10.0.0.0/8"):
+                self.assertIn(text, message)
+
+    def test_scopeRefused(self) -> None:
+        """
+        An address with a scope is refused: peers are judged by address.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"allow-peer": ["fe80::1%eth0"]})
+        self.assertIn("scope", str(error))
+
+    def test_notANetwork(self) -> None:
+        """
+        A value that is no address or network is refused with an example.
+        """
+        error = self.assertRaises(ConfigError, buildConfig, {"deny-peer": ["10.0.0.0/33"]})
+        self.assertIn("deny-peer: '10.0.0.0/33' is not an address or CIDR", str(error))
+
+    def test_policyAcceptsWhatConfigAccepts(self) -> None:
+        """
+        What the configuration accepts the peer policy accepts, and what it
+        refuses the policy refuses too.
+        """
+        for text in ("10.0.0.0/8", "10.1.2.3", "::ffff:10.0.0.0/104", "2001:db8::/32"):
+            config = buildConfig({"allow-peer": [text], "deny-peer": [text]})
+            PeerPolicy(allow=config.allowPeers, deny=config.denyPeers)
+        for text in ("10.1.2.3/8", "fe80::1%eth0", "2001:db8::1/32"):
+            self.assertRaises(ConfigError, buildConfig, {"allow-peer": [text]})
+            self.assertRaises(ValueError, PeerPolicy, allow=[text])

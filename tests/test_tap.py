@@ -69,6 +69,18 @@ class OptionsTests(SynchronousTestCase):
         for setting in SETTINGS:
             self.assertIn("--" + setting.name, usage)
 
+    def test_helpFromDeclarations(self) -> None:
+        """
+        Each option's --help text is its setting's, with the value's name and
+        the real default; flags take no value.
+        """
+        options = tap.Options()
+        for setting in SETTINGS:
+            self.assertEqual(options.docs[setting.name], setting.optionHelp())
+            self.assertEqual(setting.name in options.longOpt, setting.flag, setting.name)
+        usage = " ".join(options.getUsage().split())
+        self.assertIn("tls:5349:interface=127.0.0.1]", usage)
+
     def writeFile(self, content: str) -> str:
         path = self.mktemp()
         with open(path, "w") as f:

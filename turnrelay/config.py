@@ -3,25 +3,34 @@
 turnrelay's configuration: one validated value built from the command line,
 a configuration file, or an embedder's own code.
 
-Every setting is declared once, in L{SETTINGS}; the twistd options in
-L{turnrelay.tap} and the configuration file loader are both generated from
-that table, so the two can never disagree.
+Every setting is declared once, as a field of L{RelayConfig} made by
+L{Section.setting}: its name, parser, default, help and documentation.
+Everything else is derived from those declarations: L{SETTINGS}, the twistd
+options in L{turnrelay.tap} and their C{--help} (with the real defaults),
+the configuration file's keys and their validation in L{buildConfig}, and
+the example file C{conf/turnrelay.conf} (L{exampleConfig}; regenerate it
+with C{python -m turnrelay.config --example > conf/turnrelay.conf}).
+
+This module imports no Twisted: an embedder can build and check a
+configuration before it loads anything else.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+import sys
+import textwrap
 import tomllib
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 import attr
 
-from turnrelay.logs import LEVELS
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import TEXT_MAX_CHARACTERS
 from turnrelay.turn.limits import RelayLimits
-from turnrelay.turn.policy import canonicalIP
+from turnrelay.turn.policy import canonicalIP, parseNetwork
 
 
 class ConfigError(ValueError):
@@ -66,201 +75,15 @@ DEFAULT_LISTENERS = (
 )
 
 
-@attr.frozen
-class RelayConfig:
-    """
-    Everything L{turnrelay.service.makeRelayService} needs to build a relay.
+# Parsers: each takes the setting's name and one value from the command line
+# (a string) or from the configuration file (a string, number or boolean),
+# and returns a typed value, raising ConfigError with a message that names
+# the setting and says what is allowed.
 
-    Build it with L{buildConfig} from strings, or directly in Python; its
-    defaults are safe: loopback listeners only, no credentials (so every
-    TURN request is refused), no relaying to private or loopback peers.
-
-    @ivar listeners: the sockets clients reach the relay on.
-    @ivar software: the SOFTWARE attribute to add to responses, or L{None}
-        to send none (the default: it tells attackers the version, and makes
-        unauthenticated responses larger).
-    @ivar realm: the long-term credential realm.
-    @ivar users: static users, C{(name, secret)}; the secret is a password
-        or C{0x} and a hex key.  Kept out of C{repr}.
-    @ivar authSecrets: TURN REST API shared secrets; several at once allow
-        rotation.  Kept out of C{repr}.
-    @ivar restMaxTTL: REST usernames expiring further ahead are refused.
-    @ivar nonceLifetime: seconds before a nonce goes stale (438).
-    @ivar relayIP: the IPv4 address relay sockets bind to; by default the
-        first listener's specific IPv4 address.
-    @ivar relayIP6: the IPv6 address IPv6 relay sockets bind to; by default
-        the first listener's specific IPv6 address, else none (IPv6 relays
-        are then not offered: 440).
-    @ivar externalIP: the address advertised in XOR-RELAYED-ADDRESS when the
-        relay IP is behind NAT.
-    @ivar minPort: the lowest relay port.
-    @ivar maxPort: the highest relay port.
-    @ivar maxLifetime: the longest allocation lifetime granted.
-    @ivar userQuota: allocations per username (0: unlimited).
-    @ivar totalQuota: allocations in all (0: unlimited).
-    @ivar maxPermissions: permissions per allocation.
-    @ivar maxChannels: channel bindings per allocation.
-    @ivar bandwidth: bytes per second per allocation and direction (0: no cap).
-    @ivar allowPeers: CIDRs relayed to even though denied by default.
-    @ivar denyPeers: CIDRs never relayed to, whatever else says.
-    @ivar allowLoopbackPeers: relay to loopback peers (for tests and demos).
-    @ivar logLevel: the lowest level of turnrelay's own events to log.
-    @ivar channelNumbers: C{"rfc5766"} to bind channels 0x4000-0x7FFF, as
-        clients written for RFC 5766 expect, or C{"rfc8656"} for 0x4000-0x4FFF.
-    @ivar tlsCert: the PEM certificate of C{tls} listeners.
-    @ivar tlsKey: its PEM private key.
-    @ivar tlsChain: PEM intermediate certificates to send along, or L{None}.
-    @ivar tlsCheckInterval: seconds between looks at the certificate files
-        for changes (0: only on SIGHUP and admin request).
-    @ivar stateDir: where turnrelay keeps what it generates (the demo's
-        self-signed certificate).
-    @ivar alternateServers: where a draining relay sends new clients (300
-        Try Alternate with ALTERNATE-SERVER).
-    @ivar drainTimeout: seconds a drain waits for allocations to end before
-        ending them.
-    @ivar serverName: the name or address clients use in C{turn:} URLs, for
-        the credentials endpoint and the admin console; by default the
-        external IP, else the relay IP.
-    @ivar manhole: where the SSH admin console listens (TCP), or L{None}
-        (the default: off).
-    @ivar manholeAuthorizedKeys: the OpenSSH authorized_keys file whose keys
-        may log in to the console; read again at each login.
-    @ivar manholePasswords: an optional file of C{user:password} lines that
-        may log in too.
-    @ivar manholeAllowRemote: let the console listen on a non-loopback
-        address (refused otherwise).
-    @ivar metrics: where the Prometheus endpoint listens (TCP), or L{None}.
-    @ivar credentialsEndpoint: where the HTTP credentials endpoint listens
-        (TCP), or L{None}.
-    @ivar credentialsTokenFile: the file holding the bearer token that
-        callers of the credentials endpoint must present.
-    @ivar credentialsTTL: seconds the credentials it mints stay valid.
-    @ivar streamIdleTimeout: seconds a TCP or TLS connection without an
-        allocation may stay silent.
-    @ivar tlsHandshakeTimeout: seconds a TLS handshake may take.
-    @ivar maxUnallocatedConnections: TCP and TLS connections that may be
-        open without an allocation at once; when they are, the source holding
-        the most loses its oldest to make room.
-    @ivar maxUnallocatedPerSource: TCP and TLS connections one source (an
-        IPv4 address, an IPv6 /64) may hold open without an allocation.
-    @ivar streamAllocateTimeout: seconds a TCP or TLS connection has, from
-        its start or from the end of its allocation, to allocate; traffic
-        does not extend it.
-    @ivar streamMaxUnsent: bytes a TCP or TLS connection may leave unsent
-        after it has asked us to pause (reading from it stops meanwhile);
-        beyond, it is closed.
-    @ivar maxPeerConnections: RFC 6062 peer connections, pending and
-        established, per allocation.
-    @ivar descriptorReserve: file descriptors kept free below the process's
-        limit: within it, listeners stop accepting, Allocate and Connect get
-        508, and peers' connections are refused.
-    @ivar unauthenticatedRate: unauthenticated UDP responses per second to
-        one source (an IPv4 address, an IPv6 /64); beyond, requests are
-        dropped and counted.
-    @ivar unauthenticatedBurst: how many such responses a source may have
-        at once before the rate applies.
-    @ivar sourceTableSize: how many sources the per-source tables (the rate
-        limit above, unallocated connections) remember.
-    @ivar refusalSummaryInterval: seconds between the log lines that sum up
-        refused unauthenticated or unverified requests, by reason.
-    @ivar logMaxBytes: the size at which twistd's log file is rotated.
-    @ivar logMaxFiles: how many rotated log files are kept.
-    """
-
-    listeners: Tuple[ListenerConfig, ...] = DEFAULT_LISTENERS
-    software: Optional[str] = None
-    realm: str = "turnrelay"
-    users: Tuple[Tuple[str, str], ...] = attr.field(default=(), repr=False)
-    authSecrets: Tuple[str, ...] = attr.field(default=(), repr=False)
-    restMaxTTL: float = 86400.0
-    nonceLifetime: float = 600.0
-    relayIP: Optional[str] = None
-    relayIP6: Optional[str] = None
-    externalIP: Optional[str] = None
-    minPort: int = 49152
-    maxPort: int = 65535
-    maxLifetime: int = _LIMITS.maxLifetime
-    userQuota: int = _LIMITS.userQuota
-    totalQuota: int = _LIMITS.totalQuota
-    maxPermissions: int = _LIMITS.maxPermissions
-    maxChannels: int = _LIMITS.maxChannels
-    bandwidth: int = _LIMITS.bandwidth
-    allowPeers: Tuple[str, ...] = ()
-    denyPeers: Tuple[str, ...] = ()
-    allowLoopbackPeers: bool = False
-    logLevel: str = "info"
-    channelNumbers: str = "rfc5766"
-    tlsCert: Optional[str] = None
-    tlsKey: Optional[str] = None
-    tlsChain: Optional[str] = None
-    tlsCheckInterval: float = 60.0
-    stateDir: str = "state"
-    alternateServers: Tuple[TransportAddress, ...] = ()
-    drainTimeout: float = 3600.0
-    serverName: Optional[str] = None
-    manhole: Optional[ListenerConfig] = None
-    manholeAuthorizedKeys: Optional[str] = None
-    manholePasswords: Optional[str] = None
-    manholeAllowRemote: bool = False
-    metrics: Optional[ListenerConfig] = None
-    credentialsEndpoint: Optional[ListenerConfig] = None
-    credentialsTokenFile: Optional[str] = None
-    credentialsTTL: float = 86400.0
-    streamIdleTimeout: float = 60.0
-    tlsHandshakeTimeout: float = 10.0
-    maxUnallocatedConnections: int = 1000
-    maxUnallocatedPerSource: int = 64
-    streamAllocateTimeout: float = 30.0
-    streamMaxUnsent: int = 262144
-    maxPeerConnections: int = 100
-    descriptorReserve: int = 64
-    unauthenticatedRate: float = 20.0
-    unauthenticatedBurst: int = 40
-    sourceTableSize: int = 10000
-    refusalSummaryInterval: float = 60.0
-    logMaxBytes: int = 10_000_000
-    logMaxFiles: int = 10
-
-    def effectiveRelayIP(self) -> Optional[str]:
-        """
-        The relay IP: the configured one, else the first listener's specific
-        IPv4 address (in any spelling: C{::ffff:192.0.2.1} is
-        C{192.0.2.1}), else 127.0.0.1 if every listener is on loopback.
-
-        @return: the address, or L{None} when it cannot be guessed (wildcard
-            listeners, C{::ffff:0.0.0.0} among them): the relay then serves
-            STUN only.
-        """
-        if self.relayIP is not None:
-            return self.relayIP
-        addresses = [canonicalIP(listener.interface) for listener in self.listeners]
-        for address in addresses:
-            if address.version == 4 and not address.is_unspecified:
-                return str(address)
-        if all(address.is_loopback for address in addresses):
-            return "127.0.0.1"
-        return None
-
-    def effectiveRelayIP6(self) -> Optional[str]:
-        """
-        The IPv6 relay address: the configured one, else the first
-        listener's specific IPv6 address (not a wildcard, nor an IPv6
-        spelling of an IPv4 address such as C{::ffff:192.0.2.1}).
-
-        @return: the address, or L{None}: no IPv6 relays.
-        """
-        if self.relayIP6 is not None:
-            return self.relayIP6
-        for listener in self.listeners:
-            address = canonicalIP(listener.interface)
-            if address.version == 6 and not address.is_unspecified:
-                return str(address)
-        return None
-
-
-# Parsers: each takes a value from the command line (a string) or from the
-# configuration file (a string, number or list) and returns a typed value,
-# raising ConfigError with a message that says what is allowed.
+Parser = Callable[[str, Any], Any]
+"""
+Reads one raw value, given the setting's name (for error messages).
+"""
 
 _OPTION = re.compile(r":(?=[A-Za-z][A-Za-z0-9_]*=)")
 
@@ -300,169 +123,6 @@ def parseListen(text: str) -> ListenerConfig:
     return ListenerConfig(transport, int(port), interface)
 
 
-def _parseText(name: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = str(value)
-        if not text or len(text) > TEXT_MAX_CHARACTERS:
-            raise ConfigError(f"{name}: {text!r} must be 1 to {TEXT_MAX_CHARACTERS} characters")
-        return text
-
-    return parse
-
-
-def _parseNumber(
-    name: str, low: float, high: float, kind: Callable[[Any], Any] = int
-) -> Callable[[Any], Any]:
-    def parse(value: Any) -> Any:
-        try:
-            number = kind(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is None or not low <= number <= high:
-            raise ConfigError(f"{name}: {value!r} is not a number from {low:g} to {high:g}")
-        return number
-
-    return parse
-
-
-def _parseAddress(name: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        try:
-            return str(ipaddress.ip_address(str(value).strip("[]")))
-        except ValueError:
-            raise ConfigError(f"{name}: {value!r} is not an IP address") from None
-
-    return parse
-
-
-def _parseIPv4(name: str) -> Callable[[Any], str]:
-    # A relay (or external) address is advertised to clients as the relayed
-    # address: it must be one address, never the wildcard.
-    def parse(value: Any) -> str:
-        try:
-            address = ipaddress.IPv4Address(str(value))
-        except ValueError:
-            raise ConfigError(
-                f"{name}: {value!r} is not an IPv4 address (IPv6 relays take relay-ip6)"
-            ) from None
-        if address.is_unspecified:
-            raise ConfigError(
-                f"{name}: {value!r} is a wildcard, which clients cannot reach as a relayed "
-                "address; give one specific IPv4 address"
-            )
-        return str(address)
-
-    return parse
-
-
-def _parseIPv6(name: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        try:
-            address = ipaddress.IPv6Address(str(value).strip("[]"))
-        except ValueError:
-            raise ConfigError(f"{name}: {value!r} is not an IPv6 address") from None
-        canonical = canonicalIP(str(address))
-        if canonical.is_unspecified:
-            raise ConfigError(
-                f"{name}: {value!r} is a wildcard, which clients cannot reach as a relayed "
-                "address; give one specific IPv6 address"
-            )
-        if canonical.version == 4:
-            raise ConfigError(
-                f"{name}: {value!r} is the IPv4 address {canonical} in IPv6 spelling; "
-                "give it as relay-ip, and a real IPv6 address here"
-            )
-        return str(address)
-
-    return parse
-
-
-def _parseNetwork(name: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        try:
-            return str(ipaddress.ip_network(str(value), strict=False))
-        except ValueError:
-            raise ConfigError(
-                f"{name}: {value!r} is not an address or CIDR such as 10.0.0.0/8"
-            ) from None
-
-    return parse
-
-
-def _parseBool(name: str) -> Callable[[Any], bool]:
-    def parse(value: Any) -> bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}: {value!r} is not true or false")
-
-    return parse
-
-
-def _parseLogLevel(value: Any) -> str:
-    text = str(value).lower()
-    if text not in LEVELS:
-        raise ConfigError(f"log-level: {value!r}; expected one of {', '.join(LEVELS)}")
-    return text
-
-
-def _parseAdminListen(name: str) -> Callable[[Any], ListenerConfig]:
-    def parse(value: Any) -> ListenerConfig:
-        try:
-            listener = parseListen(str(value))
-        except ConfigError as e:
-            raise ConfigError(f"{name}: {e}") from None
-        if listener.transport != "tcp":
-            raise ConfigError(f"{name}: {value!r} must be tcp:PORT[:interface=ADDRESS]")
-        return listener
-
-    return parse
-
-
-def _parseAlternate(value: Any) -> TransportAddress:
-    text = str(value)
-    host, colon, port = text.rpartition(":")
-    host = host.strip("[]")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    if not colon or address is None or not port.isdigit() or not 0 < int(port) <= 0xFFFF:
-        raise ConfigError(
-            f"alternate-server: {text!r} is not ADDRESS:PORT, such as 192.0.2.7:3478 "
-            "or [2001:db8::7]:3478 (RFC 8489 needs an address, not a name)"
-        )
-    return TransportAddress(str(address), int(port))
-
-
-def _parseServerName(value: Any) -> str:
-    text = str(value)
-    if not text or any(c in text for c in "/?#@ "):
-        raise ConfigError(f"server-name: {text!r} is not a host name or address")
-    return text
-
-
-def _parsePath(value: Any) -> str:
-    text = str(value)
-    if not text:
-        raise ConfigError("a path must not be empty")
-    return text
-
-
-def _parseChannelNumbers(value: Any) -> str:
-    text = str(value).lower()
-    if text not in ("rfc5766", "rfc8656"):
-        raise ConfigError(
-            f"channel-numbers: {value!r}; expected rfc5766 (0x4000-0x7FFF) or rfc8656 "
-            "(0x4000-0x4FFF)"
-        )
-    return text
-
-
 def parseUser(value: Any) -> Tuple[str, str]:
     """
     Parse a static user, C{NAME:PASSWORD} or C{NAME:0xHEXKEY}.
@@ -489,452 +149,914 @@ def parseUser(value: Any) -> Tuple[str, str]:
     return name, secret
 
 
-def _parseSecret(value: Any) -> str:
+def _parseListen(name: str, value: Any) -> ListenerConfig:
+    return parseListen(str(value))
+
+
+def _parseUser(name: str, value: Any) -> Tuple[str, str]:
+    return parseUser(value)
+
+
+def _parseText(name: str, value: Any) -> str:
     text = str(value)
-    if len(text) < 8:
-        raise ConfigError("static-auth-secret: a shared secret needs at least 8 characters")
+    if not text or len(text) > TEXT_MAX_CHARACTERS:
+        raise ConfigError(f"{name}: {text!r} must be 1 to {TEXT_MAX_CHARACTERS} characters")
     return text
 
 
-def _parseSoftware(value: Any) -> Optional[str]:
+def _parseSoftware(name: str, value: Any) -> Optional[str]:
     text = str(value)
     if len(text) > TEXT_MAX_CHARACTERS:
         raise ConfigError(
-            f"software: {len(text)} characters is too long; at most {TEXT_MAX_CHARACTERS}"
+            f"{name}: {len(text)} characters is too long; at most {TEXT_MAX_CHARACTERS}"
         )
     return text or None
+
+
+def _parseSecret(name: str, value: Any) -> str:
+    text = str(value)
+    if len(text) < 8:
+        raise ConfigError(f"{name}: a shared secret needs at least 8 characters")
+    return text
+
+
+def _parseNumber(low: float, high: float, kind: Callable[[Any], Any] = int) -> Parser:
+    def parse(name: str, value: Any) -> Any:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not low <= number <= high:
+            raise ConfigError(f"{name}: {value!r} is not a number from {low:g} to {high:g}")
+        return number
+
+    return parse
+
+
+def _parseIPv4(name: str, value: Any) -> str:
+    # A relay (or external) address is advertised to clients as the relayed
+    # address: it must be one address, never the wildcard.
+    try:
+        address = ipaddress.IPv4Address(str(value))
+    except ValueError:
+        raise ConfigError(
+            f"{name}: {value!r} is not an IPv4 address (IPv6 relays take relay-ip6)"
+        ) from None
+    if address.is_unspecified:
+        raise ConfigError(
+            f"{name}: {value!r} is a wildcard, which clients cannot reach as a relayed "
+            "address; give one specific IPv4 address"
+        )
+    return str(address)
+
+
+def _parseIPv6(name: str, value: Any) -> str:
+    try:
+        address = ipaddress.IPv6Address(str(value).strip("[]"))
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not an IPv6 address") from None
+    canonical = canonicalIP(str(address))
+    if canonical.is_unspecified:
+        raise ConfigError(
+            f"{name}: {value!r} is a wildcard, which clients cannot reach as a relayed "
+            "address; give one specific IPv6 address"
+        )
+    if canonical.version == 4:
+        raise ConfigError(
+            f"{name}: {value!r} is the IPv4 address {canonical} in IPv6 spelling; "
+            "give it as relay-ip, and a real IPv6 address here"
+        )
+    return str(address)
+
+
+def _parseNetwork(name: str, value: Any) -> str:
+    # The peer policy's own rule (parseNetwork), so that what this accepts
+    # the policy accepts too.
+    text = str(value)
+    try:
+        return str(parseNetwork(text))
+    except ValueError:
+        pass
+    if "%" in text:
+        raise ConfigError(
+            f"{name}: {value!r} has a scope; peers are judged by address alone, "
+            "so give the address or network without one"
+        )
+    try:
+        # Only to say which network was meant.
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ConfigError(
+            f"{name}: {value!r} is not an address or CIDR such as 10.0.0.0/8"
+        ) from None
+    raise ConfigError(
+        f"{name}: {value!r} has host bits set; give the network {network}, "
+        "or one address without a prefix length"
+    )
+
+
+def _parseBool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: {value!r} is not true or false")
+
+
+def _parseLogLevel(name: str, value: Any) -> str:
+    # Imported here: turnrelay.logs brings in twisted.logger, and this module
+    # imports no Twisted.
+    from turnrelay.logs import LEVELS
+
+    text = str(value).lower()
+    if text not in LEVELS:
+        raise ConfigError(f"{name}: {value!r}; expected one of {', '.join(LEVELS)}")
+    return text
+
+
+def _parseChannelNumbers(name: str, value: Any) -> str:
+    text = str(value).lower()
+    if text not in ("rfc5766", "rfc8656"):
+        raise ConfigError(
+            f"{name}: {value!r}; expected rfc5766 (0x4000-0x7FFF) or rfc8656 (0x4000-0x4FFF)"
+        )
+    return text
+
+
+def _parseAdminListen(name: str, value: Any) -> ListenerConfig:
+    try:
+        listener = parseListen(str(value))
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    if listener.transport != "tcp":
+        raise ConfigError(f"{name}: {value!r} must be tcp:PORT[:interface=ADDRESS]")
+    return listener
+
+
+def _parseAlternate(name: str, value: Any) -> TransportAddress:
+    text = str(value)
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if not colon or address is None or not port.isdigit() or not 0 < int(port) <= 0xFFFF:
+        raise ConfigError(
+            f"{name}: {text!r} is not ADDRESS:PORT, such as 192.0.2.7:3478 "
+            "or [2001:db8::7]:3478 (RFC 8489 needs an address, not a name)"
+        )
+    return TransportAddress(str(address), int(port))
+
+
+def _parseServerName(name: str, value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in "/?#@ "):
+        raise ConfigError(f"{name}: {text!r} is not a host name or address")
+    return text
+
+
+def _parsePath(name: str, value: Any) -> str:
+    text = str(value)
+    if not text:
+        raise ConfigError(f"{name}: a path must not be empty")
+    return text
+
+
+@attr.frozen
+class Syntax:
+    """
+    What a setting's values look like, and how to read one.
+
+    @ivar metavar: how C{--help} names a value, or L{None} for a flag (an
+        option that takes no value: giving it means true).
+    @ivar parse: reads one raw value for the setting named by its first
+        argument.
+    """
+
+    metavar: Optional[str]
+    parse: Parser
+
+
+def _seconds(low: float, high: float) -> Syntax:
+    return Syntax("SECONDS", _parseNumber(low, high, float))
+
+
+def _count(low: int, high: int) -> Syntax:
+    return Syntax("N", _parseNumber(low, high))
+
+
+def _bytes(low: int, high: int) -> Syntax:
+    return Syntax("BYTES", _parseNumber(low, high))
+
+
+_FLAG = Syntax(None, _parseBool)
+_FILE = Syntax("FILE", _parsePath)
+_PORT = Syntax("PORT", _parseNumber(1024, 65535))
+_IPV4 = Syntax("ADDRESS", _parseIPv4)
+_CIDR = Syntax("CIDR", _parseNetwork)
+_ADMIN_LISTENER = Syntax("tcp:PORT[:interface=ADDRESS]", _parseAdminListen)
 
 
 @attr.frozen
 class Setting:
     """
-    One configuration setting, as both the command line and the file know it.
+    One configuration setting, as both the command line and the file know
+    it: the declaration of a L{RelayConfig} field (see L{Section.setting}).
 
     @ivar name: the option and key name (C{--listen}, C{listen = [...]}).
-    @ivar help: one line for C{--help} and the example file.
-    @ivar parse: turns one raw value into the typed value.
     @ivar field: the L{RelayConfig} attribute it sets.
-    @ivar repeatable: whether it may be given several times; its values are
-        then collected into a tuple.
-    @ivar metavar: what C{--help} shows for the value.
+    @ivar default: that attribute's default.
+    @ivar syntax: its values' name and parser.
+    @ivar section: where the example file shows it.
+    @ivar help: what it does, for C{--help} and the example file.
+    @ivar doc: a longer text for the example file, or L{None} to use
+        C{help}.
+    @ivar defaultText: how to show a default that is not a value (L{None}
+        standing for a rule, such as C{relay-ip}'s), or L{None}.
+    @ivar example: a raw value the example file shows instead of the
+        default, or L{None}.
+    @ivar active: whether the example file sets it (to its default) rather
+        than showing it commented out.
     """
 
     name: str
-    help: str
-    parse: Callable[[Any], Any]
     field: str
-    repeatable: bool = False
-    metavar: str = "VALUE"
-    flag: bool = False
+    default: Any
+    syntax: Syntax
+    section: Section
+    help: str
+    doc: Optional[str] = None
+    defaultText: Optional[str] = None
+    example: Any = None
+    active: bool = False
+
+    @property
+    def repeatable(self) -> bool:
+        """
+        Whether it may be given several times, its values collected into a
+        tuple: true of every tuple-valued field.
+        """
+        return isinstance(self.default, tuple)
+
+    @property
+    def flag(self) -> bool:
+        """
+        Whether it is a command-line flag, an option without a value.
+        """
+        return self.syntax.metavar is None
+
+    @property
+    def metavar(self) -> str:
+        """
+        How C{--help} names a value.
+        """
+        return self.syntax.metavar or ""
+
+    def parse(self, value: Any) -> Any:
+        """
+        Read one raw value.
+
+        @raise ConfigError: naming the setting, the value and what is allowed.
+        """
+        return self.syntax.parse(self.name, value)
+
+    def optionHelp(self) -> str:
+        """
+        @return: the text of its C{--help} entry: the value's name, the help
+            and the real default.
+        """
+        notes = ["repeatable"] if self.repeatable else []
+        shown = self._shownDefault(_plainValue)
+        if shown is not None and not self.flag:
+            notes.append(f"default: {shown}")
+        text = self.help if self.flag else f"{self.metavar}: {self.help}"
+        return f"{text} [{'; '.join(notes)}]" if notes else text
+
+    def exampleLines(self) -> List[str]:
+        """
+        @return: its lines in the example configuration file: its
+            documentation as comments, then the key set to its default, or
+            to an example after a comment that gives the default; commented
+            out unless C{active}.
+        """
+        lines = _comment(self.doc or self.help)
+        if self.example is None:
+            value = _tomlValue(_rawValue(self.default))
+        else:
+            value = _tomlValue(self.example)
+            shown = self._shownDefault(_tomlValue)
+            if shown is not None:
+                lines += _comment(f"Default: {shown}.")
+        assignment = [f"{self.name} = {value}"]
+        if len(assignment[0]) > _WIDTH - 2 and value.startswith("["):
+            items = [f"    {_tomlValue(item)}," for item in json.loads(value)]
+            assignment = [f"{self.name} = [", *items, "]"]
+        prefix = "" if self.active else "# "
+        return lines + [prefix + line for line in assignment]
+
+    def _shownDefault(self, show: Callable[[Any], str]) -> Optional[str]:
+        if self.defaultText is not None:
+            return self.defaultText
+        if self.default is None or self.default == ():
+            return None
+        return show(_rawValue(self.default))
 
 
-SETTINGS: Tuple[Setting, ...] = (
-    Setting(
-        "listen",
-        "Accept clients on this socket, for example udp:3478:interface=0.0.0.0 or "
-        "tcp:3478:interface=:: (repeatable; default: udp and tcp on 127.0.0.1:3478).",
-        parseListen,
-        "listeners",
-        repeatable=True,
-        metavar="TRANSPORT:PORT[:interface=ADDRESS]",
-    ),
-    Setting(
-        "software",
-        "Send this SOFTWARE attribute in responses (default: none, which keeps "
-        "the version private and responses small).",
-        _parseSoftware,
-        "software",
-        metavar="TEXT",
-    ),
-    Setting(
-        "realm",
-        "The realm of long-term credentials (default: turnrelay).",
-        _parseText("realm"),
-        "realm",
-        metavar="REALM",
-    ),
-    Setting(
-        "user",
-        "A static user, NAME:PASSWORD or NAME:0xKEY with KEY the hex MD5 (or SHA-256) "
-        "of NAME:REALM:PASSWORD (repeatable).  Prefer the configuration file: "
-        "command lines are visible to other local users.",
-        parseUser,
-        "users",
-        repeatable=True,
-        metavar="NAME:PASSWORD",
-    ),
-    Setting(
-        "static-auth-secret",
-        "A TURN REST API shared secret; credentials minted with any of them are "
-        "accepted, so secrets can be rotated (repeatable).",
-        _parseSecret,
-        "authSecrets",
-        repeatable=True,
-        metavar="SECRET",
-    ),
-    Setting(
-        "rest-max-ttl",
-        "Refuse REST usernames expiring more than this many seconds ahead (default: 86400).",
-        _parseNumber("rest-max-ttl", 1, 31536000, float),
-        "restMaxTTL",
-        metavar="SECONDS",
-    ),
-    Setting(
-        "nonce-lifetime",
-        "Seconds before a nonce goes stale and the client gets 438 "
-        "with a fresh one (default: 600).",
-        _parseNumber("nonce-lifetime", 10, 3600, float),
-        "nonceLifetime",
-        metavar="SECONDS",
-    ),
-    Setting(
-        "relay-ip",
-        "The IPv4 address relay sockets bind to (default: the first listener's IPv4 address).",
-        _parseIPv4("relay-ip"),
-        "relayIP",
-        metavar="ADDRESS",
-    ),
-    Setting(
-        "relay-ip6",
-        "The IPv6 address IPv6 relay sockets bind to (default: the first listener's "
-        "specific IPv6 address, else none: IPv6 relays are not offered).",
-        _parseIPv6("relay-ip6"),
-        "relayIP6",
-        metavar="ADDRESS",
-    ),
-    Setting(
-        "external-ip",
-        "The public address to advertise in XOR-RELAYED-ADDRESS when "
-        "relay-ip is behind NAT (default: relay-ip).",
-        _parseIPv4("external-ip"),
-        "externalIP",
-        metavar="ADDRESS",
-    ),
-    Setting(
-        "min-port",
-        "The lowest relay port (default: 49152).",
-        _parseNumber("min-port", 1024, 65535),
-        "minPort",
-        metavar="PORT",
-    ),
-    Setting(
-        "max-port",
-        "The highest relay port (default: 65535).",
-        _parseNumber("max-port", 1024, 65535),
-        "maxPort",
-        metavar="PORT",
-    ),
-    Setting(
-        "max-lifetime",
-        "The longest allocation lifetime granted, in seconds (default: 3600).",
-        _parseNumber("max-lifetime", 60, 86400),
-        "maxLifetime",
-        metavar="SECONDS",
-    ),
-    Setting(
-        "user-quota",
-        "Allocations one username may hold; 0 for no limit (default: 10).",
-        _parseNumber("user-quota", 0, 10**6),
-        "userQuota",
-        metavar="N",
-    ),
-    Setting(
-        "total-quota",
-        "Allocations in all; 0 for no limit (default: 10000).",
-        _parseNumber("total-quota", 0, 10**7),
-        "totalQuota",
-        metavar="N",
-    ),
-    Setting(
-        "max-permissions",
-        "Permissions per allocation (default: 64).",
-        _parseNumber("max-permissions", 1, 10**5),
-        "maxPermissions",
-        metavar="N",
-    ),
-    Setting(
-        "max-channels",
-        "Channel bindings per allocation (default: 64).",
-        _parseNumber("max-channels", 1, 4096),
-        "maxChannels",
-        metavar="N",
-    ),
-    Setting(
-        "bandwidth",
-        "Bytes per second one allocation may relay each way; excess is "
-        "dropped.  0 for no cap (default: 0).",
-        _parseNumber("bandwidth", 0, 10**10),
-        "bandwidth",
-        metavar="BYTES",
-    ),
-    Setting(
-        "allow-peer",
-        "Relay to this address or CIDR although it is denied by default, "
-        "for example a LAN (repeatable).",
-        _parseNetwork("allow-peer"),
-        "allowPeers",
-        repeatable=True,
-        metavar="CIDR",
-    ),
-    Setting(
-        "deny-peer",
-        "Never relay to this address or CIDR (repeatable; beats allow-peer).",
-        _parseNetwork("deny-peer"),
-        "denyPeers",
-        repeatable=True,
-        metavar="CIDR",
-    ),
-    Setting(
-        "allow-loopback-peers",
-        "Relay to loopback peers (127.0.0.0/8, ::1): for tests and demos only.",
-        _parseBool("allow-loopback-peers"),
-        "allowLoopbackPeers",
-        flag=True,
-    ),
-    Setting(
-        "log-level",
-        "The lowest level of turnrelay's own log events: "
-        + ", ".join(LEVELS)
-        + " (default: info; debug logs every dropped datagram and refused request).",
-        _parseLogLevel,
-        "logLevel",
-        metavar="LEVEL",
-    ),
-    Setting(
-        "channel-numbers",
-        "Which channel numbers ChannelBind accepts: rfc5766 (0x4000-0x7FFF, the "
-        "default, which clients written for RFC 5766 need) or rfc8656 (0x4000-0x4FFF).",
-        _parseChannelNumbers,
-        "channelNumbers",
-        metavar="RFC",
-    ),
-    Setting(
-        "tls-cert",
-        "PEM certificate for tls listeners (without it, a loopback-only server makes "
-        "itself a self-signed one in state-dir).",
-        _parsePath,
-        "tlsCert",
-        metavar="FILE",
-    ),
-    Setting("tls-key", "PEM private key of tls-cert.", _parsePath, "tlsKey", metavar="FILE"),
-    Setting(
-        "tls-chain",
-        "PEM intermediate certificates sent with tls-cert.",
-        _parsePath,
-        "tlsChain",
-        metavar="FILE",
-    ),
-    Setting(
-        "tls-check-interval",
-        "Seconds between looks at the certificate files; changed files are reloaded "
-        "without dropping connections.  0: only on SIGHUP (default: 60).",
-        _parseNumber("tls-check-interval", 0, 86400, float),
-        "tlsCheckInterval",
-        metavar="SECONDS",
-    ),
-    Setting(
-        "alternate-server",
-        "While draining, send new clients here (300 Try Alternate), as ADDRESS:PORT; "
-        "give one of each family (repeatable; without one, a draining relay answers 403).",
-        _parseAlternate,
-        "alternateServers",
-        repeatable=True,
-        metavar="ADDRESS:PORT",
-    ),
-    Setting(
-        "drain-timeout",
-        "Seconds a drain waits for the allocations left to end before ending them; "
-        "0 waits for ever (default: 3600).",
-        _parseNumber("drain-timeout", 0, 7 * 86400, float),
-        "drainTimeout",
-        metavar="SECONDS",
-    ),
-    Setting(
-        "server-name",
-        "The host name or address clients use in turn: URLs (default: external-ip, else "
-        "relay-ip); turns: URLs need the name the certificate is for.",
-        _parseServerName,
-        "serverName",
-        metavar="NAME",
-    ),
-    Setting(
-        "manhole",
-        "Serve the SSH admin console here, for example tcp:2222:interface=127.0.0.1 "
-        "(default: off; loopback only unless manhole-allow-remote).",
-        _parseAdminListen("manhole"),
-        "manhole",
-        metavar="tcp:PORT[:interface=ADDRESS]",
-    ),
-    Setting(
-        "manhole-authorized-keys",
-        "OpenSSH authorized_keys file of the keys that may log in to the console "
-        "(read again at each login).",
-        _parsePath,
-        "manholeAuthorizedKeys",
-        metavar="FILE",
-    ),
-    Setting(
-        "manhole-passwords",
-        "Optional file of user:password lines that may log in to the console too.",
-        _parsePath,
-        "manholePasswords",
-        metavar="FILE",
-    ),
-    Setting(
-        "manhole-allow-remote",
-        "Let the console listen on an address other than loopback.",
-        _parseBool("manhole-allow-remote"),
-        "manholeAllowRemote",
-        flag=True,
-    ),
-    Setting(
-        "metrics",
-        "Serve Prometheus metrics over HTTP here, for example tcp:9641:interface=127.0.0.1 "
-        "(default: off).",
-        _parseAdminListen("metrics"),
-        "metrics",
-        metavar="tcp:PORT[:interface=ADDRESS]",
-    ),
-    Setting(
-        "credentials-endpoint",
-        "Serve TURN credentials (RTCIceServer JSON) over HTTP here, for web applications "
-        "(default: off; needs credentials-token-file and a static-auth-secret).",
-        _parseAdminListen("credentials-endpoint"),
-        "credentialsEndpoint",
-        metavar="tcp:PORT[:interface=ADDRESS]",
-    ),
-    Setting(
-        "credentials-token-file",
-        "File holding the bearer token callers of the credentials endpoint present.",
-        _parsePath,
-        "credentialsTokenFile",
-        metavar="FILE",
-    ),
-    Setting(
-        "credentials-ttl",
-        "Seconds the credentials the endpoint mints stay valid (default: 86400).",
-        _parseNumber("credentials-ttl", 60, 7 * 86400, float),
-        "credentialsTTL",
-        metavar="SECONDS",
-    ),
-    Setting(
-        "stream-idle-timeout",
-        "Seconds a TCP or TLS connection without an allocation may stay silent before "
-        "it is closed (default: 60).",
-        _parseNumber("stream-idle-timeout", 1, 86400, float),
-        "streamIdleTimeout",
-        metavar="SECONDS",
-    ),
-    Setting(
-        "tls-handshake-timeout",
-        "Seconds a TLS handshake may take (default: 10).",
-        _parseNumber("tls-handshake-timeout", 1, 600, float),
-        "tlsHandshakeTimeout",
-        metavar="SECONDS",
-    ),
-    Setting(
-        "max-unallocated-connections",
-        "TCP and TLS connections that may be open without an allocation at once; "
-        "more are closed as they arrive (default: 1000).",
-        _parseNumber("max-unallocated-connections", 1, 10**6),
-        "maxUnallocatedConnections",
-        metavar="N",
-    ),
-    Setting(
-        "max-unallocated-per-source",
-        "TCP and TLS connections one source (an IPv4 address or an IPv6 /64) may hold "
-        "open without an allocation; more are closed as they arrive (default: 64).",
-        _parseNumber("max-unallocated-per-source", 1, 10**6),
-        "maxUnallocatedPerSource",
-        metavar="N",
-    ),
-    Setting(
-        "stream-allocate-timeout",
-        "Seconds a TCP or TLS connection has to allocate, from its start or from the end "
-        "of its allocation; traffic such as Binding does not extend it (default: 30).",
-        _parseNumber("stream-allocate-timeout", 1, 86400, float),
-        "streamAllocateTimeout",
-        metavar="SECONDS",
-    ),
-    Setting(
-        "stream-max-unsent",
-        "Bytes a TCP or TLS client may leave unread once its connection's buffer is full "
-        "(reading from it stops meanwhile); beyond, it is closed (default: 262144).",
-        _parseNumber("stream-max-unsent", 65536, 2**30),
-        "streamMaxUnsent",
-        metavar="BYTES",
-    ),
-    Setting(
-        "max-peer-connections",
-        "RFC 6062 peer TCP connections, pending and established, per allocation; "
-        "Connect gets 508 beyond and peers' connections are refused (default: 100).",
-        _parseNumber("max-peer-connections", 1, 10**5),
-        "maxPeerConnections",
-        metavar="N",
-    ),
-    Setting(
-        "descriptor-reserve",
-        "File descriptors kept free below the process's limit (ulimit -n): within it, "
-        "listeners stop accepting, Allocate and Connect get 508 and peers' connections "
-        "are refused, until descriptors are freed (default: 64).",
-        _parseNumber("descriptor-reserve", 16, 10**6),
-        "descriptorReserve",
-        metavar="N",
-    ),
-    Setting(
-        "unauthenticated-rate",
-        "Unauthenticated UDP responses per second to one source (an IPv4 address or an "
-        "IPv6 /64); requests beyond are dropped and counted (default: 20).",
-        _parseNumber("unauthenticated-rate", 0.1, 10**6, float),
-        "unauthenticatedRate",
-        metavar="PER_SECOND",
-    ),
-    Setting(
-        "unauthenticated-burst",
-        "Unauthenticated UDP responses one source may have at once before "
-        "unauthenticated-rate applies (default: 40).",
-        _parseNumber("unauthenticated-burst", 1, 10**6),
-        "unauthenticatedBurst",
-        metavar="N",
-    ),
-    Setting(
-        "source-table-size",
-        "Sources the per-source limits remember at once; the least recently seen are "
-        "forgotten first (default: 10000).",
-        _parseNumber("source-table-size", 100, 10**7),
-        "sourceTableSize",
-        metavar="N",
-    ),
-    Setting(
-        "refusal-summary-interval",
-        "Seconds between the log lines that sum up refused unauthenticated or unverified "
-        "requests by reason; they are never logged one by one (default: 60).",
-        _parseNumber("refusal-summary-interval", 1, 86400, float),
-        "refusalSummaryInterval",
-        metavar="SECONDS",
-    ),
-    Setting(
-        "log-max-bytes",
-        "Under twistd with a log file, rotate it at this size (default: 10000000).",
-        _parseNumber("log-max-bytes", 10000, 2**40),
-        "logMaxBytes",
-        metavar="BYTES",
-    ),
-    Setting(
-        "log-max-files",
-        "Under twistd with a log file, keep this many rotated files (default: 10).",
-        _parseNumber("log-max-files", 1, 1000),
-        "logMaxFiles",
-        metavar="N",
-    ),
-    Setting(
-        "state-dir",
-        "Where turnrelay keeps what it generates, such as the demo certificate (default: ./state).",
-        _parsePath,
-        "stateDir",
-        metavar="DIR",
-    ),
+_SETTING = "turnrelay.config.setting"
+
+
+def _prose(text: str) -> str:
+    # Declarations write their texts over several source lines.
+    return " ".join(text.split())
+
+
+@attr.frozen
+class Section:
+    """
+    A group of settings, as the example configuration file shows them.
+
+    @ivar title: the heading.
+    @ivar doc: what to say about the whole group, if anything.
+    """
+
+    title: str
+    doc: str = ""
+
+    def setting(
+        self,
+        help: str,
+        name: str,
+        syntax: Syntax,
+        default: Any = None,
+        *,
+        doc: Optional[str] = None,
+        defaultText: Optional[str] = None,
+        example: Any = None,
+        active: bool = False,
+        secret: bool = False,
+    ) -> Any:
+        """
+        Declare a setting of this section: a L{RelayConfig} field, with all
+        that the command line, the configuration file and their
+        documentation need to know of it.  A tuple default makes it
+        repeatable.
+
+        @param help: what it does, for C{--help} (which adds the default).
+        @param name: the option and key name.
+        @param syntax: what its values look like and how to read one.
+        @param default: the field's default, a typed value.
+        @param doc: a longer text for the example file, if C{help} is not
+            enough.
+        @param defaultText: how to show a default that is not a value.
+        @param example: a raw value for the example file to show.
+        @param active: whether the example file sets it.
+        @param secret: keep the value out of C{repr}.
+        @return: the attrs field.
+        """
+        declaration = Setting(
+            name=name,
+            field="",
+            default=default,
+            syntax=syntax,
+            section=self,
+            help=_prose(help),
+            doc=None if doc is None else _prose(doc),
+            defaultText=None if defaultText is None else _prose(defaultText),
+            example=example,
+            active=active,
+        )
+        return attr.field(default=default, repr=not secret, metadata={_SETTING: declaration})
+
+
+_LISTENERS = Section("Listeners")
+_TLS = Section("TLS")
+_STREAMS = Section("TCP and TLS connections")
+_RESOURCES = Section("Resources")
+_CREDENTIALS = Section("Credentials (long-term mechanism, RFC 8489 section 9.2)")
+_RELAY_ADDRESSES = Section("Relay addresses")
+_LIFETIMES = Section("Lifetimes and quotas")
+_PEERS = Section(
+    "Peer policy",
+    "By default turnrelay refuses to relay to loopback, private (RFC 1918), CGNAT, "
+    "link-local and metadata, multicast, documentation, ULA and other special-purpose "
+    "ranges, to tunnelled IPv6 (6to4, Teredo), to its own listening addresses, and to its "
+    "relay addresses outside the relay port range, whatever IPv4-in-IPv6 spelling a client "
+    "uses (mapped ::ffff:a.b.c.d, translated ::ffff:0:a.b.c.d, NAT64 64:ff9b::a.b.c.d, "
+    "...). The ports of its own sockets (listeners, manhole, metrics, credentials "
+    "endpoint) are never peers, whatever allow-peer or allow-loopback-peers say.",
 )
+_OPERATIONS = Section("Operations")
+_ADMIN = Section("Admin console, metrics, credentials endpoint")
+_LOGGING = Section("Logging")
+
+
+@attr.frozen
+class RelayConfig:
+    """
+    Everything L{turnrelay.service.makeRelayService} needs to build a relay.
+
+    Build it with L{buildConfig} from strings, or directly in Python; its
+    defaults are safe: loopback listeners only, no credentials (so every
+    TURN request is refused), no relaying to private or loopback peers.
+
+    Each field is a setting, documented by the help of its declaration below
+    (shown by C{--help} and in C{conf/turnrelay.conf}).
+    """
+
+    listeners: Tuple[ListenerConfig, ...] = _LISTENERS.setting(
+        """Accept clients on this socket, for example udp:3478:interface=0.0.0.0 or
+        tcp:3478:interface=::.""",
+        "listen",
+        Syntax("TRANSPORT:PORT[:interface=ADDRESS]", _parseListen),
+        DEFAULT_LISTENERS,
+        active=True,
+        doc="""Sockets to accept clients on: "TRANSPORT:PORT[:interface=ADDRESS]", TRANSPORT
+        udp, tcp or tls (TURN over TLS: turns: URLs; browsers behind firewalls that only let
+        HTTPS out reach "tls:443"). "::" accepts IPv4 and IPv6 clients on one socket.""",
+    )
+    software: Optional[str] = _LISTENERS.setting(
+        """The SOFTWARE attribute to send in responses. Without one the version stays private
+        and unauthenticated responses small.""",
+        "software",
+        Syntax("TEXT", _parseSoftware),
+        defaultText="none",
+        example="turnrelay",
+    )
+
+    tlsCert: Optional[str] = _TLS.setting(
+        """PEM certificate for tls listeners (without it, a loopback-only server makes itself a
+        self-signed one in state-dir).""",
+        "tls-cert",
+        _FILE,
+        example="/etc/letsencrypt/live/turn.example.org/cert.pem",
+        doc="""Certificate (PEM) of the tls listeners. Without it and tls-key, a loopback-only
+        server makes a self-signed certificate in state-dir once and prints its fingerprint;
+        anywhere else a tls listener needs them.""",
+    )
+    tlsKey: Optional[str] = _TLS.setting(
+        """PEM private key of tls-cert; tls-cert and tls-key go together: give both or
+        neither.""",
+        "tls-key",
+        _FILE,
+        example="/etc/letsencrypt/live/turn.example.org/privkey.pem",
+    )
+    tlsChain: Optional[str] = _TLS.setting(
+        """PEM intermediate certificates to send along with tls-cert (such as Let's Encrypt's
+        chain.pem).""",
+        "tls-chain",
+        _FILE,
+        example="/etc/letsencrypt/live/turn.example.org/chain.pem",
+    )
+    tlsCheckInterval: float = _TLS.setting(
+        """Seconds between looks at the certificate files; changed files are reloaded without
+        dropping connections. 0: only on SIGHUP.""",
+        "tls-check-interval",
+        _seconds(0, 86400),
+        60.0,
+        doc="""Seconds between looks at the certificate files: a changed certificate is loaded
+        for new handshakes without dropping connections (and so on SIGHUP); a broken one is
+        refused and the old one stays. 0: only on SIGHUP.""",
+    )
+    tlsHandshakeTimeout: float = _TLS.setting(
+        """Seconds a TLS handshake may take.""",
+        "tls-handshake-timeout",
+        _seconds(1, 600),
+        10.0,
+    )
+
+    streamIdleTimeout: float = _STREAMS.setting(
+        """Seconds a TCP or TLS connection without an allocation may stay silent before it is
+        closed.""",
+        "stream-idle-timeout",
+        _seconds(1, 86400),
+        60.0,
+    )
+    maxUnallocatedConnections: int = _STREAMS.setting(
+        """TCP and TLS connections that may be open without an allocation at once; beyond, the
+        source holding the most such connections loses its oldest.""",
+        "max-unallocated-connections",
+        _count(1, 10**6),
+        1000,
+        doc="""TCP and TLS connections that may be open without an allocation at once. When they
+        are, a newcomer still gets in: the source holding the most such connections loses its
+        oldest.""",
+    )
+    maxUnallocatedPerSource: int = _STREAMS.setting(
+        """TCP and TLS connections one source (an IPv4 address or an IPv6 /64) may hold open
+        without an allocation; more are closed as they arrive.""",
+        "max-unallocated-per-source",
+        _count(1, 10**6),
+        64,
+        doc="""Connections without an allocation one source (an IPv4 address, an IPv6 /64) may
+        hold; more are closed as they arrive. Many users behind one NAT share a source, but each
+        holds its connection unallocated for only the moment before its Allocate.""",
+    )
+    streamAllocateTimeout: float = _STREAMS.setting(
+        """Seconds a TCP or TLS connection has to allocate, from its start or from the end of
+        its allocation; traffic such as Binding does not extend it.""",
+        "stream-allocate-timeout",
+        _seconds(1, 86400),
+        30.0,
+        doc="""Seconds a connection has to allocate, counted from its start (the TLS handshake
+        included) or from the end of its allocation. Traffic does not extend it: a connection
+        that only sends Binding is closed all the same.""",
+    )
+    streamMaxUnsent: int = _STREAMS.setting(
+        """Bytes a TCP or TLS client may leave unread once its connection's buffer is full
+        (reading from it stops meanwhile); beyond, it is closed.""",
+        "stream-max-unsent",
+        _bytes(65536, 2**30),
+        262144,
+        doc="""A client that does not read what it is sent: once its connection's buffer is
+        full, reading from it stops (so pipelined requests wait in the kernel, not in our
+        memory), and past this many unsent bytes it is closed. Relayed data is dropped while it
+        catches up.""",
+    )
+
+    maxPeerConnections: int = _RESOURCES.setting(
+        """RFC 6062 peer TCP connections, pending and established, per allocation; beyond,
+        Connect gets 508 and peers' connections are refused.""",
+        "max-peer-connections",
+        _count(1, 10**5),
+        100,
+    )
+    descriptorReserve: int = _RESOURCES.setting(
+        """File descriptors kept free below the process's limit (ulimit -n): within it,
+        listeners stop accepting, Allocate and Connect get 508 and peers' connections are
+        refused, until descriptors are freed.""",
+        "descriptor-reserve",
+        _count(16, 10**6),
+        64,
+        doc="""File descriptors kept free below the process's limit (ulimit -n, or LimitNOFILE=
+        in the systemd unit). Within the reserve, listeners stop accepting, Allocate and Connect
+        get 508 and peers' connections are refused, until descriptors are freed; so the process
+        never runs out (EMFILE) and existing clients keep relaying.""",
+    )
+    unauthenticatedRate: float = _RESOURCES.setting(
+        """Unauthenticated UDP responses per second to one source (an IPv4 address or an IPv6
+        /64); requests beyond are dropped and counted.""",
+        "unauthenticated-rate",
+        Syntax("PER_SECOND", _parseNumber(0.1, 10**6, float)),
+        20.0,
+        doc="""Unauthenticated responses over UDP (Binding, 401 challenges) to one source (an
+        IPv4 address, an IPv6 /64) per second: a token bucket of this rate and
+        unauthenticated-burst. Beyond, requests are dropped and counted, so that a forged source
+        cannot make the relay flood a victim. (Nor is any such response more than three times
+        the size of its request.) TCP, TLS and authenticated requests are not limited.""",
+    )
+    unauthenticatedBurst: int = _RESOURCES.setting(
+        """Unauthenticated UDP responses one source may have at once before unauthenticated-rate
+        applies.""",
+        "unauthenticated-burst",
+        _count(1, 10**6),
+        40,
+    )
+    sourceTableSize: int = _RESOURCES.setting(
+        """Sources the per-source limits remember at once; the least recently seen are forgotten
+        first, so the tables' memory is bounded.""",
+        "source-table-size",
+        _count(100, 10**7),
+        10000,
+    )
+    refusalSummaryInterval: float = _RESOURCES.setting(
+        """Seconds between the log lines that sum up refused unauthenticated or unverified
+        requests by reason; they are never logged one by one.""",
+        "refusal-summary-interval",
+        _seconds(1, 86400),
+        60.0,
+        doc="""Refused unauthenticated or unverified requests (bad integrity, unknown user, rate
+        limits...) are counted by reason in the metrics and summed up, by reason, in one log
+        line every this many seconds, never one line per request.""",
+    )
+    logMaxBytes: int = _RESOURCES.setting(
+        """Under twistd with a log file (--logfile, or daemonized: twistd.log), rotate it at
+        this size, so the log's disk use is bounded.""",
+        "log-max-bytes",
+        _bytes(10000, 2**40),
+        10_000_000,
+    )
+    logMaxFiles: int = _RESOURCES.setting(
+        """Under twistd with a log file, keep this many rotated files.""",
+        "log-max-files",
+        _count(1, 1000),
+        10,
+    )
+    stateDir: str = _RESOURCES.setting(
+        """Where turnrelay keeps what it generates, such as the demo certificate (relative to
+        the working directory unless absolute).""",
+        "state-dir",
+        Syntax("DIR", _parsePath),
+        "state",
+        example="/var/lib/turnrelay",
+    )
+
+    realm: str = _CREDENTIALS.setting(
+        """The realm of long-term credentials.""",
+        "realm",
+        Syntax("REALM", _parseText),
+        "turnrelay",
+        example="example.org",
+    )
+    users: Tuple[Tuple[str, str], ...] = _CREDENTIALS.setting(
+        """A static user, NAME:PASSWORD or NAME:0xKEY with KEY the hex MD5 (or SHA-256) of
+        NAME:REALM:PASSWORD. Prefer the configuration file: command lines are visible to other
+        local users.""",
+        "user",
+        Syntax("NAME:PASSWORD", _parseUser),
+        (),
+        secret=True,
+        example=["alice:correct horse battery staple"],
+        doc="""Static users: "NAME:PASSWORD", or "NAME:0xKEY" where KEY is the hex
+        MD5(NAME:REALM:PASSWORD) (32 digits) or its SHA-256 (64 digits), so that this file need
+        not hold the password. The server keeps only keys. With no user and no secret, twistd
+        makes up a demo user on loopback listeners (and prints it); anywhere else every TURN
+        request gets 401.""",
+    )
+    authSecrets: Tuple[str, ...] = _CREDENTIALS.setting(
+        """A TURN REST API shared secret; credentials minted with any of them are accepted, so
+        secrets can be rotated.""",
+        "static-auth-secret",
+        Syntax("SECRET", _parseSecret),
+        (),
+        secret=True,
+        example=["a long random string"],
+        doc="""TURN REST API shared secrets: a web application mints time-limited credentials
+        (username "EXPIRY:USERID", password base64(HMAC-SHA1(secret, username))). List several
+        while rotating. At least 8 characters.""",
+    )
+    restMaxTTL: float = _CREDENTIALS.setting(
+        """Refuse REST usernames expiring more than this many seconds ahead.""",
+        "rest-max-ttl",
+        _seconds(1, 31536000),
+        86400.0,
+    )
+    nonceLifetime: float = _CREDENTIALS.setting(
+        """Seconds before a nonce goes stale; the client then gets 438 and a fresh nonce.""",
+        "nonce-lifetime",
+        _seconds(10, 3600),
+        600.0,
+    )
+
+    relayIP: Optional[str] = _RELAY_ADDRESSES.setting(
+        """The IPv4 address relay sockets bind to, never the wildcard 0.0.0.0 (it is advertised
+        to clients).""",
+        "relay-ip",
+        _IPV4,
+        example="192.0.2.10",
+        defaultText="""the first listener's specific IPv4 address, else 127.0.0.1 if
+        every listener is on loopback""",
+    )
+    relayIP6: Optional[str] = _RELAY_ADDRESSES.setting(
+        """The IPv6 address IPv6 relay sockets bind to.""",
+        "relay-ip6",
+        Syntax("ADDRESS", _parseIPv6),
+        example="2001:db8::10",
+        defaultText="""the first listener's specific IPv6 address; without one, IPv6
+        relays are not offered (440)""",
+        doc="""IPv6 address IPv6 relay sockets bind to. A client asks for an IPv6 relay with
+        REQUESTED-ADDRESS-FAMILY, or for both with ADDITIONAL-ADDRESS-FAMILY. Not a wildcard
+        (::, ::ffff:0.0.0.0) nor an IPv4 address in IPv6 spelling.""",
+    )
+    externalIP: Optional[str] = _RELAY_ADDRESSES.setting(
+        """The public address to advertise in XOR-RELAYED-ADDRESS when relay-ip is a private
+        address behind NAT (the ports are the same).""",
+        "external-ip",
+        _IPV4,
+        example="203.0.113.10",
+        defaultText="relay-ip",
+    )
+    minPort: int = _RELAY_ADDRESSES.setting(
+        """The lowest relay port; relay ports are picked at random up to max-port.""",
+        "min-port",
+        _PORT,
+        49152,
+    )
+    maxPort: int = _RELAY_ADDRESSES.setting(
+        """The highest relay port.""",
+        "max-port",
+        _PORT,
+        65535,
+    )
+
+    maxLifetime: int = _LIFETIMES.setting(
+        """The longest allocation lifetime granted, in seconds.""",
+        "max-lifetime",
+        Syntax("SECONDS", _parseNumber(60, 86400)),
+        _LIMITS.maxLifetime,
+    )
+    userQuota: int = _LIFETIMES.setting(
+        """Allocations one username may hold; beyond, Allocate gets 486 (Allocation Quota
+        Reached). 0 for no limit.""",
+        "user-quota",
+        _count(0, 10**6),
+        _LIMITS.userQuota,
+    )
+    totalQuota: int = _LIFETIMES.setting(
+        """Allocations in all; beyond, Allocate gets 486 (Allocation Quota Reached). 0 for no
+        limit.""",
+        "total-quota",
+        _count(0, 10**7),
+        _LIMITS.totalQuota,
+    )
+    maxPermissions: int = _LIFETIMES.setting(
+        """Permissions per allocation; beyond, CreatePermission and ChannelBind get 508
+        (Insufficient Capacity).""",
+        "max-permissions",
+        _count(1, 10**5),
+        _LIMITS.maxPermissions,
+    )
+    maxChannels: int = _LIFETIMES.setting(
+        """Channel bindings per allocation; beyond, ChannelBind gets 508 (Insufficient
+        Capacity).""",
+        "max-channels",
+        _count(1, 4096),
+        _LIMITS.maxChannels,
+    )
+    bandwidth: int = _LIFETIMES.setting(
+        """Bytes per second one allocation may relay in each direction; the excess is dropped
+        and counted. 0 for no cap.""",
+        "bandwidth",
+        _bytes(0, 10**10),
+        _LIMITS.bandwidth,
+    )
+    channelNumbers: str = _LIFETIMES.setting(
+        """Which channel numbers ChannelBind accepts: rfc5766 (0x4000-0x7FFF, which clients
+        written for RFC 5766, coturn's among them, use) or rfc8656 (0x4000-0x4FFF, RFC 8656's
+        narrower range).""",
+        "channel-numbers",
+        Syntax("RFC", _parseChannelNumbers),
+        "rfc5766",
+    )
+
+    allowPeers: Tuple[str, ...] = _PEERS.setting(
+        """Relay to this address or network although it is denied by default, for example a LAN.
+        A network has no host bits set: 10.0.0.0/8, not 10.1.2.3/8.""",
+        "allow-peer",
+        _CIDR,
+        (),
+        example=["10.0.0.0/8"],
+    )
+    denyPeers: Tuple[str, ...] = _PEERS.setting(
+        """Never relay to this address or network, whatever allow-peer says.""",
+        "deny-peer",
+        _CIDR,
+        (),
+        example=["192.0.2.0/24"],
+    )
+    allowLoopbackPeers: bool = _PEERS.setting(
+        """Relay to loopback peers (127.0.0.0/8, ::1): for tests and demos only.""",
+        "allow-loopback-peers",
+        _FLAG,
+        False,
+    )
+
+    alternateServers: Tuple[TransportAddress, ...] = _OPERATIONS.setting(
+        """While draining, send new clients here (300 Try Alternate with ALTERNATE-SERVER), as
+        ADDRESS:PORT; give one of each family. Without one, a draining relay answers 403.""",
+        "alternate-server",
+        Syntax("ADDRESS:PORT", _parseAlternate),
+        (),
+        example=["192.0.2.11:3478", "[2001:db8::11]:3478"],
+    )
+    drainTimeout: float = _OPERATIONS.setting(
+        """Seconds a drain waits for the allocations left to end before ending them; 0 waits for
+        ever.""",
+        "drain-timeout",
+        _seconds(0, 7 * 86400),
+        3600.0,
+    )
+    serverName: Optional[str] = _OPERATIONS.setting(
+        """The host name or address clients use in turn: URLs (the credentials endpoint hands
+        these out); turns: URLs need the name the certificate is for.""",
+        "server-name",
+        Syntax("NAME", _parseServerName),
+        example="turn.example.org",
+        defaultText="external-ip, else relay-ip",
+    )
+
+    manhole: Optional[ListenerConfig] = _ADMIN.setting(
+        """Serve the SSH admin console here, for example tcp:2222:interface=127.0.0.1; loopback
+        only unless manhole-allow-remote.""",
+        "manhole",
+        _ADMIN_LISTENER,
+        example="tcp:2222:interface=127.0.0.1",
+        defaultText="off",
+        doc="""Serve the SSH admin console (a Python shell in the running relay, with helpers:
+        allocations(), kill(), stats(), drain(), reloadTLS(), mint(), loglevel(), help()) here;
+        loopback only unless manhole-allow-remote.""",
+    )
+    manholeAuthorizedKeys: Optional[str] = _ADMIN.setting(
+        """OpenSSH authorized_keys file of the keys that may log in to the console, read again
+        at each login (lines with options such as from= are ignored).""",
+        "manhole-authorized-keys",
+        _FILE,
+        example="/etc/turnrelay/authorized_keys",
+    )
+    manholePasswords: Optional[str] = _ADMIN.setting(
+        """Optional file of user:password lines that may log in to the console too, read again
+        at each login.""",
+        "manhole-passwords",
+        _FILE,
+        example="/etc/turnrelay/manhole-passwords",
+    )
+    manholeAllowRemote: bool = _ADMIN.setting(
+        """Let the console listen on an address other than loopback.""",
+        "manhole-allow-remote",
+        _FLAG,
+        False,
+    )
+    metrics: Optional[ListenerConfig] = _ADMIN.setting(
+        """Serve Prometheus metrics over HTTP here, for example tcp:9641:interface=127.0.0.1.""",
+        "metrics",
+        _ADMIN_LISTENER,
+        example="tcp:9641:interface=127.0.0.1",
+        defaultText="off",
+        doc="""Serve Prometheus metrics at http://ADDRESS:PORT/metrics (no authentication:
+        loopback or a private monitoring network only; addresses are judged by what they reach,
+        so ::ffff:0.0.0.0 is refused as 0.0.0.0 is).""",
+    )
+    credentialsEndpoint: Optional[ListenerConfig] = _ADMIN.setting(
+        """Serve TURN credentials (RTCIceServer JSON) over HTTP here, for web applications;
+        needs credentials-token-file and a static-auth-secret.""",
+        "credentials-endpoint",
+        _ADMIN_LISTENER,
+        example="tcp:8089:interface=127.0.0.1",
+        defaultText="off",
+        doc="""Serve TURN credentials for web applications here: GET /credentials?user=ID with
+        "Authorization: Bearer TOKEN" (TOKEN is the content of credentials-token-file) answers
+        the RTCIceServer JSON, minted with the first static-auth-secret. Plain HTTP: loopback or
+        private network only.""",
+    )
+    credentialsTokenFile: Optional[str] = _ADMIN.setting(
+        """File holding the bearer token that callers of credentials-endpoint present
+        (Authorization: Bearer TOKEN).""",
+        "credentials-token-file",
+        _FILE,
+        example="/etc/turnrelay/credentials-token",
+    )
+    credentialsTTL: float = _ADMIN.setting(
+        """Seconds the credentials the endpoint mints stay valid.""",
+        "credentials-ttl",
+        _seconds(60, 7 * 86400),
+        86400.0,
+    )
+
+    logLevel: str = _LOGGING.setting(
+        """The lowest level of turnrelay's own log events: debug, info, warn, error or critical.
+        debug logs every dropped datagram and refused request.""",
+        "log-level",
+        Syntax("LEVEL", _parseLogLevel),
+        "info",
+    )
+
+    def effectiveRelayIP(self) -> Optional[str]:
+        """
+        The relay IP: the configured one, else the first listener's specific
+        IPv4 address (in any spelling: C{::ffff:192.0.2.1} is
+        C{192.0.2.1}), else 127.0.0.1 if every listener is on loopback.
+
+        @return: the address, or L{None} when it cannot be guessed (wildcard
+            listeners, C{::ffff:0.0.0.0} among them): the relay then serves
+            STUN only.
+        """
+        if self.relayIP is not None:
+            return self.relayIP
+        addresses = [canonicalIP(listener.interface) for listener in self.listeners]
+        for address in addresses:
+            if address.version == 4 and not address.is_unspecified:
+                return str(address)
+        if all(address.is_loopback for address in addresses):
+            return "127.0.0.1"
+        return None
+
+    def effectiveRelayIP6(self) -> Optional[str]:
+        """
+        The IPv6 relay address: the configured one, else the first
+        listener's specific IPv6 address (not a wildcard, nor an IPv6
+        spelling of an IPv4 address such as C{::ffff:192.0.2.1}).
+
+        @return: the address, or L{None}: no IPv6 relays.
+        """
+        if self.relayIP6 is not None:
+            return self.relayIP6
+        for listener in self.listeners:
+            address = canonicalIP(listener.interface)
+            if address.version == 6 and not address.is_unspecified:
+                return str(address)
+        return None
+
+
+SETTINGS: Tuple[Setting, ...] = tuple(
+    attr.evolve(field.metadata[_SETTING], field=field.name) for field in attr.fields(RelayConfig)
+)
+"""
+Every setting, in the order of L{RelayConfig}'s fields: derived from their
+declarations.
+"""
 
 _SETTINGS_BY_NAME: Dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 
@@ -1025,3 +1147,104 @@ def loadConfigFile(path: str) -> Dict[str, Any]:
             known = ", ".join(sorted(_SETTINGS_BY_NAME))
             raise ConfigError(f"config file {path!r}: unknown setting {name!r}; known: {known}")
     return values
+
+
+# The example file: comments wrapped to this width.
+_WIDTH = 78
+
+_EXAMPLE_HEADER = """\
+# turnrelay configuration (TOML).
+#   twistd -n turnrelay --config conf/turnrelay.conf
+# Every key is also a command-line option of the same name (flags take no
+# value on the command line); the command line wins over this file.
+# A bad value stops the server with a message naming the key.
+# A key commented out shows its default value, unless a "Default:" line
+# above it says otherwise.
+#
+# Generated from the declarations in turnrelay/config.py by
+#   python -m turnrelay.config --example > conf/turnrelay.conf"""
+
+
+def _rawValue(value: Any) -> Any:
+    """
+    @return: a typed value as the configuration file writes it.
+    """
+    if isinstance(value, tuple) and not isinstance(value, TransportAddress):
+        return [_rawValue(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _tomlValue(raw: Any) -> str:
+    """
+    @return: a raw value in TOML.
+    """
+    if isinstance(raw, list):
+        return "[" + ", ".join(_tomlValue(item) for item in raw) + "]"
+    # TOML's basic strings and booleans are spelled as JSON's, and so are the
+    # numbers that settings take.
+    return json.dumps(raw)
+
+
+def _plainValue(raw: Any) -> str:
+    """
+    @return: a raw value as a command line gives it.
+    """
+    if isinstance(raw, list):
+        return ", ".join(_plainValue(item) for item in raw)
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    return str(raw)
+
+
+def _comment(text: str) -> List[str]:
+    return textwrap.wrap(
+        text,
+        _WIDTH,
+        initial_indent="# ",
+        subsequent_indent="# ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def exampleConfig() -> str:
+    """
+    Write the example configuration file, C{conf/turnrelay.conf}: every
+    setting, by section, with its documentation and default.  Loaded, it
+    gives the default configuration.
+
+    @return: the file's text.
+    """
+    lines = [_EXAMPLE_HEADER]
+    section = None
+    for setting in SETTINGS:
+        if setting.section != section:
+            section = setting.section
+            lines += ["", f"# --- {section.title} ".ljust(_WIDTH, "-")]
+            if section.doc:
+                lines += ["", *_comment(section.doc)]
+        lines += ["", *setting.exampleLines()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str], out: TextIO, err: TextIO) -> int:
+    """
+    C{python -m turnrelay.config --example}: write the example
+    configuration file to standard output.
+
+    @param argv: the arguments after the program's name.
+    @return: the exit status.
+    """
+    if list(argv) != ["--example"]:
+        print("usage: python -m turnrelay.config --example > turnrelay.conf", file=err)
+        return 2
+    out.write(exampleConfig())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], sys.stdout, sys.stderr))

@@ -2,8 +2,10 @@
 """
 twistd wiring: C{twistd -n turnrelay [options]}.
 
-The options are generated from L{turnrelay.config.SETTINGS}, so every setting
-has one name on the command line and in the configuration file.
+The options are generated from the settings L{turnrelay.config.RelayConfig}
+declares (L{turnrelay.config.SETTINGS}), so every setting has one name on the
+command line and in the configuration file, and C{--help} shows its real
+default.
 
 When twistd logs to a file (C{--logfile}, or C{twistd.log} when it
 daemonizes), its own L{LogFile} would keep every rotated 1 MB file for ever:
@@ -51,18 +53,18 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "A TURN relay (RFC 8656) and STUN server (RFC 8489).  Without options it "
-        "listens on 127.0.0.1 port 3478 over UDP and TCP.  Settings may also come "
-        "from a TOML file (--config); the command line overrides the file."
+        "listens on loopback only (see --listen).  Settings may also come from a "
+        "TOML file (--config); the command line overrides the file."
     )
     optParameters: List[List[Any]] = [
         ["config", "c", None, "Read settings from this TOML file (see conf/turnrelay.conf)."]
     ] + [
-        [setting.name, None, None, setting.help]
+        [setting.name, None, None, setting.optionHelp()]
         for setting in SETTINGS
         if not (setting.repeatable or setting.flag)
     ]
     optFlags: List[List[Any]] = [
-        [setting.name, None, setting.help] for setting in SETTINGS if setting.flag
+        [setting.name, None, setting.optionHelp()] for setting in SETTINGS if setting.flag
     ]
 
     def __init__(self) -> None:
@@ -111,7 +113,7 @@ for _setting in SETTINGS:
         setattr(
             Options,
             "opt_" + _setting.name.replace("-", "_"),
-            _repeatable(_setting.name, _setting.help),
+            _repeatable(_setting.name, _setting.optionHelp()),
         )
 
 
