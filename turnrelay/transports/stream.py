@@ -14,10 +14,11 @@ relayed data that a slow reader cannot take is dropped instead of queued.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 from typing import Counter as CounterType
 
 import attr
+from automat import MethodicalMachine
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -150,6 +151,11 @@ class STUNStreamProtocol(Protocol):
     debug level only: anyone can open connections, and a line each would
     let them fill the log.
 
+    The connection's life (admitted, with or without an allocation, an RFC
+    6062 data connection, closed) is an Automat state machine, as
+    magic-wormhole's transit relay drives its connections: each state
+    decides where received bytes go and which timers run.
+
     @ivar server: the controller the messages go to.
     @ivar clientAddress: the client's address.
     @ivar serverAddress: our address the client connected to.
@@ -157,6 +163,7 @@ class STUNStreamProtocol(Protocol):
     """
 
     log = Logger()
+    _machine = MethodicalMachine()
 
     def __init__(self, server: TURNServer, transportProtocol: str, limits: StreamLimits) -> None:
         """
@@ -166,8 +173,10 @@ class STUNStreamProtocol(Protocol):
         self.transportProtocol = transportProtocol
         self._limits = limits
         self._framer = StreamFramer()
-        self._closing = False
-        self._counted = False
+        # Set by the state machine only: where received bytes go, and
+        # whether anything may still be written.
+        self._receive: Callable[[bytes], None] = self._discard
+        self._open = True
         self._paused = False
         self._unsent = 0
         self._idleTimer: Optional[IDelayedCall] = None
@@ -180,7 +189,141 @@ class STUNStreamProtocol(Protocol):
         self.fiveTuple = FiveTuple(self.transportProtocol, self.clientAddress, self.serverAddress)
         self.allocation: Optional[Allocation] = None
 
-    # Connection life -----------------------------------------------------------
+    # The connection's life, as a state machine ----------------------------------
+    #
+    #   new --admitted--> unallocated --allocationMade--> allocated
+    #                        |      ^------allocationEnded-----'
+    #                        '--bound (ConnectionBind)--> relaying (RFC 6062)
+    #   every state --limitReached, lost--> closed
+    #
+    # Only "unallocated" is counted against the limits and timed; only
+    # "relaying" carries raw bytes.
+
+    @_machine.state(initial=True)
+    def _new(self) -> None:
+        "Connected; not yet admitted."
+
+    @_machine.state()
+    def _unallocated(self) -> None:
+        "Counted against the limits, and timed: it must allocate in time."
+
+    @_machine.state()
+    def _allocated(self) -> None:
+        "Holds an allocation: neither counted nor timed."
+
+    @_machine.state()
+    def _relaying(self) -> None:
+        "An RFC 6062 data connection: raw bytes to and from one peer."
+
+    @_machine.state()
+    def _closed(self) -> None:
+        "Closing or closed: nothing more is read or written."
+
+    @_machine.input()
+    def _admitted(self) -> None:
+        "The limits let it in."
+
+    @_machine.input()
+    def _allocationMade(self) -> None:
+        "The registry made an allocation for this client."
+
+    @_machine.input()
+    def _allocationEnded(self) -> None:
+        "Its allocation ended, the connection stays."
+
+    @_machine.input()
+    def _bound(self, peerConnection: Any) -> None:
+        "ConnectionBind claimed a peer connection for it."
+
+    @_machine.input()
+    def _limitReached(self, reason: str) -> None:
+        "A limit says it must go."
+
+    @_machine.input()
+    def _lost(self) -> None:
+        "The connection is gone."
+
+    @_machine.output()
+    def _startCounting(self) -> None:
+        self._count()
+
+    def _count(self) -> None:
+        limits = self._limits
+        self._receive = self._receiveFrames
+        self._idleTimer = limits.clock.callLater(limits.idleTimeout, self.closeForLimit, "idle")
+        self._allocateTimer = limits.clock.callLater(
+            limits.allocateTimeout, self.closeForLimit, "allocate-timeout"
+        )
+
+    @_machine.output()
+    def _readmit(self) -> None:
+        # Already let in once: the per-source cap does not apply again.
+        self._limits.admit(self, enforce=False)
+        self._count()
+
+    @_machine.output()
+    def _stopCounting(self) -> None:
+        self._limits.release(self)
+        _cancel(self._idleTimer)
+        _cancel(self._allocateTimer)
+        self._idleTimer = self._allocateTimer = None
+
+    @_machine.output()
+    def _splice(self, peerConnection: Any) -> None:
+        # The peer connection takes over the transport's producer slot.
+        self._peerConnection = peerConnection
+        self._receive = peerConnection.write
+        _cancel(self._handshakeTimer)
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        if self._paused:
+            self._paused = False
+            transport.resumeProducing()
+
+    @_machine.output()
+    def _abort(self, reason: str) -> None:
+        self._limits.closed[reason] += 1
+        self.log.debug(
+            "closing {transport} connection from {client}: {reason}",
+            transport=self.transportProtocol,
+            client=self.clientAddress,
+            reason=reason,
+        )
+        self._shut()
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _shut(self) -> None:
+        self._open = False
+        self._receive = self._discard
+
+    @_machine.output()
+    def _endEverything(self) -> None:
+        self._shut()
+        if self._peerConnection is not None:
+            self._peerConnection.close()
+        _cancel(self._handshakeTimer)
+        self.server.linkClosed(self, "closed with its connection")
+
+    _new.upon(_admitted, enter=_unallocated, outputs=[_startCounting])
+    _new.upon(_limitReached, enter=_closed, outputs=[_abort])
+    _new.upon(_lost, enter=_closed, outputs=[_endEverything])
+    _unallocated.upon(_allocationMade, enter=_allocated, outputs=[_stopCounting])
+    _unallocated.upon(_allocationEnded, enter=_unallocated, outputs=[])
+    _unallocated.upon(_bound, enter=_relaying, outputs=[_stopCounting, _splice])
+    _unallocated.upon(_limitReached, enter=_closed, outputs=[_stopCounting, _abort])
+    _unallocated.upon(_lost, enter=_closed, outputs=[_stopCounting, _endEverything])
+    _allocated.upon(_allocationEnded, enter=_unallocated, outputs=[_readmit])
+    _allocated.upon(_limitReached, enter=_closed, outputs=[_abort])
+    _allocated.upon(_lost, enter=_closed, outputs=[_endEverything])
+    _relaying.upon(_allocationEnded, enter=_relaying, outputs=[])
+    _relaying.upon(_limitReached, enter=_closed, outputs=[_abort])
+    _relaying.upon(_lost, enter=_closed, outputs=[_endEverything])
+    _closed.upon(_allocationMade, enter=_closed, outputs=[])
+    _closed.upon(_allocationEnded, enter=_closed, outputs=[])
+    _closed.upon(_limitReached, enter=_closed, outputs=[])
+    _closed.upon(_lost, enter=_closed, outputs=[_endEverything])
+
+    # What Twisted and the controller call --------------------------------------
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -193,12 +336,13 @@ class STUNStreamProtocol(Protocol):
         self.fiveTuple = FiveTuple(self.transportProtocol, self.clientAddress, self.serverAddress)
         limits = self._limits
         if limits.descriptors is not None and not limits.descriptors.take("accept"):
-            self.closeForLimit("descriptors")
+            self._limitReached("descriptors")
             return
-        refusal = self._count(enforce=True)
+        refusal = limits.admit(self, enforce=True)
         if refusal is not None:
-            self.closeForLimit(refusal)
+            self._limitReached(refusal)
             return
+        self._admitted()
         if self.transportProtocol == "tls":
             self._handshakeTimer = limits.clock.callLater(
                 limits.handshakeTimeout, self.closeForLimit, "handshake-timeout"
@@ -210,12 +354,7 @@ class STUNStreamProtocol(Protocol):
         self._handshakeTimer = None
 
     def connectionLost(self, reason: object = None) -> None:
-        self._closing = True
-        self._uncount()
-        if self._peerConnection is not None:
-            self._peerConnection.close()
-        _cancel(self._handshakeTimer)
-        self.server.linkClosed(self, "closed with its connection")
+        self._lost()
 
     def closeForLimit(self, reason: str) -> None:
         """
@@ -223,60 +362,33 @@ class STUNStreamProtocol(Protocol):
 
         @param reason: the limit, a short name such as C{"allocate-timeout"}.
         """
-        if self._closing:
-            return
-        self._limits.closed[reason] += 1
-        self.log.debug(
-            "closing {transport} connection from {client}: {reason}",
-            transport=self.transportProtocol,
-            client=self.clientAddress,
-            reason=reason,
-        )
-        self._closing = True
-        self._uncount()
-        self.transport.abortConnection()  # type: ignore[union-attr]
-
-    # Connections without an allocation ----------------------------------------
-
-    def _count(self, enforce: bool) -> Optional[str]:
-        if self._counted:
-            return None
-        limits = self._limits
-        refusal = limits.admit(self, enforce)
-        if refusal is None:
-            self._counted = True
-            self._idleTimer = limits.clock.callLater(limits.idleTimeout, self.closeForLimit, "idle")
-            self._allocateTimer = limits.clock.callLater(
-                limits.allocateTimeout, self.closeForLimit, "allocate-timeout"
-            )
-        return refusal
-
-    def _uncount(self) -> None:
-        if self._counted:
-            self._counted = False
-            self._limits.release(self)
-            _cancel(self._idleTimer)
-            _cancel(self._allocateTimer)
-            self._idleTimer = self._allocateTimer = None
+        self._limitReached(reason)
 
     def attach(self, allocation: Allocation) -> None:
         self.allocation = allocation
-        self._uncount()
+        self._allocationMade()
 
     def detach(self, allocation: Allocation) -> None:
         if self.allocation is allocation:
             self.allocation = None
-            if not self._closing:
-                self._count(enforce=False)
+            self._allocationEnded()
+
+    def startRelayingTo(self, peerConnection: Any) -> None:
+        """
+        Become an RFC 6062 data connection: raw bytes to and from the peer.
+        The peer connection then owns the transport's producer slot.
+        """
+        self._bound(peerConnection)
 
     # Receiving -----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self._peerConnection is not None:
-            self._peerConnection.write(data)
-            return
-        if self._closing:
-            return
+        self._receive(data)
+
+    def _discard(self, data: bytes) -> None:
+        pass
+
+    def _receiveFrames(self, data: bytes) -> None:
         if self._idleTimer is not None:
             self._idleTimer.reset(self._limits.idleTimeout)
         try:
@@ -286,7 +398,12 @@ class STUNStreamProtocol(Protocol):
             return
         server = self.server
         for index, frame in enumerate(frames):
-            if self._closing:
+            if self._receive != self._receiveFrames:
+                # Closed, or ConnectionBind succeeded: what follows is the
+                # peer's, raw.
+                rest = b"".join(frames[index:]) + self._framer.takePending()
+                if rest:
+                    self._receive(rest)
                 return
             try:
                 if frame[0] < 0x40:
@@ -295,26 +412,8 @@ class STUNStreamProtocol(Protocol):
                     server.channelDataReceived(frame, self)
             except Exception:
                 self.log.failure("while handling a frame from {client}", client=self.clientAddress)
-            if self._peerConnection is not None:
-                # ConnectionBind succeeded: what follows is the peer's, raw.
-                rest = b"".join(frames[index + 1 :]) + self._framer.takePending()
-                if rest:
-                    self._peerConnection.write(rest)
-                return
-
-    def startRelayingTo(self, peerConnection: Any) -> None:
-        """
-        Become an RFC 6062 data connection: raw bytes to and from the peer.
-        The peer connection then owns the transport's producer slot.
-        """
-        self._peerConnection = peerConnection
-        self._uncount()
-        _cancel(self._handshakeTimer)
-        transport: Any = self.transport
-        transport.unregisterProducer()
-        if self._paused:
-            self._paused = False
-            transport.resumeProducing()
+        if self._receive != self._receiveFrames and self._framer.pending:
+            self._receive(self._framer.takePending())
 
     # Sending -------------------------------------------------------------------
 
@@ -323,7 +422,7 @@ class STUNStreamProtocol(Protocol):
         Write a response to the client; close the connection instead if the
         client has left more than C{maxUnsent} bytes unread.
         """
-        if self._closing:
+        if not self._open:
             return
         if self._paused:
             self._unsent += len(data)
@@ -336,7 +435,7 @@ class STUNStreamProtocol(Protocol):
         """
         Write relayed data to the client, unless it is not keeping up.
         """
-        if self._paused or self._closing:
+        if self._paused or not self._open:
             if not self.droppedRelayed:
                 self.log.warn(
                     "{client} reads too slowly over {transport}: dropping relayed data "
@@ -363,7 +462,8 @@ class STUNStreamProtocol(Protocol):
             self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def stopProducing(self) -> None:
-        self._closing = True
+        # The transport is going away; connectionLost follows.
+        self._shut()
 
 
 def _cancel(timer: Optional[IDelayedCall]) -> None:
