@@ -223,3 +223,27 @@ class ReloadConfigTests(OperationsTestCase):
         self.assertEqual((limit.rate, limit.burst, limit.maxSources), (5, 7, 100))
         self.assertEqual(self.relay.server.refusalSummaryInterval, 10)
         self.assertEqual(needRestart, ["log-max-bytes", "log-max-files"])
+
+    def test_streamAndDescriptorLimits(self) -> None:
+        """
+        The limits on TCP and TLS connections and the descriptor reserve
+        change on reload, for the connections that come next.
+        """
+        changed = {
+            **SETTINGS,
+            "stream-allocate-timeout": 5,
+            "max-unallocated-per-source": 3,
+            "max-unallocated-connections": 30,
+            "stream-max-unsent": 100000,
+            "descriptor-reserve": 100,
+        }
+        self.assertEqual(self.relay.reloadConfig(buildConfig(changed)), [])
+        limits = self.relay.streamLimits
+        assert limits is not None
+        self.assertEqual(
+            (limits.allocateTimeout, limits.maxUnallocatedPerSource, limits.maxUnallocated),
+            (5, 3, 30),
+        )
+        self.assertEqual(limits.maxUnsent, 100000)
+        assert self.relay.server.descriptors is not None
+        self.assertEqual(self.relay.server.descriptors.reserve, 100)

@@ -32,7 +32,7 @@ from turnrelay.auth.credentials import (
 )
 from turnrelay.auth.longterm import LongTermAuthenticator
 from turnrelay.auth.nonce import NonceMinter
-from turnrelay.config import ConfigError, ListenerConfig, RelayConfig
+from turnrelay.config import SETTINGS, ConfigError, ListenerConfig, RelayConfig
 from turnrelay.listening import ListeningService
 from turnrelay.logs import Logger, setLogLevel
 from turnrelay.stun.address import FAMILY_IPV6, TransportAddress
@@ -51,24 +51,22 @@ from turnrelay.turn.sources import SourceRateLimiter
 log = Logger()
 
 # What reloadConfig cannot change in a running relay.
-_RESTART_SETTINGS = (
-    ("listen", "listeners"),
-    ("relay-ip", "relayIP"),
-    ("relay-ip6", "relayIP6"),
-    ("external-ip", "externalIP"),
-    ("min-port", "minPort"),
-    ("max-port", "maxPort"),
-    ("nonce-lifetime", "nonceLifetime"),
-    ("tls-cert", "tlsCert"),
-    ("tls-key", "tlsKey"),
-    ("stream-idle-timeout", "streamIdleTimeout"),
-    ("max-unallocated-connections", "maxUnallocatedConnections"),
-    ("max-unallocated-per-source", "maxUnallocatedPerSource"),
-    ("stream-allocate-timeout", "streamAllocateTimeout"),
-    ("stream-max-unsent", "streamMaxUnsent"),
-    ("descriptor-reserve", "descriptorReserve"),
-    ("log-max-bytes", "logMaxBytes"),
-    ("log-max-files", "logMaxFiles"),
+# What reloadConfig cannot change in a running relay: the sockets and what
+# they were made with.
+_RESTART_SETTINGS = frozenset(
+    {
+        "listen",
+        "relay-ip",
+        "relay-ip6",
+        "external-ip",
+        "min-port",
+        "max-port",
+        "nonce-lifetime",
+        "tls-cert",
+        "tls-key",
+        "log-max-bytes",
+        "log-max-files",
+    }
 )
 
 
@@ -302,9 +300,9 @@ class RelayService(MultiService):
     def reloadConfig(self, config: RelayConfig) -> List[str]:
         """
         Apply a changed configuration without a restart: users, secrets,
-        realm, peer policy, limits and quotas, alternate servers, SOFTWARE,
-        log level, and the TLS certificate files.  Established allocations
-        keep going.
+        realm, peer policy, limits and quotas (those on streams, sources and
+        descriptors too), alternate servers, SOFTWARE, log level, and the
+        TLS certificate files.  Established allocations keep going.
 
         @return: the settings that changed but need a restart to apply
             (listeners, relay addresses and ports).
@@ -323,13 +321,18 @@ class RelayService(MultiService):
             server.sourceLimit.burst = config.unauthenticatedBurst
             server.sourceLimit.maxSources = config.sourceTableSize
         server.refusalSummaryInterval = config.refusalSummaryInterval
+        if server.descriptors is not None:
+            server.descriptors.reserve = config.descriptorReserve
+        if self.streamLimits is not None:
+            _updateStreamLimits(self.streamLimits, config)
         setLogLevel(config.logLevel)
         if self.tlsOptions is not None:
             self.tlsOptions.reload()
         needRestart = [
-            name
-            for name, field in _RESTART_SETTINGS
-            if getattr(old, field) != getattr(config, field)
+            setting.name
+            for setting in SETTINGS
+            if setting.name in _RESTART_SETTINGS
+            and getattr(old, setting.field) != getattr(config, setting.field)
         ]
         self.log.info(
             "configuration reloaded; needing a restart to apply: {needRestart}",
@@ -369,6 +372,16 @@ def _peerPolicy(config: RelayConfig) -> PeerPolicy:
         allowLoopback=config.allowLoopbackPeers,
         ownAddresses=[listener.interface for listener in listeners if listener is not None],
     )
+
+
+def _updateStreamLimits(limits: StreamLimits, config: RelayConfig) -> None:
+    # Connections already open keep the timers they were given.
+    limits.idleTimeout = config.streamIdleTimeout
+    limits.handshakeTimeout = config.tlsHandshakeTimeout
+    limits.allocateTimeout = config.streamAllocateTimeout
+    limits.maxUnallocated = config.maxUnallocatedConnections
+    limits.maxUnallocatedPerSource = config.maxUnallocatedPerSource
+    limits.maxUnsent = config.streamMaxUnsent
 
 
 def _limits(config: RelayConfig) -> RelayLimits:
@@ -456,16 +469,8 @@ def makeRelayService(
         except ValueError as e:
             raise ConfigError(f"tls-cert: {e}") from None
     relay = serviceClass(config, server, tlsOptions, reactor)
-    streamLimits = StreamLimits(
-        reactor,
-        idleTimeout=config.streamIdleTimeout,
-        handshakeTimeout=config.tlsHandshakeTimeout,
-        allocateTimeout=config.streamAllocateTimeout,
-        maxUnallocated=config.maxUnallocatedConnections,
-        maxUnallocatedPerSource=config.maxUnallocatedPerSource,
-        maxUnsent=config.streamMaxUnsent,
-        descriptors=server.descriptors,
-    )
+    streamLimits = StreamLimits(reactor, descriptors=server.descriptors)
+    _updateStreamLimits(streamLimits, config)
     relay.streamLimits = streamLimits
     for listener in config.listeners:
         service = ListenerService(reactor, listener, server, streamLimits, tlsOptions)
