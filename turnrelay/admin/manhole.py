@@ -113,6 +113,25 @@ def _printable(text: bytes, limit: int = 64) -> str:
 # Who may log in --------------------------------------------------------------
 
 
+def _readCredentials(path: FilePath[str], what: str) -> Optional[bytes]:
+    """
+    Read a file of console credentials, which is read again at each login.
+
+    @param what: what it is, for the warning when it cannot be read.
+    @return: its content, or L{None} (nobody logs in with it then).
+    """
+    try:
+        return path.getContent()
+    except OSError as e:
+        log.warn(
+            "admin console: cannot read {what} {path}: {reason}",
+            what=what,
+            path=path.path,
+            reason=e.strerror,
+        )
+        return None
+
+
 @implementer(IAuthorizedKeysDB)
 class AuthorizedKeysFile:
     """
@@ -137,14 +156,8 @@ class AuthorizedKeysFile:
             valid for every username.
         @return: the keys in the file now.
         """
-        try:
-            content = self.path.getContent()
-        except OSError as e:
-            self.log.warn(
-                "admin console: cannot read authorized keys {path}: {reason}",
-                path=self.path.path,
-                reason=e.strerror,
-            )
+        content = _readCredentials(self.path, "authorized keys")
+        if content is None:
             return []
         keys = []
         for number, line in enumerate(content.splitlines(), 1):
@@ -203,14 +216,8 @@ class PasswordFile:
         return fail(UnauthorizedLogin("wrong username or password"))
 
     def _passwords(self) -> Dict[bytes, bytes]:
-        try:
-            content = self.path.getContent()
-        except OSError as e:
-            self.log.warn(
-                "admin console: cannot read the password file {path}: {reason}",
-                path=self.path.path,
-                reason=e.strerror,
-            )
+        content = _readCredentials(self.path, "the password file")
+        if content is None:
             return {}
         passwords = {}
         for number, line in enumerate(content.splitlines(), 1):
