@@ -102,9 +102,9 @@ class DataPath:
     Relays application data for every allocation, in user space, one
     datagram at a time.
 
-    @ivar peerPolicy: a callable returning the peer policy in force, asked
-        about the peer of every Send indication (a reload may have denied
-        it since its permission was installed).
+    @ivar peerPolicy: the peer policy in force, asked about the peer of
+        every Send indication (a reload may have denied it since its
+        permission was installed); the controller sets a new one here.
     @ivar pools: the relay port pools by address family, to set DF on a
         relay socket when a Send indication asks for it.
     @ivar understood: the comprehension-required attributes a Send
@@ -113,7 +113,7 @@ class DataPath:
 
     def __init__(
         self,
-        peerPolicy: Callable[[], PeerPolicy],
+        peerPolicy: PeerPolicy,
         pools: Dict[int, RelayPortPool],
         understood: FrozenSet[int],
     ) -> None:
@@ -128,7 +128,11 @@ class DataPath:
         if allocation is None:
             return
         split = splitChannelData(data)
-        binding = None if split is None else allocation.channels.get(split[0])
+        if split is None:
+            allocation.droppedInvalid += 1
+            return
+        number, payload = split
+        binding = allocation.channels.get(number)
         if binding is None:
             allocation.droppedInvalid += 1
             return
@@ -136,7 +140,7 @@ class DataPath:
         if peer[0] not in allocation.permissions:
             allocation.droppedPermission += 1
             return
-        self.toPeer(allocation, split[1], peer, binding.sendto)  # type: ignore[index]
+        self.toPeer(allocation, payload, peer, binding.sendto)
 
     def sendIndicationFromClient(self, message: STUNMessage, link: IClientLink) -> None:
         allocation = link.allocation
@@ -149,7 +153,7 @@ class DataPath:
             sendto is None
             or data is None
             or message.unknownComprehensionRequired(self.understood)
-            or self.peerPolicy().peerDenialReason(peer) is not None
+            or self.peerPolicy.peerDenialReason(peer) is not None
         ):
             allocation.droppedInvalid += 1
             return
@@ -205,8 +209,11 @@ class DataPath:
         binding = allocation.channelsByPeer.get(peer)
         if binding is not None:
             # RFC 8656 section 12.5 makes ChannelData a MUST once bound.
-            pad = bool(size & 3) and allocation.fiveTuple.transportProtocol != "udp"
-            frame = encodeChannelData(binding.number, payload, pad)
+            frame = encodeChannelData(
+                binding.number,
+                payload,
+                size & 3 != 0 and allocation.fiveTuple.transportProtocol != "udp",
+            )
         else:
             frame = encodeDataIndication(_indicationID(), peer, payload)
         if allocation.link.relay(frame):

@@ -153,8 +153,8 @@ class TURNServer:
             for family, pool in ((FAMILY_IPV4, relayPorts), (FAMILY_IPV6, relayPorts6))
             if pool is not None
         }
+        self.dataPath = DataPath(self.peerPolicy, self.pools, UNDERSTOOD_ATTRIBUTES)
         self.setPeerPolicy(self.peerPolicy)
-        self.dataPath = DataPath(lambda: self.peerPolicy, self.pools, UNDERSTOOD_ATTRIBUTES)
         self.allocator = Allocator(self)
         self.tcp = TCPRelaying(self)
         self.unverified = UnverifiedAnswers(self)
@@ -299,7 +299,7 @@ class TURNServer:
             policy.addRelayAddress(self.externalIP, ports)
         for service in self.peerPolicy.ownServices:
             policy.addOwnService(service)
-        self.peerPolicy = policy
+        self.peerPolicy = self.dataPath.peerPolicy = policy
 
     # Answering -------------------------------------------------------------------
 
