@@ -34,7 +34,7 @@ from typing import List, Mapping, NoReturn, Optional, Sequence
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests._loopback import ChildProcess, runToCompletion, spawn
+from tests._processes import ChildProcess, runToCompletion, spawn
 
 # Names of everything these tests create start with this, then random hex.
 NAME_PREFIX = "trX"

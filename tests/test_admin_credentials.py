@@ -9,62 +9,30 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import attr
-from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import StringTransport
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
+from twisted.logger import formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
-from zope.interface import provider
 
-from tests._loopback import reactor
-from tests._turnclient import TURNClient, TURNTestCase
+from tests._assertions import TURNTestCase
+from tests._logs import LogRecorder
+from tests._relays import FakeRelay, httpRequest
+from tests._session import TURNClient
+from tests._timing import reactor
 from turnrelay.admin.credentials import iceServerURLs, makeCredentialsService
 from turnrelay.config import ConfigError, ListenerConfig, RelayConfig, buildConfig
 from turnrelay.service import makeRelayService
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import MessageClass
-from turnrelay.testing import FakeClientLink, FakeUDPReactor
+from turnrelay.testing import FakeUDPReactor
 from turnrelay.transports.tls import makeSelfSignedCertificate
 
 ENDPOINT_PORT = 8089
 TOKEN = "Vb3kQ-7wd1d2ZxQq3e0y1A"
 TTL = 600
-
-
-def httpRequest(
-    factory: Any, method: bytes, path: bytes, headers: Sequence[bytes] = (), body: bytes = b""
-) -> Tuple[int, Dict[bytes, bytes], bytes]:
-    """
-    Send one HTTP/1.1 request to a server factory over a string transport.
-
-    @return: the status code, the headers (lower-case names) and the body.
-    """
-    address = IPv4Address("TCP", "127.0.0.1", 54321)
-    protocol = factory.buildProtocol(address)
-    transport = StringTransport(peerAddress=address)
-    protocol.makeConnection(transport)
-    request = [
-        method + b" " + path + b" HTTP/1.1",
-        b"Host: relay.test",
-        b"Connection: close",
-        b"Content-Length: %d" % (len(body),),
-    ]
-    protocol.dataReceived(b"\r\n".join([*request, *headers]) + b"\r\n\r\n" + body)
-    protocol.connectionLost(Failure(ConnectionDone()))
-    head, _, content = transport.value().partition(b"\r\n\r\n")
-    statusLine, *headerLines = head.split(b"\r\n")
-    responseHeaders = {}
-    for line in headerLines:
-        name, _, value = line.partition(b":")
-        responseHeaders[name.strip().lower()] = value.strip()
-    assert len(content) == int(responseHeaders[b"content-length"]), "short body"
-    return int(statusLine.split()[1]), responseHeaders, content
 
 
 class CredentialsTestCase(TURNTestCase):
@@ -90,9 +58,8 @@ class CredentialsTestCase(TURNTestCase):
             "credentials-token-file": self.tokenFile,
             "credentials-ttl": TTL,
         }
-        self.relay = makeRelayService(buildConfig(self.settings), self.reactor)
-        self.relay.startService()
-        self.addCleanup(self.relay.stopService)
+        self.fake = FakeRelay(self.reactor, **self.settings).start(self)
+        self.relay = self.fake.service
         self.site = next(
             factory for port, factory, _, _ in self.reactor.tcpServers if port == ENDPOINT_PORT
         )
@@ -120,10 +87,7 @@ class CredentialsTestCase(TURNTestCase):
         return status, responseHeaders, json.loads(content)
 
     def client(self, username: str, password: str) -> TURNClient:
-        link = FakeClientLink(
-            TransportAddress("192.0.2.50", 40001), TransportAddress("192.0.2.1", 3478)
-        )
-        return TURNClient(self.relay.server, link, username, password, False)
+        return self.fake.client(username, password)
 
 
 class AuthorizationTests(CredentialsTestCase):
@@ -198,14 +162,8 @@ class AuthorizationTests(CredentialsTestCase):
         """
         Neither the token nor the minted credential appears in any log event.
         """
-        events: List[LogEvent] = []
-
-        @provider(ILogObserver)
-        def observe(event: LogEvent) -> None:
-            events.append(event)
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        logs = LogRecorder(self, namespace="")
+        events = logs.events
         self.site.doStart()
         self.ask(token="a wrong one")
         self.ask(token=TOKEN[:8])
@@ -251,7 +209,7 @@ class AnswerTests(CredentialsTestCase):
         body = self.ask()[2]
         self.assertSuccess(self.client(body["username"], body["credential"]).allocate())
         self.reactor.advance(TTL + 1)
-        self.assertError(self.client(body["username"], body["credential"]).allocate(), 401)
+        self.assertErrorCode(self.client(body["username"], body["credential"]).allocate(), 401)
 
     def test_ttlCappedByRESTMaxTTL(self) -> None:
         """
@@ -397,17 +355,10 @@ class LoopbackTests(TestCase):
         tokenFile = os.path.abspath(self.mktemp())
         with open(tokenFile, "w") as f:
             f.write(TOKEN)
-        config = buildConfig(
-            {
-                "listen": ["udp:3478:interface=192.0.2.1"],
-                "realm": "example.org",
-                "static-auth-secret": ["a shared secret"],
-                "credentials-token-file": tokenFile,
-            }
-        )
-        relay = makeRelayService(config, FakeUDPReactor())
-        relay.startService()
-        self.addCleanup(relay.stopService)
+        fake = FakeRelay(
+            static_auth_secret=["a shared secret"], credentials_token_file=tokenFile
+        ).start(self)
+        relay, config = fake.service, fake.config
         endpoint = ListenerConfig("tcp", 0, "127.0.0.1")
         service = makeCredentialsService(
             relay, attr.evolve(config, credentialsEndpoint=endpoint), reactor
@@ -431,8 +382,5 @@ class LoopbackTests(TestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(body["urls"], ["turn:192.0.2.1:3478?transport=udp"])
         self.assertTrue(body["username"].endswith(":erin"))
-        link = FakeClientLink(
-            TransportAddress("192.0.2.50", 40001), TransportAddress("192.0.2.1", 3478)
-        )
-        client = TURNClient(relay.server, link, body["username"], body["credential"], False)
+        client = fake.client(body["username"], body["credential"])
         self.assertEqual(client.allocate().messageClass, MessageClass.SUCCESS_RESPONSE)

@@ -1,9 +1,9 @@
 """
-The SSH admin console: its helpers (L{turnrelay.admin.console}) on a relay
-driven through its controller on a fake reactor; logging in through the
+The SSH admin console (L{turnrelay.admin.manhole}): logging in through the
 portal; SSH sessions on a fake connection; the service and its host key;
 and the real OpenSSH client over loopback, piping a script into C{ssh -tt}
-and resizing a pseudo-terminal.
+and resizing a pseudo-terminal.  The helpers a session offers are tested in
+L{tests.test_admin_console}.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 import stat
 import struct
 import termios
-from typing import Any, Dict, List, Optional, Tuple, cast
+from typing import Any, List, Optional, Tuple, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from twisted.conch.error import ConchError
@@ -33,18 +33,13 @@ from twisted.cred.credentials import SSHPrivateKey, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
-from zope.interface import implementer
 
-from tests._loopback import reactor
-from tests._relayfixture import requireTool, startRelay
-from tests._turnclient import TURNClient, TURNTestCase
-from tests._turnsocket import within
-from turnrelay.admin.console import HELPERS, OBJECTS, AdminConsole, ConsoleText
+from tests._logs import LogRecorder
+from tests._processes import ChildProcess, requireTool, spawn
+from tests._relays import FakeRelay, fakeConfig, startRelay
+from tests._timing import PROMPTLY, within
 from turnrelay.admin.manhole import (
     HOST_KEY_NAME,
     ConsoleManhole,
@@ -53,80 +48,9 @@ from turnrelay.admin.manhole import (
     keyFingerprint,
     makePortal,
 )
-from turnrelay.config import ConfigError, RelayConfig, buildConfig
-from turnrelay.logs import logLevel, setLogLevel
-from turnrelay.service import RelayService, makeRelayService
-from turnrelay.stun import attributes as A
+from turnrelay.config import ConfigError, RelayConfig
 from turnrelay.stun.address import TransportAddress
-from turnrelay.stun.message import Method
-from turnrelay.testing import FakeClientLink, FakeUDPReactor
-from turnrelay.transports.tls import makeSelfSignedCertificate
-
-PEER = TransportAddress("198.51.100.20", 5000)
-CLIENT_HOST = "192.0.2.50"
-SETTINGS: Dict[str, Any] = {
-    "listen": ["udp:3478:interface=192.0.2.1"],
-    "relay-ip": "198.51.100.1",
-    "realm": "example.org",
-    "user": ["alice:alice-password", "bob:bob-password"],
-    "static-auth-secret": ["a shared secret"],
-    "allow-peer": ["198.51.100.0/24"],
-}
-# Bounds on waits for what takes milliseconds on loopback.
-PROMPTLY = 15.0
-
-
-@implementer(ILogObserver)
-class LogCapture:
-    """
-    Every log event while a test runs.
-
-    @ivar events: the events, oldest first.
-    """
-
-    def __init__(self, testCase: SynchronousTestCase) -> None:
-        self.events: List[LogEvent] = []
-        globalLogPublisher.addObserver(self)
-        testCase.addCleanup(globalLogPublisher.removeObserver, self)
-
-    def __call__(self, event: LogEvent) -> None:
-        self.events.append(event)
-
-    def text(self) -> str:
-        """
-        @return: every event formatted, one per line, failures included.
-        """
-        lines = []
-        for event in self.events:
-            lines.append(formatEvent(event))
-            failure = event.get("log_failure")
-            if failure is not None:
-                lines.append(failure.getTraceback())
-        return "\n".join(lines)
-
-    def matching(self, pattern: str, level: Optional[str] = None) -> List[LogEvent]:
-        """
-        @return: the events whose text matches C{pattern} (at C{level}).
-        """
-        return [
-            event
-            for event in self.events
-            if re.search(pattern, formatEvent(event))
-            and (level is None or event["log_level"].name == level)
-        ]
-
-    def assertClean(self, testCase: SynchronousTestCase) -> None:
-        """
-        Assert that nothing was logged as a failure or an error.
-        """
-        bad = [
-            formatEvent(event)
-            for event in self.events
-            if event.get("log_failure") is not None
-            or event["log_level"].name in ("error", "critical")
-        ]
-        testCase.assertEqual(bad, [])
-        testCase.assertNotIn("Traceback", self.text())
+from turnrelay.testing import FakeUDPReactor
 
 
 def ed25519Key() -> Key:
@@ -158,399 +82,6 @@ def signedCredentials(key: Key, username: bytes = b"admin", signer: Optional[Key
     )
 
 
-class ConsoleTestCase(TURNTestCase):
-    """
-    A relay on a fake reactor, its admin console, and TURN clients.
-    """
-
-    def setUp(self) -> None:
-        self.reactor = FakeUDPReactor()
-        self.relay = self.makeRelay(SETTINGS)
-        self.console = AdminConsole(self.relay, self.reactor)
-        self.logs = LogCapture(self)
-        self.addCleanup(setLogLevel, "info")
-
-    def makeRelay(self, settings: Dict[str, Any]) -> RelayService:
-        relay = makeRelayService(buildConfig(settings), self.reactor)
-        relay.startService()
-        self.addCleanup(relay.stopService)
-        return relay
-
-    def client(self, username: str = "alice", password: Optional[str] = None) -> TURNClient:
-        self.port = getattr(self, "port", 40000) + 1
-        link = FakeClientLink(TransportAddress(CLIENT_HOST, self.port))
-        return TURNClient(
-            self.relay.server, link, username, password or f"{username}-password", False
-        )
-
-    def allocated(self, username: str = "alice") -> TURNClient:
-        """
-        @return: a client of C{username} that holds an allocation.
-        """
-        client = self.client(username)
-        self.assertSuccess(client.allocate())
-        return client
-
-    def relayedOf(self, client: TURNClient) -> str:
-        allocation = client.link.allocation
-        assert allocation is not None
-        return str(allocation.relayedAddress)
-
-
-class NamespaceTests(ConsoleTestCase):
-    """
-    What a console session starts with.
-    """
-
-    def test_liveObjects(self) -> None:
-        """
-        The namespace holds the relay, its controller, registry and
-        configuration themselves, not copies.
-        """
-        names = self.console.namespace()
-        self.assertIs(names["relay"], self.relay)
-        self.assertIs(names["server"], self.relay.server)
-        self.assertIs(names["registry"], self.relay.server.registry)
-        self.assertIs(names["config"], self.relay.config)
-        self.assertIs(names["console"], self.console)
-
-    def test_helpers(self) -> None:
-        """
-        Every helper is in the namespace, bound to this console.
-        """
-        names = self.console.namespace()
-        for name in HELPERS:
-            self.assertEqual(names[name], getattr(self.console, name))
-
-    def test_configInForceAtEachSession(self) -> None:
-        """
-        Each session's namespace has the configuration in force when it
-        starts, so a reload shows in the next session.
-        """
-        newConfig = buildConfig({**SETTINGS, "realm": "example.com"})
-        self.relay.reloadConfig(newConfig)
-        self.assertIs(self.console.namespace()["config"], newConfig)
-
-    def test_consoleText(self) -> None:
-        """
-        Helpers answer with text whose repr is the text itself, so that the
-        console shows it unquoted; it is still an ordinary str.
-        """
-        text = self.console.stats()
-        self.assertIsInstance(text, ConsoleText)
-        self.assertEqual(repr(text), str(text))
-        self.assertIn("\n", repr(text))
-        self.assertEqual(text + "", str(text))
-
-
-class AllocationsTests(ConsoleTestCase):
-    """
-    allocations(): the table and its filters.
-    """
-
-    def test_none(self) -> None:
-        """
-        An idle relay says it has no allocations.
-        """
-        self.assertEqual(self.console.allocations(), "no allocations")
-
-    def test_table(self) -> None:
-        """
-        One aligned row per allocation, oldest first, under a header, with a
-        count at the end.
-        """
-        alice = self.allocated("alice")
-        self.reactor.advance(5)
-        bob = self.allocated("bob")
-        lines = self.console.allocations().splitlines()
-        self.assertEqual(len(lines), 4)
-        header, first, second, count = lines
-        for column in ("USER", "CLIENT", "TRANSPORT", "RELAYED", "AGE", "LEFT", "PERMS"):
-            self.assertIn(column, header)
-        for column in ("CHANNELS", "TO PEERS", "FROM PEERS", "DROPPED"):
-            self.assertIn(column, header)
-        self.assertTrue(first.startswith("alice "))
-        self.assertTrue(second.startswith("bob "))
-        self.assertIn(f"{alice.link.clientAddress}->{alice.link.serverAddress}", first)
-        self.assertIn(self.relayedOf(alice), first)
-        self.assertIn(self.relayedOf(bob), second)
-        self.assertEqual(header.index("CLIENT"), first.index(CLIENT_HOST))
-        self.assertEqual(header.index("CLIENT"), second.index(CLIENT_HOST))
-        self.assertEqual(count, "2 allocations")
-
-    def test_ageAndLifetimeLeft(self) -> None:
-        """
-        The age and the lifetime left follow the clock.
-        """
-        self.allocated()
-        self.reactor.advance(65)
-        row = self.console.allocations().splitlines()[1]
-        self.assertIn(" 1m05s ", row)
-        self.assertIn(" 8m55s ", row)
-
-    def test_permissionsChannelsAndTraffic(self) -> None:
-        """
-        Permissions and channels are counted, and what was relayed each way
-        is shown in packets and bytes.
-        """
-        client = self.allocated()
-        self.assertSuccess(
-            client.request(
-                Method.CHANNEL_BIND, [(A.CHANNEL_NUMBER, 0x4000), (A.XOR_PEER_ADDRESS, PEER)]
-            )
-        )
-        client.indication(Method.SEND, (A.XOR_PEER_ADDRESS, PEER), (A.DATA, b"hello"))
-        client.indication(Method.SEND, (A.XOR_PEER_ADDRESS, PEER), (A.DATA, b"again"))
-        header, row = self.console.allocations().splitlines()[:2]
-        cells = re.split(r"\s{2,}", row)
-        self.assertEqual(cells[6:], ["1", "1", "2 pkts, 10 B", "0 pkts, 0 B", "0"])
-        self.assertEqual(re.split(r"\s{2,}", header)[6:9], ["PERMS", "CHANNELS", "TO PEERS"])
-
-    def test_byUser(self) -> None:
-        """
-        user= keeps that username's allocations, and the count says of how
-        many.
-        """
-        self.allocated("alice")
-        self.allocated("bob")
-        lines = self.console.allocations(user="bob").splitlines()
-        self.assertEqual(len(lines), 3)
-        self.assertTrue(lines[1].startswith("bob "))
-        self.assertEqual(lines[2], "1 allocation of 2 matching user='bob'")
-
-    def test_byAddress(self) -> None:
-        """
-        address= finds an allocation by its client's address (with or
-        without the port), its relayed address, or a peer's.
-        """
-        alice = self.allocated("alice")
-        bob = self.allocated("bob")
-        self.assertSuccess(bob.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, PEER)]))
-        client = str(alice.link.clientAddress)
-        for address in (client, self.relayedOf(alice)):
-            rows = self.console.allocations(address=address).splitlines()[1:-1]
-            self.assertEqual([row.split()[0] for row in rows], ["alice"], address)
-        rows = self.console.allocations(address=PEER.host).splitlines()[1:-1]
-        self.assertEqual([row.split()[0] for row in rows], ["bob"])
-        rows = self.console.allocations(address=CLIENT_HOST).splitlines()[1:-1]
-        self.assertEqual(len(rows), 2)
-
-    def test_noMatch(self) -> None:
-        """
-        A filter that matches nothing says so.
-        """
-        self.allocated()
-        self.assertEqual(
-            self.console.allocations(user="carol", address="192.0.2.99"),
-            "no allocation matches user='carol' and address='192.0.2.99'",
-        )
-
-
-class KillTests(ConsoleTestCase):
-    """
-    kill(): ending allocations by hand.
-    """
-
-    def ended(self) -> List[LogEvent]:
-        return [e for e in self.logs.events if e.get("reason") == "killed by the administrator"]
-
-    def test_byRelayedAddress(self) -> None:
-        """
-        A relayed address ends that allocation only, logged with the reason
-        "killed by the administrator".
-        """
-        alice = self.allocated("alice")
-        self.allocated("bob")
-        relayed = self.relayedOf(alice)
-        text = self.console.kill(relayed)
-        self.assertTrue(text.startswith("killed 1 allocation:"), text)
-        self.assertIn(relayed, text)
-        self.assertEqual([a.username for a in self.relay.server.registry], ["bob"])
-        self.assertEqual([e["relayed"] for e in self.ended()], [relayed])
-
-    def test_byUser(self) -> None:
-        """
-        A username ends every allocation of that user.
-        """
-        self.allocated("alice")
-        self.allocated("alice")
-        self.allocated("bob")
-        text = self.console.kill("alice")
-        self.assertTrue(text.startswith("killed 2 allocations:"), text)
-        self.assertEqual([a.username for a in self.relay.server.registry], ["bob"])
-        self.assertEqual(len(self.ended()), 2)
-
-    def test_byObject(self) -> None:
-        """
-        An allocation object, or several, end those allocations; one that
-        already ended is said to have.
-        """
-        alice = self.allocated("alice")
-        bob = self.allocated("bob")
-        allocation = alice.link.allocation
-        self.assertTrue(self.console.kill(allocation).startswith("killed 1 allocation:"))
-        text = self.console.kill([allocation, bob.link.allocation])
-        self.assertTrue(text.startswith("killed 1 allocation:"), text)
-        self.assertIn("had already ended", text)
-        self.assertEqual(len(self.relay.server.registry), 0)
-
-    def test_clientLearnsAtNextRequest(self) -> None:
-        """
-        The killed allocation's client gets 437 at its next request.
-        """
-        alice = self.allocated("alice")
-        self.console.kill("alice")
-        self.assertError(alice.request(Method.REFRESH, [(A.LIFETIME, 600)]), 437)
-
-    def test_nothingToKill(self) -> None:
-        """
-        A target that matches nothing, or is not a target, kills nothing and
-        says why.
-        """
-        self.allocated()
-        self.assertIn("nothing killed", self.console.kill("198.51.100.1:1"))
-        self.assertIn("kill() takes an allocation", self.console.kill(42))
-        self.assertEqual(len(self.relay.server.registry), 1)
-
-
-class RelayHelperTests(ConsoleTestCase):
-    """
-    stats(), drain(), reloadTLS(), mint(), loglevel() and help().
-    """
-
-    def test_stats(self) -> None:
-        """
-        stats() shows allocations by transport and family, requests and
-        refused authentications, and what was relayed.
-        """
-        client = self.allocated()
-        client.indication(Method.SEND, (A.XOR_PEER_ADDRESS, PEER), (A.DATA, b"hello"))
-        self.client(password="wrong").allocate()
-        text = self.console.stats()
-        self.assertRegex(text, r"(?m)^uptime\s+0s$")
-        self.assertRegex(text, r"(?m)^draining\s+no$")
-        self.assertRegex(text, r"(?m)^allocations\s+1$")
-        self.assertRegex(text, r"(?m)^  by transport\s+udp/ipv4 1$")
-        self.assertRegex(text, r"(?m)^requests answered\s+.*ALLOCATE success 1")
-        self.assertRegex(text, r"(?m)^refused authentications\s+bad-integrity 1")
-        self.assertIn("udp: to peers 0 pkts, 0 B; from peers 0 pkts, 0 B; 1 dropped", text)
-
-    def test_drain(self) -> None:
-        """
-        drain() turns new allocations away and says how many are left.
-        """
-        self.allocated()
-        text = self.console.drain()
-        self.assertTrue(self.relay.server.draining)
-        self.assertIn("new allocations are refused (403)", text)
-        self.assertIn("1 allocation is left", text)
-        self.assertIn("any left in 1h00m will be ended", text)
-        self.assertError(self.client("bob").allocate(), 403)
-
-    def test_drainIdle(self) -> None:
-        """
-        Draining an idle relay is complete at once; alternates are named.
-        """
-        self.relay.stopService()
-        self.relay = self.makeRelay({**SETTINGS, "alternate-server": ["192.0.2.7:3478"]})
-        self.console = AdminConsole(self.relay, self.reactor)
-        text = self.console.drain(timeout=0)
-        self.assertIn("new allocations are sent to 192.0.2.7:3478", text)
-        self.assertIn("the drain is complete", text)
-
-    def test_reloadTLSWithoutTLS(self) -> None:
-        """
-        Without a tls listener there is nothing to reload.
-        """
-        self.assertEqual(
-            self.console.reloadTLS(), "no tls listener: there is no certificate to reload"
-        )
-
-    def test_reloadTLS(self) -> None:
-        """
-        reloadTLS() reads the certificate files again and names the
-        certificate now in service, or says the old one stays.
-        """
-        directory = self.mktemp()
-        os.makedirs(directory)
-        cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-        makeSelfSignedCertificate(cert, key)
-        self.relay.stopService()
-        self.relay = self.makeRelay(
-            {
-                **SETTINGS,
-                "listen": ["udp:3478:interface=192.0.2.1", "tls:5349:interface=192.0.2.1"],
-                "tls-cert": cert,
-                "tls-key": key,
-            }
-        )
-        self.console = AdminConsole(self.relay, self.reactor)
-        makeSelfSignedCertificate(cert, key)
-        text = self.console.reloadTLS()
-        self.assertRegex(text, r"^TLS certificate reloaded: CN=.*, SHA-256 [0-9A-F:]{95}$")
-        with open(cert, "w") as f:
-            f.write("not a certificate")
-        self.assertIn("the old certificate stays in service", self.console.reloadTLS())
-
-    def test_mint(self) -> None:
-        """
-        mint() shows a REST credential that authenticates; the log names
-        the user ID, never the password.
-        """
-        text = self.console.mint("carol", ttl=600)
-        username = re.search(r"(?m)^username: (\S+)$", text)
-        password = re.search(r"(?m)^password: (\S+)$", text)
-        assert username is not None and password is not None
-        self.assertTrue(username.group(1).endswith(":carol"))
-        self.assertIn("valid for 10m00s", text)
-        self.assertSuccess(self.client(username.group(1), password.group(1)).allocate())
-        self.assertTrue(self.logs.matching("minted a TURN REST credential for carol"))
-        self.assertNotIn(password.group(1), self.logs.text())
-
-    def test_mintWithoutSecret(self) -> None:
-        """
-        Without a shared secret, mint() says what to configure.
-        """
-        self.relay.stopService()
-        settings = {k: v for k, v in SETTINGS.items() if k != "static-auth-secret"}
-        self.console = AdminConsole(self.makeRelay(settings), self.reactor)
-        self.assertIn("no static-auth-secret is configured", self.console.mint("carol"))
-
-    def test_loglevel(self) -> None:
-        """
-        loglevel() shows the level, sets a known one, and refuses others.
-        """
-        self.assertTrue(self.console.loglevel().startswith("log level: info"))
-        self.assertEqual(self.console.loglevel("debug"), "log level: debug (was info)")
-        self.assertEqual(logLevel(), "debug")
-        self.assertIn("not one of", self.console.loglevel("loud"))
-        self.assertEqual(logLevel(), "debug")
-
-    def test_help(self) -> None:
-        """
-        help() lists every helper with its parameters and one line, and
-        every live object.
-        """
-        text = self.console.help()
-        for name in HELPERS:
-            self.assertRegex(text, rf"(?m)^  {name}\(.*\)  +\S")
-        for name, _ in OBJECTS:
-            self.assertRegex(text, rf"(?m)^  {name} +\S")
-        self.assertIn("allocations(user=None, address=None)", text)
-        self.assertIn("mint(userID, ttl=86400)", text)
-
-    def test_helpOnOne(self) -> None:
-        """
-        help(helper) shows its whole documentation without epytext markup;
-        help(object) is pydoc's text, never its pager.
-        """
-        text = self.console.help(self.console.kill)
-        self.assertTrue(text.startswith("kill(target)\n"))
-        self.assertIn("killed by the administrator", text)
-        self.assertNotIn("L{", text)
-        self.assertIn("AllocationRegistry", self.console.help(self.relay.server.registry))
-
-
 class PortalTests(SynchronousTestCase):
     """
     Logging in through the console's portal: keys from an authorized_keys
@@ -558,7 +89,7 @@ class PortalTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.logs = LogCapture(self)
+        self.logs = LogRecorder(self, namespace="")
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
         self.keysFile = os.path.join(self.directory, "authorized_keys")
@@ -568,18 +99,14 @@ class PortalTests(SynchronousTestCase):
         with open(self.passwordsFile, "wb") as f:
             f.write(b"# user:password\nadmin:s3cret:with-colon\n\nops:other-pass\n")
         os.chmod(self.passwordsFile, 0o600)
-        config = buildConfig(
-            {
-                **SETTINGS,
-                "manhole": "tcp:2222:interface=127.0.0.1",
-                "manhole-authorized-keys": self.keysFile,
-                "manhole-passwords": self.passwordsFile,
-                "state-dir": os.path.join(self.directory, "state"),
-            }
+        self.fake = FakeRelay(
+            manhole="tcp:2222:interface=127.0.0.1",
+            manhole_authorized_keys=self.keysFile,
+            manhole_passwords=self.passwordsFile,
+            state_dir=os.path.join(self.directory, "state"),
         )
-        reactor = FakeUDPReactor()
-        self.relay = makeRelayService(config, reactor)
-        self.portal = makePortal(self.relay, config, reactor)
+        self.relay = self.fake.service
+        self.portal = makePortal(self.relay, self.fake.config, self.fake.reactor)
 
     def writeKeys(self, content: bytes) -> None:
         with open(self.keysFile, "wb") as f:
@@ -598,7 +125,7 @@ class PortalTests(SynchronousTestCase):
         self.assertIs(interface, IConchUser)
         self.assertTrue(IConchUser.providedBy(avatar))
         logout()
-        self.assertTrue(self.logs.matching("admin console: anyone logged out", "info"))
+        self.assertTrue(self.logs.logged("admin console: anyone logged out", "info"))
 
     def test_unknownKey(self) -> None:
         """
@@ -639,8 +166,8 @@ class PortalTests(SynchronousTestCase):
         )
         self.failureResultOf(self.login(signedCredentials(other)), UnauthorizedLogin)
         self.successResultOf(self.login(signedCredentials(self.key)))
-        self.assertTrue(self.logs.matching(r"line 1 ignored: it has options", "warn"))
-        self.assertTrue(self.logs.matching(r"line 2 ignored: it is not a public key", "warn"))
+        self.assertTrue(self.logs.logged(r"line 1 ignored: it has options", "warn"))
+        self.assertTrue(self.logs.logged(r"line 2 ignored: it is not a public key", "warn"))
         blob = other.public().toString("openssh").split()[1].decode()
         self.assertNotIn(blob, self.logs.text())
         self.assertNotIn("10.0.0.0/8", self.logs.text())
@@ -651,7 +178,7 @@ class PortalTests(SynchronousTestCase):
         """
         os.remove(self.keysFile)
         self.failureResultOf(self.login(signedCredentials(self.key)), UnauthorizedLogin)
-        self.assertTrue(self.logs.matching("cannot read authorized keys", "warn"))
+        self.assertTrue(self.logs.logged("cannot read authorized keys", "warn"))
 
     def test_password(self) -> None:
         """
@@ -687,20 +214,14 @@ class PortalTests(SynchronousTestCase):
             self.login(UsernamePassword(b"admin", b"s3cret:with-colon")), UnauthorizedLogin
         )
         self.successResultOf(self.login(UsernamePassword(b"admin", b"new-password")))
-        self.assertTrue(self.logs.matching("line 2 ignored: it is not user:password", "warn"))
+        self.assertTrue(self.logs.logged("line 2 ignored: it is not user:password", "warn"))
 
     def test_onlyConfiguredCheckers(self) -> None:
         """
         Without a password file, the portal takes keys only.
         """
-        config = buildConfig(
-            {
-                **SETTINGS,
-                "manhole": "tcp:2222",
-                "manhole-authorized-keys": self.keysFile,
-            }
-        )
-        portal = makePortal(self.relay, config, FakeUDPReactor())
+        config = fakeConfig(manhole="tcp:2222", manhole_authorized_keys=self.keysFile)
+        portal = makePortal(self.relay, config, self.fake.reactor)
         interfaces = portal.listCredentialsInterfaces()
         self.assertEqual([i.__name__ for i in interfaces], ["ISSHPrivateKey"])
 
@@ -764,19 +285,16 @@ class SessionTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.logs = LogCapture(self)
-        self.reactor = FakeUDPReactor()
-        self.relay = makeRelayService(buildConfig(SETTINGS), self.reactor)
+        self.logs = LogRecorder(self, namespace="")
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         keysFile = os.path.join(directory, "authorized_keys")
         self.key = ed25519Key()
         with open(keysFile, "wb") as f:
             f.write(authorizedLine(self.key))
-        config = buildConfig(
-            {**SETTINGS, "manhole": "tcp:2222", "manhole-authorized-keys": keysFile}
-        )
-        self.portal = makePortal(self.relay, config, self.reactor)
+        fake = FakeRelay(manhole="tcp:2222", manhole_authorized_keys=keysFile)
+        self.reactor, self.relay = fake.reactor, fake.service
+        self.portal = makePortal(self.relay, fake.config, self.reactor)
 
     def channel(self, portal: Optional[Portal] = None, window: int = 2**20) -> SSHSession:
         """
@@ -1047,7 +565,7 @@ class ManholeServiceTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.logs = LogCapture(self)
+        self.logs = LogRecorder(self, namespace="")
         self.reactor = FakeUDPReactor()
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
@@ -1056,21 +574,30 @@ class ManholeServiceTests(SynchronousTestCase):
             f.write(authorizedLine(ed25519Key()))
         self.stateDir = os.path.join(self.directory, "state")
 
-    def config(self, **settings: Any) -> RelayConfig:
-        values = {
-            **SETTINGS,
+    def settings(self, **settings: Any) -> dict[str, Any]:
+        """
+        @return: the settings of a relay with a console on 127.0.0.1:2222,
+            and C{settings}.
+        """
+        return {
             "manhole": "tcp:2222:interface=127.0.0.1",
-            "manhole-authorized-keys": self.keysFile,
-            "state-dir": self.stateDir,
+            "manhole_authorized_keys": self.keysFile,
+            "state_dir": self.stateDir,
+            **settings,
         }
-        values.update({name.replace("_", "-"): value for name, value in settings.items()})
-        return buildConfig(values)
 
-    def startManhole(self, config: Optional[RelayConfig] = None) -> ManholeService:
-        self.relay = makeRelayService(config or self.config(), self.reactor)
-        self.relay.startService()
-        self.addCleanup(self.relay.stopService)
-        service = self.relay.getServiceNamed("manhole")
+    def config(self, **settings: Any) -> RelayConfig:
+        return fakeConfig(**self.settings(**settings))
+
+    def relay(self, **settings: Any) -> FakeRelay:
+        """
+        @return: a relay with a console, on this test's fake reactor.
+        """
+        return FakeRelay(self.reactor, **self.settings(**settings))
+
+    def startManhole(self) -> ManholeService:
+        self.started = self.relay().start(self).service
+        service = self.started.getServiceNamed("manhole")
         assert isinstance(service, ManholeService)
         return service
 
@@ -1078,7 +605,7 @@ class ManholeServiceTests(SynchronousTestCase):
         """
         Without the manhole setting there is no console.
         """
-        relay = makeRelayService(buildConfig(SETTINGS), self.reactor)
+        relay = FakeRelay(self.reactor).service
         self.assertRaises(KeyError, relay.getServiceNamed, "manhole")
 
     def test_listens(self) -> None:
@@ -1096,7 +623,7 @@ class ManholeServiceTests(SynchronousTestCase):
         self.assertEqual(ConchFactory.privateKeys, {})
         assert service.hostKey is not None
         self.assertTrue(
-            self.logs.matching(
+            self.logs.logged(
                 "admin console listening on 127.0.0.1:2222 .*"
                 + re.escape(keyFingerprint(service.hostKey)),
                 "info",
@@ -1118,10 +645,10 @@ class ManholeServiceTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(keyPath + ".pub"))
         assert first.hostKey is not None
         self.assertEqual(first.hostKey.type(), "Ed25519")
-        self.successResultOf(self.relay.stopService())
+        self.successResultOf(self.started.stopService())
         second = self.startManhole()
         self.assertEqual(second.hostKey, first.hostKey)
-        self.assertEqual(len(self.logs.matching("made the SSH host key")), 1)
+        self.assertEqual(len(self.logs.logged("made the SSH host key")), 1)
 
     def test_badHostKey(self) -> None:
         """
@@ -1130,7 +657,7 @@ class ManholeServiceTests(SynchronousTestCase):
         os.makedirs(os.path.join(self.stateDir, "manhole"))
         with open(os.path.join(self.stateDir, "manhole", HOST_KEY_NAME), "w") as f:
             f.write("junk")
-        relay = makeRelayService(self.config(), self.reactor)
+        relay = self.relay().service
         error = self.assertRaises(ValueError, relay.startService)
         self.assertIn(HOST_KEY_NAME, str(error))
         self.assertIn("remove it", str(error))
@@ -1150,8 +677,7 @@ class ManholeServiceTests(SynchronousTestCase):
         """
         A console nobody could log in to is refused.
         """
-        values = {**SETTINGS, "manhole": "tcp:2222"}
-        self.assertRaises(ConfigError, buildConfig, values)
+        self.assertRaises(ConfigError, fakeConfig, manhole="tcp:2222")
 
     def test_missingFilesWarned(self) -> None:
         """
@@ -1163,84 +689,9 @@ class ManholeServiceTests(SynchronousTestCase):
             f.write("admin:password\n")
         os.chmod(passwords, 0o644)
         missing = os.path.join(self.directory, "nothing-here")
-        makeRelayService(
-            self.config(manhole_authorized_keys=missing, manhole_passwords=passwords),
-            self.reactor,
-        )
-        self.assertTrue(self.logs.matching("nothing-here does not exist", "warn"))
-        self.assertTrue(self.logs.matching("password file .* is readable by others", "warn"))
-
-
-class ChildTerminal(ProcessProtocol):
-    """
-    A child process given some input, whose output is collected.
-
-    @ivar output: its output so far (standard error too, for a PTY).
-    @ivar exitCode: its exit status once it has ended.
-    """
-
-    def __init__(self, script: Optional[bytes] = None) -> None:
-        self._script = script
-        self.output = b""
-        self.exitCode: Optional[int] = None
-        self._ended: Deferred[None] = Deferred()
-        self._waiting: List[Tuple[re.Pattern[bytes], int, Deferred[None]]] = []
-
-    def connectionMade(self) -> None:
-        if self._script is not None:
-            self.transport.write(self._script)  # type: ignore[union-attr]
-            self.transport.closeStdin()  # type: ignore[union-attr]
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self.output += data
-        waiting = []
-        for pattern, start, waiter in self._waiting:
-            if pattern.search(self.output, start):
-                waiter.callback(None)
-            else:
-                waiting.append((pattern, start, waiter))
-        self._waiting = waiting
-
-    def processEnded(self, reason: Failure) -> None:
-        self.exitCode = getattr(reason.value, "exitCode", None)
-        waiting, self._waiting = self._waiting, []
-        for pattern, _, waiter in waiting:
-            waiter.errback(AssertionError(f"ended before {pattern.pattern!r}: {self.output!r}"))
-        self._ended.callback(None)
-
-    def waitFor(self, pattern: bytes, start: int = 0) -> Deferred[None]:
-        """
-        @return: a L{Deferred} that fires when the output after C{start}
-            matches C{pattern}.
-        """
-        compiled = re.compile(pattern)
-        if compiled.search(self.output, start):
-            return succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._waiting.append((compiled, start, waiter))
-        return waiter
-
-    def whenEnded(self) -> Deferred[None]:
-        """
-        @return: a L{Deferred} that fires when the process has ended.
-        """
-        if self._ended.called:
-            return succeed(None)
-        ended: Deferred[None] = Deferred()
-        self._ended.addCallback(lambda _: ended.callback(None))
-        return ended
-
-    def stop(self) -> Deferred[None]:
-        """
-        Kill the process unless it has ended, and wait for its end.
-        """
-        self._waiting = []
-        if not self._ended.called:
-            try:
-                self.transport.signalProcess("KILL")  # type: ignore[union-attr]
-            except Exception:
-                pass
-        return self.whenEnded()
+        self.relay(manhole_authorized_keys=missing, manhole_passwords=passwords)
+        self.assertTrue(self.logs.logged("nothing-here does not exist", "warn"))
+        self.assertTrue(self.logs.logged("password file .* is readable by others", "warn"))
 
 
 class OpenSSHTests(TestCase):
@@ -1253,7 +704,7 @@ class OpenSSHTests(TestCase):
     def setUp(self) -> None:
         self.ssh = requireTool(self, "ssh")
         self.keygen = requireTool(self, "ssh-keygen")
-        self.logs = LogCapture(self)
+        self.logs = LogRecorder(self, namespace="")
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
         self.keysFile = os.path.join(self.directory, "authorized_keys")
@@ -1284,13 +735,9 @@ class OpenSSHTests(TestCase):
             ssh-keygen.
         """
         path = os.path.join(self.directory, name)
-        child = ChildTerminal(b"")
-        reactor.spawnProcess(
-            child, self.keygen, [self.keygen, "-q", "-t", "ed25519", "-N", "", "-f", path]
-        )
-        self.addCleanup(child.stop)
+        child = spawn(self, [self.keygen, "-q", "-t", "ed25519", "-N", "", "-f", path])
         await within(child.whenEnded(), PROMPTLY, "ssh-keygen")
-        self.assertEqual(child.exitCode, 0, child.output)
+        self.assertEqual(child.exitCode, 0, child.output + child.errors)
         return path
 
     def sshArguments(self, *extra: str, identity: Optional[str] = None) -> List[str]:
@@ -1318,15 +765,16 @@ class OpenSSHTests(TestCase):
 
     def spawnSSH(
         self, arguments: List[str], script: Optional[bytes] = None, usePTY: bool = False
-    ) -> ChildTerminal:
+    ) -> ChildProcess:
+        """
+        Run ssh with C{script} as its input, or in a pseudo-terminal with
+        its input open.
+        """
         environment = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-        child = ChildTerminal(script)
-        reactor.spawnProcess(child, arguments[0], arguments, env=environment, usePTY=usePTY)
-        self.addCleanup(child.stop)
-        return child
+        return spawn(self, arguments, env=environment, input=script, usePTY=usePTY)
 
     def assertLoggedIn(self) -> None:
-        logins = self.logs.matching(
+        logins = self.logs.logged(
             r"admin console: admin logged in from 127\.0\.0\.1:\d+ by publickey, key SHA256:",
             "info",
         )
@@ -1364,14 +812,14 @@ class OpenSSHTests(TestCase):
         """
         await self.startConsole()
         child = self.spawnSSH(self.sshArguments("-tt"), usePTY=True)
-        await within(child.waitFor(rb">>> "), PROMPTLY, "the console's prompt")
+        await within(child.waitForOutput(rb">>> "), PROMPTLY, "the console's prompt")
         start = len(child.output)
         transport: Any = child.transport
         fcntl.ioctl(transport.fileno(), termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
-        await within(child.waitFor(rb"\x1b\[2K\r>>> ", start), PROMPTLY, "the redrawn line")
+        await within(child.waitForOutput(rb"\x1b\[2K\r>>> ", start), PROMPTLY, "the redrawn line")
         start = len(child.output)
         transport.write(b"print(6 * 7)\n")
-        await within(child.waitFor(rb"\r\n42\r\n", start), PROMPTLY, "the answer")
+        await within(child.waitForOutput(rb"\r\n42\r\n", start), PROMPTLY, "the answer")
         transport.write(b"\x04")
         await within(child.whenEnded(), PROMPTLY, "the end of the session")
         self.assertEqual(child.exitCode, 0, child.output)
@@ -1388,9 +836,9 @@ class OpenSSHTests(TestCase):
         stranger = await self.makeIdentity("stranger")
         child = self.spawnSSH(self.sshArguments("-tt", identity=stranger), b"stats()\n")
         await within(child.whenEnded(), PROMPTLY, "ssh with a stranger's key")
-        self.assertEqual(child.exitCode, 255, child.output)
+        self.assertEqual(child.exitCode, 255, child.output + child.errors)
         self.assertNotIn(b"uptime", child.output)
-        refused = self.logs.matching(
+        refused = self.logs.logged(
             r"admin console: login refused to admin from 127\.0\.0\.1:\d+: "
             r"\d+ failed attempts, the last by publickey",
             "warn",
@@ -1399,7 +847,7 @@ class OpenSSHTests(TestCase):
         with open(stranger + ".pub") as f:
             blob = f.read().split()[1]
         self.assertNotIn(blob, self.logs.text())
-        self.assertEqual(self.logs.matching("logged in"), [])
+        self.assertEqual(self.logs.logged("logged in"), [])
         self.logs.assertClean(self)
 
     async def test_keyAddedWhileRunning(self) -> None:
@@ -1423,6 +871,6 @@ class OpenSSHTests(TestCase):
         await self.startConsole()
         child = self.spawnSSH(self.sshArguments() + ["stats()"], b"")
         await within(child.whenEnded(), PROMPTLY, "ssh with a command")
-        self.assertEqual(child.exitCode, 1, child.output)
-        self.assertIn(b"runs no commands; pipe them in instead", child.output)
+        self.assertEqual(child.exitCode, 1, child.output + child.errors)
+        self.assertIn(b"runs no commands; pipe them in instead", child.output + child.errors)
         self.logs.assertClean(self)

@@ -7,25 +7,23 @@ connection on a string transport; and one scrape over real loopback.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Dict, FrozenSet, List, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Tuple
 
 import attr
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.internet.testing import StringTransport
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
-from zope.interface import provider
 
-from tests._loopback import reactor
-from tests._turnclient import TURNClient, TURNTestCase
+from tests._assertions import TURNTestCase
+from tests._logs import LogRecorder
+from tests._relays import CLIENT_HOST, DENIED_PEER, PEER_A, FakeRelay, httpRequest
+from tests._session import TURNClient
+from tests._timing import reactor
 from turnrelay.admin.metrics import (
     DESCRIPTOR_KINDS,
     PEER_REFUSALS,
@@ -33,27 +31,20 @@ from turnrelay.admin.metrics import (
     AdminWebService,
     makeMetricsService,
 )
-from turnrelay.config import ListenerConfig, buildConfig
-from turnrelay.service import RelayService, makeRelayService
+from turnrelay.config import ListenerConfig
+from turnrelay.service import RelayService
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.channeldata import encodeChannelData
 from turnrelay.stun.message import MessageClass, Method, STUNMessage
-from turnrelay.testing import FakeClientLink, FakeUDPPort, FakeUDPReactor
+from turnrelay.testing import FakeClientLink
 
 METRICS_PORT = 9641
-PEER = TransportAddress("198.51.100.20", 5000)
+PEER = PEER_A
 STRANGER = TransportAddress("198.51.100.99", 5001)
-DENIED_PEER = TransportAddress("203.0.113.5", 5000)
-CLIENT_HOST = "192.0.2.50"
 SETTINGS: Dict[str, Any] = {
     "listen": ["udp:3478:interface=192.0.2.1", "tcp:3478:interface=192.0.2.1"],
-    "relay-ip": "198.51.100.1",
-    "realm": "example.org",
-    "user": ["alice:alice-password", "bob:bob-password"],
-    "static-auth-secret": ["a shared secret"],
-    "allow-peer": ["198.51.100.0/24"],
-    "user-quota": 1,
+    "user_quota": 1,
     "metrics": f"tcp:{METRICS_PORT}:interface=127.0.0.1",
 }
 
@@ -94,31 +85,6 @@ LABEL_VALUES = {
 Samples = Dict[Tuple[str, FrozenSet[Tuple[str, str]]], float]
 
 
-def httpRequest(
-    factory: Any, method: bytes, path: bytes, headers: Sequence[bytes] = ()
-) -> Tuple[int, Dict[bytes, bytes], bytes]:
-    """
-    Send one HTTP/1.1 request to a server factory over a string transport.
-
-    @return: the status code, the headers (lower-case names) and the body.
-    """
-    address = IPv4Address("TCP", "127.0.0.1", 54321)
-    protocol = factory.buildProtocol(address)
-    transport = StringTransport(peerAddress=address)
-    protocol.makeConnection(transport)
-    request = [method + b" " + path + b" HTTP/1.1", b"Host: relay.test", b"Connection: close"]
-    protocol.dataReceived(b"\r\n".join([*request, *headers]) + b"\r\n\r\n")
-    protocol.connectionLost(Failure(ConnectionDone()))
-    head, _, body = transport.value().partition(b"\r\n\r\n")
-    statusLine, *headerLines = head.split(b"\r\n")
-    responseHeaders = {}
-    for line in headerLines:
-        name, _, value = line.partition(b":")
-        responseHeaders[name.strip().lower()] = value.strip()
-    assert len(body) == int(responseHeaders[b"content-length"]), "short body"
-    return int(statusLine.split()[1]), responseHeaders, body
-
-
 def parseScrape(text: str) -> Samples:
     """
     Parse an exposition in the Prometheus text format.
@@ -141,25 +107,17 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 class MetricsTestCase(TURNTestCase):
     def setUp(self) -> None:
-        self.reactor = FakeUDPReactor()
-        self.relay = makeRelayService(buildConfig(SETTINGS), self.reactor)
-        self.relay.startService()
-        self.addCleanup(self.relay.stopService)
+        self.fake = FakeRelay(**SETTINGS).start(self)
+        self.reactor = self.fake.reactor
+        self.relay = self.fake.service
         self.site = next(
             factory for port, factory, _, _ in self.reactor.tcpServers if port == METRICS_PORT
         )
-        self.clientPort = 40000
 
     def client(
         self, username: str = "alice", password: str = "alice-password", transport: str = "udp"
     ) -> TURNClient:
-        self.clientPort += 1
-        link = FakeClientLink(
-            TransportAddress(CLIENT_HOST, self.clientPort),
-            TransportAddress("192.0.2.1", 3478),
-            transport,
-        )
-        return TURNClient(self.relay.server, link, username, password, False)
+        return self.fake.client(username, password, transport=transport)
 
     def scrapeText(self, accept: bytes = b"") -> Tuple[Dict[bytes, bytes], str]:
         headers = [b"Accept: " + accept] if accept else []
@@ -169,11 +127,6 @@ class MetricsTestCase(TURNTestCase):
 
     def scrape(self) -> Samples:
         return parseScrape(self.scrapeText()[1])
-
-    def relayPort(self, client: TURNClient) -> FakeUDPPort:
-        port = client.link.allocation.relayPort
-        assert isinstance(port, FakeUDPPort)
-        return port
 
     def channelData(self, client: TURNClient, payload: bytes, number: int = 0x4000) -> None:
         self.relay.server.channelDataReceived(encodeChannelData(number, payload), client.link)
@@ -191,16 +144,16 @@ class MetricsTestCase(TURNTestCase):
         bind = [(A.CHANNEL_NUMBER, 0x4000), (A.XOR_PEER_ADDRESS, PEER)]
         self.assertSuccess(alice.request(Method.CHANNEL_BIND, bind))
         denied = [(A.XOR_PEER_ADDRESS, DENIED_PEER)]
-        self.assertError(alice.request(Method.CREATE_PERMISSION, denied), 403)
+        self.assertErrorCode(alice.request(Method.CREATE_PERMISSION, denied), 403)
         deniedBind = [(A.CHANNEL_NUMBER, 0x4001), (A.XOR_PEER_ADDRESS, DENIED_PEER)]
-        self.assertError(alice.request(Method.CHANNEL_BIND, deniedBind), 403)
+        self.assertErrorCode(alice.request(Method.CHANNEL_BIND, deniedBind), 403)
         self.assertSuccess(self.client("bob", "bob-password", "tcp").allocate())
-        self.assertError(self.client().allocate(), 486)
-        self.assertError(self.client(password="wrong").allocate(), 401)
+        self.assertErrorCode(self.client().allocate(), 486)
+        self.assertErrorCode(self.client(password="wrong").allocate(), 401)
         self.channelData(alice, b"hello")
         self.channelData(alice, b"world")
         self.channelData(alice, b"??", number=0x4005)
-        port = self.relayPort(alice)
+        port = self.fake.relayPort(alice)
         port.protocol.datagramReceived(b"back!!", (PEER.host, PEER.port))
         port.protocol.datagramReceived(b"nope", (STRANGER.host, STRANGER.port))
         self.assertEqual(alice.link.sent, [encodeChannelData(0x4000, b"back!!")])
@@ -452,18 +405,11 @@ class EndpointTests(MetricsTestCase):
         """
         A scrape logs nothing: no access log line, no factory start.
         """
-        events: List[LogEvent] = []
-
-        @provider(ILogObserver)
-        def observe(event: LogEvent) -> None:
-            events.append(event)
-
-        globalLogPublisher.addObserver(observe)
-        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        logs = LogRecorder(self, namespace="")
         self.site.doStart()
         self.scrapeText()
         self.site.doStop()
-        self.assertEqual(events, [])
+        self.assertEqual(logs.events, [])
 
     def test_listensAndStops(self) -> None:
         """
@@ -506,11 +452,8 @@ class LoopbackTests(TestCase):
     """
 
     def relay(self) -> Tuple[RelayService, AdminWebService, int]:
-        fake = FakeUDPReactor()
-        config = buildConfig({k: v for k, v in SETTINGS.items() if k != "metrics"})
-        relay = makeRelayService(config, fake)
-        relay.startService()
-        self.addCleanup(relay.stopService)
+        fake = FakeRelay(**{**SETTINGS, "metrics": None}).start(self)
+        relay, config = fake.service, fake.config
         metricsConfig = attr.evolve(config, metrics=ListenerConfig("tcp", 0, "127.0.0.1"))
         service = makeMetricsService(relay, metricsConfig, reactor)
         service.startService()

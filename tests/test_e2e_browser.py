@@ -51,7 +51,8 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests._loopback import ChildProcess, pythonEnvironment, reactor, spawn
+from tests._processes import ChildProcess, pythonEnvironment, spawn, turnrelayCommand
+from tests._timing import reactor
 from turnrelay.auth.credentials import mintRESTCredential
 from turnrelay.transports.tls import makeSelfSignedCertificate
 
@@ -121,16 +122,6 @@ def requireTestbed() -> None:
         import selenium  # noqa: F401
     except ImportError:
         _unavailable("selenium is not installed; `make test` installs the test extra with it")
-
-
-def twistdCommand() -> List[str]:
-    """
-    @return: the command that runs the twistd of this Python.
-    """
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
@@ -323,17 +314,7 @@ class RelayProcess:
         certificate = os.path.join(workdir, "relay-cert.pem")
         key = os.path.join(workdir, "relay-key.pem")
         makeSelfSignedCertificate(certificate, key, (certifiedFor or host,))
-        args = twistdCommand() + [
-            "--nodaemon",
-            "--pidfile=",
-            "--logfile=-",
-            "turnrelay",
-            "--listen",
-            f"udp:{TURN_PORT}:interface={host}",
-            "--listen",
-            f"tcp:{TURN_PORT}:interface={host}",
-            "--listen",
-            f"tls:{TURNS_PORT}:interface={host}",
+        args = turnrelayCommand(
             "--relay-ip",
             host,
             "--allow-peer",
@@ -352,7 +333,13 @@ class RelayProcess:
             # debug level only (at info, a summary once a minute).
             "--log-level",
             "debug",
-        ]
+            listen=[
+                f"udp:{TURN_PORT}:interface={host}",
+                f"tcp:{TURN_PORT}:interface={host}",
+                f"tls:{TURNS_PORT}:interface={host}",
+            ],
+            twistdOptions=["--logfile=-"],
+        )
         process = spawn(testCase, namespace.command(args), env=pythonEnvironment(), path=workdir)
         await process.waitForOutput(rb"listening for tls on " + re.escape(host.encode()))
         return cls(process, host, certificate)

@@ -41,9 +41,14 @@ from typing import Any, Dict, List, Tuple
 
 from twisted.trial.unittest import TestCase
 
-from tests._loopback import ChildProcess, pythonEnvironment
 from tests._netns import Host, Network
-from tests._relayfixture import requireTool, uclientCounters
+from tests._processes import (
+    ChildProcess,
+    pythonEnvironment,
+    requireTool,
+    turnrelayCommand,
+    uclientCounters,
+)
 from turnrelay.transports.tls import makeSelfSignedCertificate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -103,16 +108,6 @@ COMMIT
 -A FORWARD -i eth0 -o eth1 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
 COMMIT
 """
-
-
-def twistdCommand() -> List[str]:
-    """
-    @return: the command that runs the twistd of this Python.
-    """
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def jsonLines(output: bytes) -> List[Dict[str, Any]]:
@@ -184,10 +179,7 @@ class Site:
             f"tls:{TLS_PORT}:interface={server}",
             *(f"udp:{port}:interface={server}" for port in MORE_UDP_PORTS),
         ]
-        args = twistdCommand() + ["--nodaemon", "--pidfile=", "turnrelay"]
-        for value in listen:
-            args += ["--listen", value]
-        args += [
+        args = turnrelayCommand(
             "--relay-ip",
             server,
             "--allow-peer",
@@ -200,7 +192,8 @@ class Site:
             self.certificate,
             "--tls-key",
             self.key,
-        ]
+            listen=listen,
+        )
         self.twistd = self.server.spawn(
             self.testCase, args, env=pythonEnvironment(), path=self.directory
         )

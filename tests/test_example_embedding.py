@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 
-from tests._turnclient import TURNClient
+from tests._session import TURNClient
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import MessageClass

@@ -12,26 +12,19 @@ is bounded in count, and in time by the test's timeout.
 
 from __future__ import annotations
 
-import io
 import re
 import socket
 from typing import Callable, Dict, Optional, Tuple
 
 from twisted.internet.task import deferLater
-from twisted.logger import globalLogPublisher, textFileLogObserver
 from twisted.trial.unittest import TestCase
 
-from tests._loopback import DatagramClient, datagramClient, reactor
-from tests._turnsocket import (
-    assertSuccess,
-    listenerAddress,
-    startTURNRelay,
-    udpTURNClient,
-    within,
-)
-from tests.test_loopback_ipv6 import SKIP as NO_IPV6
+from tests._assertions import TURNTestCase
+from tests._logs import LogRecorder
+from tests._relays import LoopbackRelay, startRelay
+from tests._sockets import DatagramClient, datagramClient, noIPv6Loopback, udpTURNClient
+from tests._timing import PROMPTLY, reactor, within
 from tests.test_turn_refusals import EXCHANGES, signedAnonymously, unsigned
-from turnrelay.service import RelayService
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import Method, decodeMessage
@@ -46,25 +39,15 @@ BURST = 1_000
 # At most this many datagrams are left unread by the relay at once: well
 # within the default socket buffer, so that the kernel drops none.
 WINDOW = 200
-PROMPTLY = 5.0
+
+NO_IPV6 = noIPv6Loopback()
 
 
-class LogCapture:
+def logSize(log: LogRecorder) -> int:
     """
-    The text twistd would write to its log file, as it is written.
+    @return: how many bytes twistd's log file would hold of C{log}.
     """
-
-    def __init__(self, testCase: TestCase) -> None:
-        self.text = io.StringIO()
-        observer = textFileLogObserver(self.text)
-        globalLogPublisher.addObserver(observer)
-        testCase.addCleanup(globalLogPublisher.removeObserver, observer)
-
-    def size(self) -> int:
-        """
-        @return: how many bytes the log holds.
-        """
-        return len(self.text.getvalue().encode("utf-8"))
+    return len(log.logFileText().encode("utf-8"))
 
 
 async def flood(
@@ -96,12 +79,7 @@ async def flood(
     return reactor.seconds() - start
 
 
-def startRelay(testCase: TestCase, **settings: object) -> Tuple[RelayService, TransportAddress]:
-    relay, _ = startTURNRelay(testCase, listen=["udp:0:interface=127.0.0.1"], **settings)
-    return relay, listenerAddress(relay, "udp")
-
-
-class LogFloodTests(TestCase):
+class LogFloodTests(TURNTestCase, TestCase):
     """
     Refused requests from sources not authenticated are summed up in the
     log, never logged one by one (issue 9, item 4).
@@ -109,7 +87,7 @@ class LogFloodTests(TestCase):
 
     timeout = 120
 
-    async def _flood(self, **settings: object) -> Tuple[RelayService, LogCapture, int, float]:
+    async def _flood(self, **settings: object) -> Tuple[LoopbackRelay, LogRecorder, int, float]:
         """
         Start a relay (refusals summed up every second), make and end an
         allocation around a flood of L{FLOOD} requests carrying
@@ -118,22 +96,23 @@ class LogFloodTests(TestCase):
         @return: the relay, its log, the bytes logged from the flood's start
             to the relay's stop, and the seconds the flood took.
         """
-        log = LogCapture(self)
-        relay, server = startRelay(self, refusal_summary_interval=1, **settings)
+        log = LogRecorder(self, namespace="")
+        relay = startRelay(self, refusal_summary_interval=1, **settings)
+        server = relay.address()
         session = udpTURNClient(self, server)
-        assertSuccess(self, await within(session.allocate(), PROMPTLY, "Allocate"))
-        before = log.size()
+        self.assertSuccess(await within(session.allocate(), PROMPTLY, "Allocate"))
+        before = logSize(log)
         failures = relay.server.authFailures
         seconds = await flood(
             server, signedAnonymously(), FLOOD, lambda: failures["missing-attribute"]
         )
-        assertSuccess(self, await within(session.refresh((A.LIFETIME, 0)), PROMPTLY, "Refresh 0"))
-        await relay.stopService()
+        self.assertSuccess(await within(session.refresh((A.LIFETIME, 0)), PROMPTLY, "Refresh 0"))
+        await relay.service.stopService()
         # Everything logged since the allocation was made: the flood's
         # summaries (the last one at stop), the allocation's end, the stop.
-        added = log.size() - before
+        added = logSize(log) - before
         self.assertEqual(failures["missing-attribute"], FLOOD)
-        text = log.text.getvalue()
+        text = log.logFileText()
         self.assertRegex(
             text, r"allocation 127\.0\.0\.1:\d+ created for alice on udp:127\.0\.0\.1:\d+->"
         )
@@ -151,14 +130,14 @@ class LogFloodTests(TestCase):
         the allocation's created and ended records are there.
         """
         relay, log, added, seconds = await self._flood()
-        self.assertLess(added, LOG_BOUND, log.text.getvalue()[-3000:])
+        self.assertLess(added, LOG_BOUND, log.logFileText()[-3000:])
         refusals = relay.server.refusals
         self.assertEqual(refusals["missing-attribute"], FLOOD)
         self.assertGreater(refusals["rate-limited"], FLOOD - 40 - 20 * (seconds + 1))
-        summaries = re.findall(r"refused unauthenticated requests in the last", log.text.getvalue())
+        summaries = re.findall(r"refused unauthenticated requests in the last", log.logFileText())
         self.assertGreaterEqual(len(summaries), 1)
         self.assertLessEqual(len(summaries), seconds + 2)
-        self.assertNotRegex(log.text.getvalue(), r"refused with 400")
+        self.assertNotRegex(log.logFileText(), r"refused with 400")
 
     async def test_floodAnswered(self) -> None:
         """
@@ -168,12 +147,12 @@ class LogFloodTests(TestCase):
         relay, log, added, _ = await self._flood(
             unauthenticated_rate=1_000_000, unauthenticated_burst=1_000_000
         )
-        self.assertLess(added, LOG_BOUND, log.text.getvalue()[-3000:])
+        self.assertLess(added, LOG_BOUND, log.logFileText()[-3000:])
         self.assertEqual(relay.server.requests["ALLOCATE", "400"], FLOOD)
         self.assertEqual(relay.server.refusals["rate-limited"], 0)
 
 
-class AmplificationTests(TestCase):
+class AmplificationTests(TURNTestCase, TestCase):
     """
     No unauthenticated answer over UDP is more than three times the size of
     its request (issue 9, item 5), from IPv4 and IPv6 clients.
@@ -188,8 +167,8 @@ class AmplificationTests(TestCase):
         @return: response size / request size by kind, L{None} for no
             response.
         """
-        relay, _ = startTURNRelay(self, listen=[f"udp:0:interface={interface}"])
-        server = listenerAddress(relay, "udp", ":" if ":" in interface else ".")
+        relay = startRelay(self, listen=[f"udp:0:interface={interface}"])
+        server = relay.address()
         client = datagramClient(self, interface)
         ratios: Dict[str, Optional[float]] = {}
         for name, make in EXCHANGES.items():
@@ -231,7 +210,7 @@ class AmplificationTests(TestCase):
         self.assertBounded(await self._ratios("::1"))
 
 
-class BurstTests(TestCase):
+class BurstTests(TURNTestCase, TestCase):
     """
     The per-source limit on unauthenticated UDP answers holds under a
     burst, and other sources are still answered (issue 9, item 5).
@@ -243,12 +222,13 @@ class BurstTests(TestCase):
         the burst and the rate allow; another IPv4 source, and an IPv6 one,
         still get answers.
         """
-        relay, server = startRelay(self)
-        limit = relay.config.unauthenticatedBurst, relay.config.unauthenticatedRate
+        relay = startRelay(self)
+        server = relay.address()
+        config = relay.service.config
+        limit = config.unauthenticatedBurst, config.unauthenticatedRate
         server6: Optional[TransportAddress] = None
         if not NO_IPV6:
-            relay6, server6 = startTURNRelay(self, listen=["udp:0:interface=::1"])[0], None
-            server6 = listenerAddress(relay6, "udp", ":")
+            server6 = startRelay(self, listen=["udp:0:interface=::1"]).address()
         requests = relay.server.requests
         refusals = relay.server.refusals
 
@@ -261,7 +241,7 @@ class BurstTests(TestCase):
         self.assertLessEqual(answered, burst + rate * seconds + 1)
         self.assertGreaterEqual(answered, burst)
         self.assertEqual(refusals["rate-limited"], BURST - answered)
-        self.assertEqual(relay.stats()["unauthenticatedSources"], 1)
+        self.assertEqual(relay.service.stats()["unauthenticatedSources"], 1)
 
         await self.assertAnswered(datagramClient(self, "127.0.0.2"), server)
         if server6 is not None:

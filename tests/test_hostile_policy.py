@@ -23,31 +23,27 @@ from __future__ import annotations
 import itertools
 import os
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Callable, Coroutine, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Coroutine, Dict, Iterable, List, Tuple
 
 from twisted.trial.unittest import TestCase
 
-from tests._loopback import datagramClient, noIPv6Loopback
-from tests._turnsocket import (
-    ServerConnections,
-    TURNSession,
-    assertSuccess,
-    listenerAddress,
-    startTURNRelay,
+from tests._assertions import TURNTestCase, errorCode
+from tests._relays import LoopbackRelay, ServerConnections, startRelay
+from tests._sockets import (
+    SocketTURNSession,
+    datagramClient,
+    noIPv6Loopback,
     streamTURNClient,
     udpTURNClient,
-    within,
 )
+from tests._timing import PROMPTLY, within
 from turnrelay.config import ConfigError
 from turnrelay.listening import ListeningService
-from turnrelay.service import RelayService
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
-from turnrelay.stun.message import MessageClass, Method, STUNMessage
+from turnrelay.stun.message import Method, STUNMessage
 from turnrelay.turn.allocation import Allocation
 
-# Bounds on waits for things that happen in milliseconds on loopback.
-PROMPTLY = 5.0
 # Send indications go out this many at a time, each batch followed by a
 # request whose answer shows that the relay has read the batch, so that no
 # receive buffer ever overflows.
@@ -163,17 +159,8 @@ def ownPeers(services: Iterable[TransportAddress]) -> Dict[int, List[TransportAd
     return peers
 
 
-def errorCode(response: STUNMessage) -> Optional[int]:
-    """
-    @return: the error code of an error response, else L{None}.
-    """
-    if response.messageClass != MessageClass.ERROR_RESPONSE:
-        return None
-    return int(response.get(A.ERROR_CODE).code)
-
-
 def connectRequest(
-    session: TURNSession,
+    session: SocketTURNSession,
 ) -> Callable[[TransportAddress], Coroutine[Any, Any, STUNMessage]]:
     """
     @return: a function that sends C{session}'s Connect request for a peer.
@@ -181,19 +168,19 @@ def connectRequest(
     return lambda peer: session.request(Method.CONNECT, [(A.XOR_PEER_ADDRESS, peer)])
 
 
-def ownServices(relay: RelayService) -> List[TransportAddress]:
+def ownServices(relay: LoopbackRelay) -> List[TransportAddress]:
     """
     @return: the address of every socket the relay listens on: TURN
         listeners and admin services.
     """
     return [
         child.address
-        for child in relay
+        for child in relay.service
         if isinstance(child, ListeningService) and child.address is not None
     ]
 
 
-def serverAllocation(relay: RelayService, relayed: Iterable[TransportAddress]) -> Allocation:
+def serverAllocation(relay: LoopbackRelay, relayed: Iterable[TransportAddress]) -> Allocation:
     """
     @return: the relay's allocation with the relayed addresses C{relayed}.
     """
@@ -204,7 +191,7 @@ def serverAllocation(relay: RelayService, relayed: Iterable[TransportAddress]) -
     raise AssertionError(f"no allocation relaying from {wanted}")
 
 
-class HostileSweeps(TestCase):
+class HostileSweeps(TURNTestCase, TestCase):
     """
     Sweeps of hostile peers over each request that names a peer, against a
     relay each test starts.
@@ -213,9 +200,9 @@ class HostileSweeps(TestCase):
     skip = SKIP
     timeout = 30
 
-    relay: RelayService
+    relay: LoopbackRelay
 
-    def startRelay(self, **settings: Any) -> RelayService:
+    def startRelay(self, **settings: Any) -> LoopbackRelay:
         """
         Start a relay with UDP and TCP listeners on 127.0.0.1, relay-ip
         127.0.0.1 and relay-ip6 ::1.
@@ -227,26 +214,28 @@ class HostileSweeps(TestCase):
             "user_quota": 0,
         }
         values.update(settings)
-        relay, _ = startTURNRelay(self, **values)
+        relay = startRelay(self, **values)
         ServerConnections(self, relay, "tcp")
         self.relay = relay
         return relay
 
-    async def udpAllocation(self) -> Tuple[TURNSession, Allocation, Dict[int, TransportAddress]]:
+    async def udpAllocation(
+        self,
+    ) -> Tuple[SocketTURNSession, Allocation, Dict[int, TransportAddress]]:
         """
         Allocate an IPv4 and an IPv6 UDP relay for one client.
 
         @return: the client, the relay's allocation, and the relayed
             addresses by family.
         """
-        session = udpTURNClient(self, listenerAddress(self.relay, "udp"))
+        session = udpTURNClient(self, self.relay.address("udp", FAMILY_IPV4))
         allocated = await within(
             session.allocate((A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)), PROMPTLY, "Allocate"
         )
-        relayed = assertSuccess(self, allocated).getAll(A.XOR_RELAYED_ADDRESS)
+        relayed = self.assertSuccess(allocated).getAll(A.XOR_RELAYED_ADDRESS)
         return session, serverAllocation(self.relay, relayed), {a.family: a for a in relayed}
 
-    async def tcpAllocation(self, family: int) -> TURNSession:
+    async def tcpAllocation(self, family: int) -> SocketTURNSession:
         """
         Allocate a TCP relay (RFC 6062) of C{family} on a connection of its
         own.
@@ -254,7 +243,7 @@ class HostileSweeps(TestCase):
         @return: the client.
         """
         client = await within(
-            streamTURNClient(self, listenerAddress(self.relay, "tcp")), PROMPTLY, "TCP connect"
+            streamTURNClient(self, self.relay.address("tcp")), PROMPTLY, "TCP connect"
         )
         allocated = await within(
             client.session.allocate(
@@ -263,7 +252,7 @@ class HostileSweeps(TestCase):
             PROMPTLY,
             "TCP Allocate",
         )
-        assertSuccess(self, allocated)
+        self.assertSuccess(allocated)
         return client.session
 
     async def assertAllRefused(
@@ -285,7 +274,7 @@ class HostileSweeps(TestCase):
         )
 
     async def createPermissionSweep(
-        self, session: TURNSession, allocation: Allocation, peers: Dict[int, List[Any]]
+        self, session: SocketTURNSession, allocation: Allocation, peers: Dict[int, List[Any]]
     ) -> None:
         """
         CreatePermission for every peer gets 403, and installs nothing.
@@ -296,7 +285,7 @@ class HostileSweeps(TestCase):
         self.assertEqual(dict(allocation.permissions), before)
 
     async def channelBindSweep(
-        self, session: TURNSession, allocation: Allocation, peers: Dict[int, List[Any]]
+        self, session: SocketTURNSession, allocation: Allocation, peers: Dict[int, List[Any]]
     ) -> None:
         """
         ChannelBind to every peer gets 403, and binds nothing.
@@ -312,7 +301,7 @@ class HostileSweeps(TestCase):
         self.assertEqual(dict(allocation.channels), before)
 
     async def sendSweep(
-        self, session: TURNSession, allocation: Allocation, peers: Dict[int, List[Any]]
+        self, session: SocketTURNSession, allocation: Allocation, peers: Dict[int, List[Any]]
     ) -> None:
         """
         A Send indication to every peer is dropped: none is relayed, each is
@@ -326,7 +315,7 @@ class HostileSweeps(TestCase):
                 session.sendIndication(peer, b"hostile " + str(peer).encode())
             # Answered after the batch, from the same socket: the relay has
             # read and judged every Send of it.
-            assertSuccess(self, await within(session.refresh(), PROMPTLY, "Refresh"))
+            self.assertSuccess(await within(session.refresh(), PROMPTLY, "Refresh"))
         self.assertEqual(allocation.packetsToPeer - relayed, 0, "Sends relayed to hostile peers")
         self.assertEqual(
             allocation.droppedInvalid + allocation.droppedPermission - dropped, len(everyPeer)
@@ -422,7 +411,7 @@ class OwnRelayAddressTests(HostileSweeps):
         hosts = {"127.0.0.1", "::ffff:127.0.0.1", "::ffff:0:7f00:1", "64:ff9b::7f00:1"}
         for host in sorted(hosts):
             peer = TransportAddress(host, 1)
-            assertSuccess(self, await within(session.createPermission(peer), PROMPTLY, "CP"))
+            self.assertSuccess(await within(session.createPermission(peer), PROMPTLY, "CP"))
         self.assertEqual(set(allocation.permissions), hosts)
 
     async def test_channelBind(self) -> None:
@@ -439,7 +428,7 @@ class OwnRelayAddressTests(HostileSweeps):
             bound = await within(
                 session.channelBind(0x7000 + number, TransportAddress(host, port)), PROMPTLY, "CB"
             )
-            assertSuccess(self, bound)
+            self.assertSuccess(bound)
 
     async def test_send(self) -> None:
         """
@@ -508,8 +497,8 @@ class OwnServiceTests(HostileSweeps):
         """
         session, allocation, _ = await self.udpAllocation()
         await self.channelBindSweep(session, allocation, self.peers)
-        assertSuccess(
-            self, await within(session.channelBind(0x7FFF, self.peer4.address), PROMPTLY, "CB")
+        self.assertSuccess(
+            await within(session.channelBind(0x7FFF, self.peer4.address), PROMPTLY, "CB")
         )
 
     async def test_send(self) -> None:
@@ -538,19 +527,19 @@ class OwnServiceTests(HostileSweeps):
         """
         A configuration reload keeps the own service ports refused.
         """
-        self.assertEqual(self.relay.reloadConfig(self.relay.config), [])
+        self.assertEqual(self.relay.service.reloadConfig(self.relay.service.config), [])
         session, allocation, _ = await self.udpAllocation()
         await self.channelBindSweep(session, allocation, self.peers)
 
 
-class RelayAddressSettingTests(TestCase):
+class RelayAddressSettingTests(TURNTestCase, TestCase):
     """
     A relay never starts with a wildcard as its relayed address, nor with
     an admin HTTP service on a mapped wildcard.
     """
 
     def assertRefused(self, **settings: Any) -> ConfigError:
-        error = self.assertRaises(ConfigError, startTURNRelay, self, **settings)
+        error = self.assertRaises(ConfigError, startRelay, self, **settings)
         self.assertNotIn("\n", str(error))
         return error
 
@@ -578,10 +567,10 @@ class RelayAddressSettingTests(TestCase):
         address it cannot name (508 for Allocate over IPv4, 440 over IPv6),
         rather than advertising a wildcard.
         """
-        relay, _ = startTURNRelay(self, listen=["udp:0:interface=::ffff:0.0.0.0"])
-        self.assertIsNone(relay.config.effectiveRelayIP())
-        self.assertIsNone(relay.config.effectiveRelayIP6())
-        port = listenerAddress(relay, "udp", ":").port
+        relay = startRelay(self, listen=["udp:0:interface=::ffff:0.0.0.0"])
+        self.assertIsNone(relay.service.config.effectiveRelayIP())
+        self.assertIsNone(relay.service.config.effectiveRelayIP6())
+        port = relay.address("udp", FAMILY_IPV6).port
         session = udpTURNClient(self, TransportAddress("127.0.0.1", port))
         response = await within(session.allocate(), PROMPTLY, "Allocate")
         self.assertIn(errorCode(response), (508, 440))

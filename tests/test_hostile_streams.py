@@ -23,35 +23,28 @@ from twisted.internet.threads import deferToThread
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests._loopback import (
+from tests._assertions import TURNTestCase
+from tests._processes import pythonEnvironment, spawn, turnrelayCommand
+from tests._relays import ServerConnections, startRelay
+from tests._session import PASSWORD, REALM, USERNAME
+from tests._sockets import (
+    SocketTURNSession,
+    UnverifiedClient,
+    bindChannel,
     bindingRequest,
     datagramClient,
-    pythonEnvironment,
-    reactor,
-    spawn,
-)
-from tests._relayfixture import PASSWORD, REALM, USERNAME
-from tests._turnsocket import (
-    ServerConnections,
-    TURNSession,
-    UnverifiedClient,
-    assertSuccess,
-    listenerAddress,
-    startTURNRelay,
+    roundTrip,
     streamTURNClient,
     udpTURNClient,
-    within,
 )
+from tests._timing import PROMPTLY, poll, reactor, within
 from tests.test_admin_metrics import parseScrape, value
-from tests.test_loopback_stream import bindChannel, roundTrip
-from tests.test_twistd import twistdCommand
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.transports.tls import makeSelfSignedCertificate
 
 # How fast a client from elsewhere must get in while the flood holds.
 GET_IN_WITHIN = 1.0
-PROMPTLY = 5.0
 # The flood of connections that never allocate, per variant and source.
 FLOOD = 1100
 # How many connections are opened before the relay is let to accept them:
@@ -108,7 +101,11 @@ class RawConnections:
                 s.bind((self.source, 0))
                 s.connect_ex((target.host, target.port))
                 self.sockets.append(s)
-            await poll(lambda n=expected: accepted() >= n, PROMPTLY, "the relay accepting")
+
+            def acceptedAll(expected: int = expected) -> bool:
+                return bool(accepted() >= expected)
+
+            await poll(acceptedAll, PROMPTLY, "the relay accepting")
             if first:
                 for s in self.sockets[-batch:]:
                     self._send(s, first)
@@ -156,26 +153,9 @@ class RawConnections:
         self.sockets = []
 
 
-async def poll(
-    condition: Any,
-    timeout: float,
-    what: str,
-    interval: float = 0.01,
-    describe: Any = lambda: "",
-) -> None:
-    """
-    Wait until C{condition()} is true, looking every C{interval} seconds.
-
-    @raise AssertionError: not within C{timeout} seconds.
-    """
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} {describe()}")
-        await deferLater(reactor, interval, lambda: None)
-
-
-async def getsInAndRelays(testCase: TestCase, relay: Any, transport: str, tls: Any = None) -> float:
+async def getsInAndRelays(
+    testCase: TURNTestCase, relay: Any, transport: str, tls: Any = None
+) -> float:
     """
     Connect a client from 127.0.0.1 over C{transport}, allocate, bind a
     channel and relay a round trip with a UDP peer.
@@ -184,7 +164,7 @@ async def getsInAndRelays(testCase: TestCase, relay: Any, transport: str, tls: A
     """
     started = reactor.seconds()
     peer = datagramClient(testCase, "127.0.0.1")
-    client = await streamTURNClient(testCase, listenerAddress(relay, transport), tls)
+    client = await streamTURNClient(testCase, relay.address(transport), tls)
     if tls is not None:
         await within(client.whenHandshaken(), PROMPTLY, "the TLS handshake")
     relayed = await bindChannel(testCase, client.session, peer.address)
@@ -192,7 +172,7 @@ async def getsInAndRelays(testCase: TestCase, relay: Any, transport: str, tls: A
     return reactor.seconds() - started
 
 
-class UnallocatedFloodTests(TestCase):
+class UnallocatedFloodTests(TURNTestCase, TestCase):
     """
     Connections that never allocate cannot lock other clients out, and do
     not outlive stream-allocate-timeout.
@@ -209,19 +189,13 @@ class UnallocatedFloodTests(TestCase):
         stream-allocate-timeout has passed, none of the 3,300 is open.
         """
         raiseDescriptorLimit(self, 3 * FLOOD * 2 + 200)
-        directory = FilePath(self.mktemp())
-        directory.makedirs()
-        cert, key = directory.child("cert.pem"), directory.child("key.pem")
-        makeSelfSignedCertificate(cert.path, key.path)
-        relay, events = startTURNRelay(
+        relay = startRelay(
             self,
             listen=[
                 "tcp:0:interface=127.0.0.1",
                 "tls:0:interface=127.0.0.1",
                 "udp:0:interface=127.0.0.1",
             ],
-            tls_cert=cert.path,
-            tls_key=key.path,
             stream_allocate_timeout=ALLOCATE_TIMEOUT,
             # Less than the flood holds after the per-source cap (3 x 64):
             # shedding has to make room for the newcomers too.
@@ -229,7 +203,7 @@ class UnallocatedFloodTests(TestCase):
         )
         tcp = ServerConnections(self, relay, "tcp")
         ServerConnections(self, relay, "tls")
-        target = listenerAddress(relay, "tcp")
+        target = relay.address("tcp")
         _, binding = bindingRequest()
         variants: Dict[str, Tuple[str, bytes]] = {
             "idle": ("127.0.0.2", b""),
@@ -268,7 +242,7 @@ class UnallocatedFloodTests(TestCase):
         self.assertGreaterEqual(reactor.seconds() - floodStarted, ALLOCATE_TIMEOUT * 0.5)
         self.assertGreater(limits.closed["allocate-timeout"], 0)
         self.assertEqual(limits.unallocated, 0)
-        self.assertEqual(events.matching(lambda e: "closing" in e.get("log_format", "")), [])
+        self.assertEqual(relay.events.matching(lambda e: "closing" in e.get("log_format", "")), [])
 
 
 def twistdRelayArgs(directory: FilePath[str], *extra: str) -> List[str]:
@@ -279,16 +253,7 @@ def twistdRelayArgs(directory: FilePath[str], *extra: str) -> List[str]:
     cert, key = directory.child("cert.pem"), directory.child("key.pem")
     if not cert.exists():
         makeSelfSignedCertificate(cert.path, key.path)
-    return twistdCommand() + [
-        "--nodaemon",
-        "--pidfile=",
-        "turnrelay",
-        "--listen",
-        "udp:0:interface=127.0.0.1",
-        "--listen",
-        "tcp:0:interface=127.0.0.1",
-        "--listen",
-        "tls:0:interface=127.0.0.1",
+    return turnrelayCommand(
         "--tls-cert",
         cert.path,
         "--tls-key",
@@ -305,7 +270,8 @@ def twistdRelayArgs(directory: FilePath[str], *extra: str) -> List[str]:
         "--state-dir",
         directory.path,
         *extra,
-    ]
+        listen=[f"{transport}:0:interface=127.0.0.1" for transport in ("udp", "tcp", "tls")],
+    )
 
 
 class TwistdRelay:
@@ -339,7 +305,7 @@ class TwistdRelay:
         return len(os.listdir(f"/proc/{self.child.transport.pid}/fd"))  # type: ignore[union-attr]
 
 
-async def allEnter(testCase: TestCase, relay: TwistdRelay) -> None:
+async def allEnter(testCase: TURNTestCase, relay: TwistdRelay) -> None:
     """
     New clients over UDP, TCP and TLS allocate and relay a round trip.
     """
@@ -356,7 +322,7 @@ async def allEnter(testCase: TestCase, relay: TwistdRelay) -> None:
         await client.close()
 
 
-class SlowReaderMemoryTests(TestCase):
+class SlowReaderMemoryTests(TURNTestCase, TestCase):
     """
     A client that pipelines requests and never reads its answers costs the
     relay a bounded buffer.
@@ -399,7 +365,7 @@ class SlowReaderMemoryTests(TestCase):
         await allEnter(self, relay)
 
 
-class PeerConnectionFloodTests(TestCase):
+class PeerConnectionFloodTests(TURNTestCase, TestCase):
     """
     A peer opening thousands of connections to a TCP relayed address cannot
     exhaust the relay's descriptors.
@@ -413,14 +379,14 @@ class PeerConnectionFloodTests(TestCase):
         open C{count} connections to it from there.
         """
         client = await streamTURNClient(self, relay.addresses["tcp"])
-        session: TURNSession = client.session
+        session: SocketTURNSession = client.session
         allocated = await within(session.allocate(transport=A.TRANSPORT_TCP), PROMPTLY, "Allocate")
-        relayed = assertSuccess(self, allocated).get(A.XOR_RELAYED_ADDRESS)
+        relayed = self.assertSuccess(allocated).get(A.XOR_RELAYED_ADDRESS)
         assert isinstance(relayed, TransportAddress)
         permitted = await within(
             session.createPermission(TransportAddress("127.0.0.1", 1)), PROMPTLY, "permission"
         )
-        assertSuccess(self, permitted)
+        self.assertSuccess(permitted)
         flood = RawConnections(self, "127.0.0.1")
         # The relay accepts in the background; count what the kernel took.
         for start in range(0, count, BATCH):

@@ -8,34 +8,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
-from tests._loopback import relayAddress, runToCompletion, startRelay
+from tests._processes import requireTool, runToCompletion
+from tests._relays import startRelay
 from turnrelay.stun.address import TransportAddress
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AIOICE_CLIENT = os.path.join(HERE, "interop", "aioice_binding.py")
-
-
-def requireTool(testCase: TestCase, name: str) -> str:
-    """
-    Find an external test client on C{PATH}.
-
-    Without it the test is skipped, except on CI (C{CI=true}), where a
-    silently skipped interoperability test would hide a broken setup.
-
-    @return: the tool's path.
-    """
-    path = shutil.which(name)
-    if path is not None:
-        return path
-    message = f"{name} is not installed; `make test` installs Debian's coturn, which provides it"
-    if os.environ.get("CI") == "true":
-        testCase.fail(message + " (CI=true: not skipping)")
-    raise SkipTest(message)
 
 
 class CoturnStunclientTests(TestCase):
@@ -49,8 +31,8 @@ class CoturnStunclientTests(TestCase):
 
     async def _stunclient(self, listen: str, host: str) -> None:
         stunclient = requireTool(self, "turnutils_stunclient")
-        relay = startRelay(self, listen)
-        port = relayAddress(relay, "udp").port
+        relay = startRelay(self, listen=[listen])
+        port = relay.address("udp").port
         child = await runToCompletion(self, [stunclient, "-p", str(port), host])
         self.assertEqual(child.exitCode, 0, (child.output, child.errors))
         # coturn prints an IPv6 address without brackets: ::1:PORT.
@@ -89,8 +71,8 @@ class AioiceBindingTests(TestCase):
     timeout = 30
 
     async def _binding(self, transport: str, listen: str, host: str, *options: str) -> None:
-        relay = startRelay(self, listen)
-        port = relayAddress(relay, transport).port
+        relay = startRelay(self, listen=[listen])
+        port = relay.address(transport).port
         args = [sys.executable, AIOICE_CLIENT, *options, "--transport", transport, host, str(port)]
         child = await runToCompletion(self, args)
         self.assertEqual(child.exitCode, 0, (child.output, child.errors))

@@ -34,36 +34,35 @@ from twisted.internet import tcp
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import LogEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from tests._loopback import ChildProcess, reactor, relayAddress, runToCompletion, spawn
-from tests._relayfixture import (
-    HOST,
-    MAX_RELAY_PORT,
-    MIN_RELAY_PORT,
-    PASSWORD,
-    REST_SECRET,
-    USERNAME,
-    RelayUnderTest,
-    ServerEvents,
-    assertRefusedUnauthenticated,
-    isCreated,
-    isEnded,
-    isRefused,
-    relayedKey,
+from tests._logs import isCreated, isEnded, isRefused
+from tests._processes import (
+    ChildProcess,
     requireModule,
     requireTool,
+    runToCompletion,
+    spawn,
     startEchoPeer,
-    startRelay,
     uclientCounters,
 )
+from tests._relays import (
+    MAX_RELAY_PORT,
+    MIN_RELAY_PORT,
+    LoopbackRelay,
+    assertRefusedUnauthenticated,
+    makeCertificate,
+    relayedKey,
+    startRelay,
+)
+from tests._session import PASSWORD, REST_SECRET, USERNAME
+from tests._sockets import HOST
+from tests._timing import poll, reactor
 from turnrelay.auth.credentials import mintRESTCredential
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
-from turnrelay.transports.tls import makeSelfSignedCertificate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AIOICE_STREAM = os.path.join(HERE, "interop", "aioice_stream.py")
@@ -79,69 +78,17 @@ CLOSE_TIMEOUT = 10.0
 # The relay -------------------------------------------------------------------
 
 
-class StreamRelay:
+def startStreamRelay(testCase: TestCase, **settings: Any) -> LoopbackRelay:
     """
-    A relay listening for UDP, TCP and TLS on 127.0.0.1.
-
-    @ivar relay: the relay and its log events.
-    @ivar udp: where clients reach it over UDP.
-    @ivar tcp: where clients reach it over TCP.
-    @ivar tls: where clients reach it over TLS.
-    @ivar certificate: the PEM file of its self-signed certificate (for
-        C{localhost} and 127.0.0.1), which clients are told to trust.
-    """
-
-    def __init__(self, relay: RelayUnderTest, certificate: str) -> None:
-        self.relay = relay
-        self.udp = relay.address
-        self.tcp = relayAddress(relay.service, "tcp")
-        self.tls = relayAddress(relay.service, "tls")
-        self.certificate = certificate
-
-    @property
-    def events(self) -> ServerEvents:
-        """
-        The relay's log events.
-        """
-        return self.relay.events
-
-    def created(self, relayed: str) -> LogEvent:
-        """
-        @return: the log event of the allocation on C{relayed} being created.
-        """
-        [event] = self.events.matching(
-            lambda event: isCreated(event) and event["relayed"] == relayed
-        )
-        return event
-
-
-def makeCertificate(testCase: TestCase, name: str = "turns") -> Tuple[str, str]:
-    """
-    Write a self-signed certificate for C{localhost} and 127.0.0.1 and its
-    key into a new temporary directory.
-
-    @return: the certificate's and the key's paths.
-    """
-    directory = os.path.abspath(testCase.mktemp())
-    os.makedirs(directory)
-    certificate = os.path.join(directory, f"{name}.crt")
-    key = os.path.join(directory, f"{name}.key")
-    makeSelfSignedCertificate(certificate, key, ("localhost", HOST))
-    return certificate, key
-
-
-def startStreamRelay(testCase: TestCase, **settings: Any) -> StreamRelay:
-    """
-    Start a relay with L{tests._relayfixture.RELAY_SETTINGS} (updated with
-    C{settings}) listening for UDP, TCP and TLS.  It stops at cleanup, and
-    cleanup then waits for every TCP connection to close.
+    Start a relay (L{tests._relays.startRelay}, with C{settings}) listening
+    for UDP, TCP and TLS, its certificate for C{localhost} and 127.0.0.1.
+    It stops at cleanup, and cleanup then waits for every TCP connection to
+    close.
     """
     baseline = _tcpConnections()
     testCase.addCleanup(_connectionsClosed, baseline)
-    certificate, key = makeCertificate(testCase)
     listen = [f"{transport}:0:interface={HOST}" for transport in ("udp", "tcp", "tls")]
-    relay = startRelay(testCase, listen=listen, tls_cert=certificate, tls_key=key, **settings)
-    return StreamRelay(relay, certificate)
+    return startRelay(testCase, listen=listen, **settings)
 
 
 def _tcpConnections() -> Set[Any]:
@@ -152,27 +99,17 @@ def _tcpConnections() -> Set[Any]:
     return {s for s in selectables if isinstance(s, tcp.Connection)}
 
 
-def _connectionsClosed(baseline: Set[Any]) -> Deferred[None]:
+async def _connectionsClosed(baseline: Set[Any]) -> None:
     """
     Wait until the reactor watches no TCP connection beyond C{baseline},
-    looking every 10 ms for at most L{CLOSE_TIMEOUT} seconds.
+    for at most L{CLOSE_TIMEOUT} seconds.
     """
-    done: Deferred[None] = Deferred()
-    deadline = reactor.seconds() + CLOSE_TIMEOUT
-
-    def check() -> None:
-        left = _tcpConnections() - baseline
-        if not left:
-            poll.stop()
-            done.callback(None)
-        elif reactor.seconds() > deadline:
-            poll.stop()
-            done.errback(AssertionError(f"TCP connections still open: {left!r}"))
-
-    poll = LoopingCall(check)
-    poll.clock = reactor
-    poll.start(0.01, now=True)
-    return done
+    await poll(
+        lambda: not _tcpConnections() - baseline,
+        CLOSE_TIMEOUT,
+        "the TCP connections to close:",
+        describe=lambda: _tcpConnections() - baseline,
+    )
 
 
 # Peers in this process -------------------------------------------------------
@@ -271,35 +208,6 @@ def closedPort(testCase: TestCase) -> TransportAddress:
 # Child processes -------------------------------------------------------------
 
 
-class HeldProcess(ChildProcess):
-    """
-    A child that keeps its standard input open: it waits there for a line
-    before going on.
-    """
-
-    def connectionMade(self) -> None:
-        pass
-
-    def release(self) -> None:
-        """
-        Write the line the child waits for, and end its input.
-        """
-        if self.endReason is None:
-            self.transport.write(b"go\n")  # type: ignore[union-attr]
-            self.transport.closeStdin()  # type: ignore[union-attr]
-
-
-def spawnHeld(testCase: TestCase, args: Sequence[str]) -> HeldProcess:
-    """
-    Start C{args} as a L{HeldProcess}; it is killed, if still running, at
-    cleanup.
-    """
-    child = HeldProcess()
-    reactor.spawnProcess(child, args[0], list(args), env=dict(os.environ))
-    testCase.addCleanup(child.stop)
-    return child
-
-
 def describe(child: ChildProcess) -> str:
     """
     What a child printed, for failure messages.
@@ -334,7 +242,7 @@ async def progress(child: ChildProcess, event: str) -> Dict[str, Any]:
 
 
 def aioiceArgs(
-    relay: StreamRelay,
+    relay: LoopbackRelay,
     transport: str,
     *options: str,
     username: str = USERNAME,
@@ -343,7 +251,8 @@ def aioiceArgs(
     """
     The command line of C{aioice_stream.py} against C{relay}.
     """
-    address = {"udp": relay.udp, "tcp": relay.tcp, "tls": relay.tls}[transport]
+    address = relay.address(transport)
+    assert relay.certificate is not None
     return [
         sys.executable,
         AIOICE_STREAM,
@@ -361,7 +270,7 @@ def aioiceArgs(
     ]
 
 
-def rfc6062Args(relay: StreamRelay, *options: str) -> List[str]:
+def rfc6062Args(relay: LoopbackRelay, *options: str) -> List[str]:
     """
     The command line of C{rfc6062_client.py} against C{relay} over TCP.
     """
@@ -373,8 +282,8 @@ def rfc6062Args(relay: StreamRelay, *options: str) -> List[str]:
         "--password",
         PASSWORD,
         *options,
-        relay.tcp.host,
-        str(relay.tcp.port),
+        relay.address("tcp").host,
+        str(relay.address("tcp").port),
     ]
 
 
@@ -395,7 +304,7 @@ class CoturnStreamTests(TestCase):
     # Each run of the client takes 1 to 6 s (it counts in whole seconds).
     timeout = 30
 
-    async def _relays(self, transport: str, *options: str) -> Tuple[StreamRelay, LogEvent, bytes]:
+    async def _relays(self, transport: str, *options: str) -> Tuple[LoopbackRelay, LogEvent, bytes]:
         """
         Run the client over C{transport} with C{options} and check that every
         message went to the peer and came back, as the client and the relay
@@ -407,7 +316,7 @@ class CoturnStreamTests(TestCase):
         uclient = requireTool(self, "turnutils_uclient")
         relay = startStreamRelay(self)
         peer, _ = await startEchoPeer(self)
-        address = relay.tls if transport == "tls" else relay.tcp
+        address = relay.address(transport)
         args = [uclient, "-t", *(["-S"] if transport == "tls" else []), "-c", "-v"]
         args += ["-m", "1", "-n", str(MESSAGES), "-l", str(MESSAGE_SIZE), "-z", "5"]
         args += ["-p", str(address.port), "-e", peer.host, "-r", str(peer.port)]
@@ -495,14 +404,14 @@ class CoturnStreamTests(TestCase):
         relay = startStreamRelay(self)
         peer, _ = await startEchoPeer(self)
         args = [uclient, "-t", "-S", "-c", "-u", USERNAME, "-w", "not-" + PASSWORD]
-        args += ["-p", str(relay.tls.port), "-e", peer.host, "-r", str(peer.port), HOST]
+        args += ["-p", str(relay.address("tls").port), "-e", peer.host, "-r", str(peer.port), HOST]
         child = await runToCompletion(self, args)
         self.assertNotEqual(child.exitCode, 0, describe(child))
         self.assertIn(b"Cannot complete Allocation", child.output)
         self.assertIsNone(uclientCounters(child.output), describe(child))
-        self.assertEqual(len(relay.relay.registry), 0)
+        self.assertEqual(len(relay.registry), 0)
         self.assertEqual(relay.events.matching(isCreated), [])
-        assertRefusedUnauthenticated(self, relay.relay, "bad-integrity")
+        assertRefusedUnauthenticated(self, relay, "bad-integrity")
 
 
 class CoturnTCPRelayTests(TestCase):
@@ -515,7 +424,7 @@ class CoturnTCPRelayTests(TestCase):
 
     timeout = 30
 
-    async def _relays(self, transport: str) -> StreamRelay:
+    async def _relays(self, transport: str) -> LoopbackRelay:
         """
         Run two clients over C{transport}, check their counts, and check
         that the relay bound their connections to each other's relayed
@@ -525,7 +434,7 @@ class CoturnTCPRelayTests(TestCase):
         """
         uclient = requireTool(self, "turnutils_uclient")
         relay = startStreamRelay(self)
-        address = relay.tls if transport == "tls" else relay.tcp
+        address = relay.address(transport)
         clients, messages = 2, 20
         args = [uclient, "-T", *(["-S"] if transport == "tls" else [])]
         args += ["-u", USERNAME, "-w", PASSWORD, "-m", str(clients), "-n", str(messages)]
@@ -578,7 +487,7 @@ class AioiceStreamTests(TestCase):
     roundTrips = 6
 
     async def _client(
-        self, relay: StreamRelay, transport: str, *args: str, **credentials: str
+        self, relay: LoopbackRelay, transport: str, *args: str, **credentials: str
     ) -> Tuple[ChildProcess, Dict[str, Any]]:
         """
         Run the aioice script to its end.
@@ -612,17 +521,17 @@ class AioiceStreamTests(TestCase):
         # XOR-MAPPED-ADDRESS is the client's end of its connection.
         self.assertEqual(result["mapped"], result["local"], result)
         relayed = relayedKey(result["relayed"])
-        ended = await relay.relay.whenEnded(relayed)
+        ended = await relay.whenEnded(relayed)
         self.assertEqual(
             (ended["username"], ended["packetsToPeer"], ended["packetsFromPeer"], ended["dropped"]),
             (username, self.roundTrips, self.roundTrips, 0),
         )
-        address = relay.tls if transport == "tls" else relay.tcp
+        address = relay.address(transport)
         self.assertEqual(
             relay.created(relayed)["client"],
             f"{transport}:{relayedKey(result['local'])}->{address}",
         )
-        self.assertEqual(list(relay.relay.registry), [])
+        self.assertEqual(list(relay.registry), [])
         return result
 
     async def test_tcp(self) -> None:
@@ -678,14 +587,14 @@ class OneRegistryTests(TestCase):
         requireModule(self, "aioice")
         relay = startStreamRelay(self)
         transports = ("udp", "tcp", "tls")
-        held = {t: spawnHeld(self, aioiceArgs(relay, t, "--hold")) for t in transports}
+        held = {t: spawn(self, aioiceArgs(relay, t, "--hold"), input=None) for t in transports}
         tcpRelay = spawn(self, rfc6062Args(relay, "--accept-from", HOST, "--greeting", "hi"))
         allocated = {t: await progress(child, "allocated") for t, child in held.items()}
         permitted = await progress(tcpRelay, "permitted")
         tcpAllocated = await progress(tcpRelay, "allocated")
 
-        listeners = {"udp": relay.udp, "tcp": relay.tcp, "tls": relay.tls}
-        byRelayed = {relayedKey(a.relayedAddress): a for a in relay.relay.registry}
+        listeners = {t: relay.address(t) for t in transports}
+        byRelayed = {relayedKey(a.relayedAddress): a for a in relay.registry}
         self.assertEqual(len(byRelayed), 4, byRelayed)
         for transport, event in allocated.items():
             allocation = byRelayed[relayedKey(event["relayed"])]
@@ -703,7 +612,7 @@ class OneRegistryTests(TestCase):
                     A.TRANSPORT_UDP,
                 ),
             )
-            self.assertIs(relay.relay.registry.get(allocation.fiveTuple), allocation)
+            self.assertIs(relay.registry.get(allocation.fiveTuple), allocation)
         allocation = byRelayed[relayedKey(permitted["relayed"])]
         self.assertEqual(
             (
@@ -712,21 +621,26 @@ class OneRegistryTests(TestCase):
                 allocation.fiveTuple.serverAddress,
                 allocation.transport,
             ),
-            ("tcp", TransportAddress(*tcpAllocated["mapped"]), relay.tcp, A.TRANSPORT_TCP),
+            (
+                "tcp",
+                TransportAddress(*tcpAllocated["mapped"]),
+                relay.address("tcp"),
+                A.TRANSPORT_TCP,
+            ),
         )
-        self.assertEqual(relay.relay.registry.countForUser(USERNAME), 4)
+        self.assertEqual(relay.registry.countForUser(USERNAME), 4)
 
         # Let them go on: the aioice clients relay and delete, and a peer
         # connects to the TCP allocation so that its client can finish.
         for child in held.values():
-            child.release()
+            child.finishInput(b"go\n")
         peer = await connectPeer(self, permitted["relayed"], b"hi")
         children: List[ChildProcess] = [*held.values(), tcpRelay]
         for process in children:
             await process.whenEnded()
             self.assertEqual(finalReport(self, process)["ok"], True, describe(process))
         await peer.whenClosed()
-        self.assertEqual(list(relay.relay.registry), [])
+        self.assertEqual(list(relay.registry), [])
 
 
 async def connectPeer(testCase: TestCase, address: Sequence[Any], greeting: bytes) -> EchoPeer:
@@ -751,7 +665,7 @@ class RFC6062Tests(TestCase):
 
     timeout = 30
 
-    async def _client(self, relay: StreamRelay, *options: str) -> Dict[str, Any]:
+    async def _client(self, relay: LoopbackRelay, *options: str) -> Dict[str, Any]:
         """
         Run the client to its end; it must succeed.
 
@@ -792,7 +706,7 @@ class RFC6062Tests(TestCase):
         self.assertEqual(len(connection.received), first["echoed"])
         # Deleting the allocation closed the peer connection.
         await connection.whenClosed()
-        self.assertEqual(relay.relay.service.server.peerConnections, {})
+        self.assertEqual(relay.server.peerConnections, {})
         bound = relay.events.matching(lambda event: "connectionID" in event and "client" in event)
         self.assertEqual(
             [(f"{event['connectionID']:08x}", event["peer"]) for event in bound],
@@ -824,7 +738,7 @@ class RFC6062Tests(TestCase):
         self.assertEqual(accepted["echoed"], len(peer.received))
         self.assertEqual(accepted["sentSHA256"], _sha256(peer.received))
         self.assertTrue(accepted["closedByPeer"], result)
-        self.assertEqual(relay.relay.service.server.peerConnections, {})
+        self.assertEqual(relay.server.peerConnections, {})
         [bound] = relay.events.matching(lambda event: "connectionID" in event and "client" in event)
         self.assertEqual(
             (f"{bound['connectionID']:08x}", bound["peer"], bound["relayed"]),
@@ -838,15 +752,15 @@ class RFC6062Tests(TestCase):
         section 5.3); once the permission exists, the next peer is offered.
         """
         relay = startStreamRelay(self)
-        child = spawnHeld(self, rfc6062Args(relay, "--accept-from", HOST, "--hold"))
+        child = spawn(self, rfc6062Args(relay, "--accept-from", HOST, "--hold"), input=None)
         holding = await progress(child, "holding")
         stranger = await connectPeer(self, holding["relayed"], b"knock knock")
         await stranger.whenClosed()
         self.assertEqual(stranger.received, b"")
-        server = relay.relay.service.server
+        server = relay.server
         self.assertEqual(dict(server.peerConnectionsRefused), {"permission": 1})
         self.assertEqual(server.peerConnections, {})
-        child.release()
+        child.finishInput(b"go\n")
         permitted = await progress(child, "permitted")
         peer = await connectPeer(self, permitted["relayed"], b"")
         await child.whenEnded()
@@ -877,7 +791,7 @@ class RFC6062Tests(TestCase):
         port = freeRelayPort()
         first = startStreamRelay(self, min_port=port, max_port=port)
         second = startStreamRelay(self, min_port=port, max_port=port)
-        holder = spawnHeld(self, rfc6062Args(first, "--accept-from", HOST, "--hold"))
+        holder = spawn(self, rfc6062Args(first, "--accept-from", HOST, "--hold"), input=None)
         holding = await progress(holder, "holding")
         self.assertEqual(holding["relayed"], [HOST, port])
         child = await runToCompletion(self, rfc6062Args(second))
@@ -892,7 +806,7 @@ class RFC6062Tests(TestCase):
         relay = startStreamRelay(self)
         echo, _ = startEchoServer(self)
         result = await self._client(relay, "--connect", str(echo))
-        ended = await relay.relay.whenEnded(relayedKey(result["relayed"]))
+        ended = await relay.whenEnded(relayedKey(result["relayed"]))
         [connect] = result["connects"]
         self.assertEqual(
             (ended["bytesToPeer"], ended["bytesFromPeer"]),
@@ -903,7 +817,7 @@ class RFC6062Tests(TestCase):
 
 def freeRelayPort() -> int:
     """
-    Find a TCP port in the relay range of L{tests._relayfixture} (outside
+    Find a TCP port in the relay range of L{tests._relays} (outside
     Linux's ephemeral range, so no client or listener socket takes it) that
     nothing uses now.
     """

@@ -21,26 +21,26 @@ from typing import Any, Dict, Tuple
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests._loopback import ChildProcess, reactor, runToCompletion
-from tests._relayfixture import (
-    HOST,
-    MAX_RELAY_PORT,
-    MIN_RELAY_PORT,
-    PASSWORD,
-    REST_SECRET,
-    USERNAME,
-    RelayUnderTest,
-    assertRefusedUnauthenticated,
-    isCreated,
-    isEnded,
-    isRefreshed,
-    relayedKey,
+from tests._logs import isCreated, isEnded, isRefreshed
+from tests._processes import (
+    ChildProcess,
     requireModule,
     requireTool,
+    runToCompletion,
     startEchoPeer,
-    startRelay,
     uclientCounters,
 )
+from tests._relays import (
+    MAX_RELAY_PORT,
+    MIN_RELAY_PORT,
+    LoopbackRelay,
+    assertRefusedUnauthenticated,
+    relayedKey,
+    startRelay,
+)
+from tests._session import PASSWORD, REST_SECRET, USERNAME
+from tests._sockets import HOST
+from tests._timing import reactor
 from turnrelay.auth.credentials import mintRESTCredential, restPassword
 from turnrelay.stun.address import TransportAddress
 
@@ -67,7 +67,7 @@ class CoturnUclientTests(TestCase):
     timeout = 60
 
     async def _uclient(
-        self, relay: RelayUnderTest, peer: TransportAddress, *options: str, rtcp: bool = False
+        self, relay: LoopbackRelay, peer: TransportAddress, *options: str, rtcp: bool = False
     ) -> ChildProcess:
         """
         Run the client to its end.
@@ -88,17 +88,17 @@ class CoturnUclientTests(TestCase):
             "-z",
             "5",
             "-p",
-            str(relay.address.port),
+            str(relay.address().port),
             "-e",
             peer.host,
             "-r",
             str(peer.port),
             *options,
-            relay.address.host,
+            relay.address().host,
         ]
         return await runToCompletion(self, args)
 
-    async def _relays(self, *options: str) -> Tuple[RelayUnderTest, Dict[str, Any], bytes]:
+    async def _relays(self, *options: str) -> Tuple[LoopbackRelay, Dict[str, Any], bytes]:
         """
         Run the client with C{options} and check that every message went to
         the peer and came back through the relay, as both the client and
@@ -240,7 +240,7 @@ class AioiceTURNTests(TestCase):
     roundTrips = 5
 
     async def _aioice(
-        self, relay: RelayUnderTest, username: str, password: str, *options: str
+        self, relay: LoopbackRelay, username: str, password: str, *options: str
     ) -> Tuple[ChildProcess, Dict[str, Any]]:
         requireModule(self, "aioice")
         args = [
@@ -253,8 +253,8 @@ class AioiceTURNTests(TestCase):
             "--round-trips",
             str(self.roundTrips),
             *options,
-            relay.address.host,
-            str(relay.address.port),
+            relay.address().host,
+            str(relay.address().port),
         ]
         child = await runToCompletion(self, args)
         lines = child.output.decode("utf-8").splitlines()
@@ -264,7 +264,7 @@ class AioiceTURNTests(TestCase):
 
     async def _relays(
         self, username: str, password: str, *options: str
-    ) -> Tuple[RelayUnderTest, Dict[str, Any]]:
+    ) -> Tuple[LoopbackRelay, Dict[str, Any]]:
         """
         Relay round trips with aioice and check both sides' accounts.
 

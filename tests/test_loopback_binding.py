@@ -13,13 +13,12 @@ from typing import List
 
 from twisted.trial.unittest import TestCase
 
-from tests._loopback import (
+from tests._relays import startRelay
+from tests._sockets import (
     bindingRequest,
     bindingSuccess,
     datagramClient,
     mappedAddress,
-    relayAddress,
-    startRelay,
     streamClient,
 )
 from turnrelay.stun.address import TransportAddress
@@ -62,8 +61,8 @@ class UDPBindingTests(TestCase):
     timeout = 10
 
     async def _roundTrip(self, listen: str, clientInterface: str, serverHost: str) -> None:
-        relay = startRelay(self, listen)
-        server = relayAddress(relay, "udp")._replace(host=serverHost)
+        relay = startRelay(self, listen=[listen])
+        server = relay.address("udp")._replace(host=serverHost)
         client = datagramClient(self, clientInterface)
         transactionID, request = bindingRequest()
         client.send(request, server)
@@ -103,8 +102,8 @@ class UDPBindingTests(TestCase):
         A request with FINGERPRINT gets a response with a valid FINGERPRINT,
         and a request without gets a response without.
         """
-        relay = startRelay(self, "udp:0:interface=127.0.0.1")
-        server = relayAddress(relay, "udp")
+        relay = startRelay(self, listen=["udp:0:interface=127.0.0.1"])
+        server = relay.address("udp")
         client = datagramClient(self, "127.0.0.1")
         transactionID, request = bindingRequest(fingerprint=True)
         client.send(request, server)
@@ -120,8 +119,8 @@ class UDPBindingTests(TestCase):
         Junk, truncated or corrupt STUN, non-requests and ChannelData for no
         channel get no answer, and the listener answers the next request.
         """
-        relay = startRelay(self, "udp:0:interface=127.0.0.1")
-        server = relayAddress(relay, "udp")
+        relay = startRelay(self, listen=["udp:0:interface=127.0.0.1"])
+        server = relay.address("udp")
         client = datagramClient(self, "127.0.0.1")
         for datagram in _unanswerable():
             client.send(datagram, server)
@@ -134,8 +133,8 @@ class UDPBindingTests(TestCase):
         Junk from one client does not keep the listener from answering
         another.
         """
-        relay = startRelay(self, "udp:0:interface=::1")
-        server = relayAddress(relay, "udp")
+        relay = startRelay(self, listen=["udp:0:interface=::1"])
+        server = relay.address("udp")
         attacker = datagramClient(self, "::1")
         client = datagramClient(self, "::1")
         for datagram in _unanswerable():
@@ -157,8 +156,8 @@ class TCPBindingTests(TestCase):
     timeout = 10
 
     async def _roundTrip(self, listen: str, serverHost: str) -> None:
-        relay = startRelay(self, listen)
-        server = relayAddress(relay, "tcp")._replace(host=serverHost)
+        relay = startRelay(self, listen=[listen])
+        server = relay.address("tcp")._replace(host=serverHost)
         client = await streamClient(self, server)
         transactionID, request = bindingRequest()
         client.send(request)
@@ -187,8 +186,8 @@ class TCPBindingTests(TestCase):
         """
         A request with FINGERPRINT gets a response with a valid FINGERPRINT.
         """
-        relay = startRelay(self, "tcp:0:interface=127.0.0.1")
-        client = await streamClient(self, relayAddress(relay, "tcp"))
+        relay = startRelay(self, listen=["tcp:0:interface=127.0.0.1"])
+        client = await streamClient(self, relay.address("tcp"))
         transactionID, request = bindingRequest(fingerprint=True)
         client.send(request)
         response = bindingSuccess(self, await client.frames.get(), transactionID)
@@ -198,8 +197,8 @@ class TCPBindingTests(TestCase):
         """
         Several requests in one write are each answered, in order.
         """
-        relay = startRelay(self, "tcp:0:interface=127.0.0.1")
-        client = await streamClient(self, relayAddress(relay, "tcp"))
+        relay = startRelay(self, listen=["tcp:0:interface=127.0.0.1"])
+        client = await streamClient(self, relay.address("tcp"))
         requests = [bindingRequest(fingerprint=bool(i % 2)) for i in range(3)]
         client.send(b"".join(request for _, request in requests))
         for transactionID, _ in requests:
@@ -211,8 +210,8 @@ class TCPBindingTests(TestCase):
         A message that frames as STUN but does not decode is dropped without
         closing the connection, which answers the next request.
         """
-        relay = startRelay(self, "tcp:0:interface=127.0.0.1")
-        client = await streamClient(self, relayAddress(relay, "tcp"))
+        relay = startRelay(self, listen=["tcp:0:interface=127.0.0.1"])
+        client = await streamClient(self, relay.address("tcp"))
         _, bad = bindingRequest(fingerprint=True)
         bad = bad[:-1] + bytes([bad[-1] ^ 0xFF])
         transactionID, request = bindingRequest()
@@ -221,8 +220,8 @@ class TCPBindingTests(TestCase):
         self.assertEqual(mappedAddress(self, frame, transactionID), client.address)
 
     async def _closesOnlyThatConnection(self, junk: bytes) -> None:
-        relay = startRelay(self, "tcp:0:interface=127.0.0.1")
-        server = relayAddress(relay, "tcp")
+        relay = startRelay(self, listen=["tcp:0:interface=127.0.0.1"])
+        server = relay.address("tcp")
         survivor = await streamClient(self, server)
         victim = await streamClient(self, server)
         victim.send(junk)

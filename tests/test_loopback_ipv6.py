@@ -12,63 +12,31 @@ from __future__ import annotations
 
 from twisted.trial.unittest import TestCase
 
-from tests._loopback import DatagramClient, datagramClient, noIPv6Loopback
-from tests._turnsocket import (
-    TURNSession,
-    assertErrorCode,
-    assertSuccess,
-    listenerAddress,
-    startTURNRelay,
-    udpTURNClient,
-    within,
-)
-from turnrelay.service import RelayService
+from tests._assertions import TURNTestCase
+from tests._relays import LoopbackRelay, startRelay
+from tests._sockets import datagramClient, noIPv6Loopback, roundTrip, udpTURNClient
+from tests._timing import PROMPTLY, within
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
 from turnrelay.stun.message import Method
 
-# Bounds on waits for things that happen in milliseconds on loopback.
-PROMPTLY = 5.0
-
-
 SKIP = noIPv6Loopback()
 
 
-def startDualStackRelay(testCase: TestCase) -> RelayService:
+def startDualStackRelay(testCase: TestCase) -> LoopbackRelay:
     """
     Start a relay with UDP listeners on 127.0.0.1 and ::1 that relays from
     127.0.0.1 and ::1.
     """
-    relay, _ = startTURNRelay(
+    return startRelay(
         testCase,
         listen=["udp:0:interface=127.0.0.1", "udp:0:interface=::1"],
         relay_ip="127.0.0.1",
         relay_ip6="::1",
     )
-    return relay
 
 
-async def roundTrip(
-    testCase: TestCase,
-    session: TURNSession,
-    number: int,
-    peer: DatagramClient,
-    relayed: TransportAddress,
-) -> None:
-    """
-    Send a datagram over channel C{number} to C{peer}, which must see it
-    come from C{relayed}, and have the peer answer over the same channel.
-    """
-    tag = b"to %s over 0x%04X" % (peer.address.host.encode(), number)
-    session.sendChannelData(number, tag)
-    datagram, source = await within(peer.received.get(), PROMPTLY, f"ChannelData at {peer}")
-    testCase.assertEqual((datagram, TransportAddress(source[0], source[1])), (tag, relayed))
-    peer.send(tag.upper(), relayed)
-    received = await within(session.channelData.get(), PROMPTLY, "ChannelData from the peer")
-    testCase.assertEqual(received, (number, tag.upper()))
-
-
-class IPv6RelayTests(TestCase):
+class IPv6RelayTests(TURNTestCase, TestCase):
     """
     IPv6 relayed addresses, alone and beside IPv4 ones.
     """
@@ -85,17 +53,17 @@ class IPv6RelayTests(TestCase):
         relayed address and relays through a channel to a peer on ::1 and
         back (RFC 8656 section 7.2).
         """
-        client = udpTURNClient(self, listenerAddress(self.relay, "udp", "."), "127.0.0.1")
+        client = udpTURNClient(self, self.relay.address("udp", FAMILY_IPV4), "127.0.0.1")
         allocated = await within(
             client.allocate((A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6)), PROMPTLY, "Allocate"
         )
-        assertSuccess(self, allocated)
+        self.assertSuccess(allocated)
         relayed = allocated.getAll(A.XOR_RELAYED_ADDRESS)
         self.assertEqual([address.host for address in relayed], ["::1"])
         self.assertEqual(allocated.get(A.XOR_MAPPED_ADDRESS).family, FAMILY_IPV4)
         peer = datagramClient(self, "::1")
-        assertSuccess(self, await within(client.channelBind(0x4000, peer.address), PROMPTLY, "CB"))
-        await roundTrip(self, client, 0x4000, peer, relayed[0])
+        self.assertSuccess(await within(client.channelBind(0x4000, peer.address), PROMPTLY, "CB"))
+        await roundTrip(self, client, peer, relayed[0], b"over 0x4000", 0x4000)
 
     async def test_dualAllocation(self) -> None:
         """
@@ -104,11 +72,11 @@ class IPv6RelayTests(TestCase):
         peer sees the relayed address of its own family as the source (RFC
         8656 sections 7.2 and 12).
         """
-        client = udpTURNClient(self, listenerAddress(self.relay, "udp", ":"), "::1")
+        client = udpTURNClient(self, self.relay.address("udp", FAMILY_IPV6), "::1")
         allocated = await within(
             client.allocate((A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)), PROMPTLY, "Allocate"
         )
-        assertSuccess(self, allocated)
+        self.assertSuccess(allocated)
         self.assertIsNone(allocated.get(A.ADDRESS_ERROR_CODE))
         relayed = {address.family: address for address in allocated.getAll(A.XOR_RELAYED_ADDRESS)}
         self.assertEqual(len(allocated.getAll(A.XOR_RELAYED_ADDRESS)), 2)
@@ -118,12 +86,12 @@ class IPv6RelayTests(TestCase):
         peer6 = datagramClient(self, "::1")
         for number, peer in ((0x4000, peer4), (0x4001, peer6)):
             bound = await within(client.channelBind(number, peer.address), PROMPTLY, "CB")
-            assertSuccess(self, bound)
-        await roundTrip(self, client, 0x4000, peer4, relayed[FAMILY_IPV4])
-        await roundTrip(self, client, 0x4001, peer6, relayed[FAMILY_IPV6])
+            self.assertSuccess(bound)
+        await roundTrip(self, client, peer4, relayed[FAMILY_IPV4], b"over 0x4000", 0x4000)
+        await roundTrip(self, client, peer6, relayed[FAMILY_IPV6], b"over 0x4001", 0x4001)
         # Once more in the other order: neither channel disturbed the other.
-        await roundTrip(self, client, 0x4001, peer6, relayed[FAMILY_IPV6])
-        await roundTrip(self, client, 0x4000, peer4, relayed[FAMILY_IPV4])
+        await roundTrip(self, client, peer6, relayed[FAMILY_IPV6], b"over 0x4001", 0x4001)
+        await roundTrip(self, client, peer4, relayed[FAMILY_IPV4], b"over 0x4000", 0x4000)
 
     async def test_indicationsOverIPv6Relay(self) -> None:
         """
@@ -132,14 +100,14 @@ class IPv6RelayTests(TestCase):
         indication naming it in XOR-PEER-ADDRESS (RFC 8656 sections 11.2 and
         11.3).
         """
-        client = udpTURNClient(self, listenerAddress(self.relay, "udp", "."), "127.0.0.1")
+        client = udpTURNClient(self, self.relay.address("udp", FAMILY_IPV4), "127.0.0.1")
         allocated = await within(
             client.allocate((A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6)), PROMPTLY, "Allocate"
         )
-        relayed = assertSuccess(self, allocated).get(A.XOR_RELAYED_ADDRESS)
+        relayed = self.assertSuccess(allocated).get(A.XOR_RELAYED_ADDRESS)
         peer = datagramClient(self, "::1")
         permitted = await within(client.createPermission(peer.address), PROMPTLY, "CP")
-        assertSuccess(self, permitted)
+        self.assertSuccess(permitted)
         client.sendIndication(peer.address, b"sent over IPv6")
         datagram, source = await within(peer.received.get(), PROMPTLY, "the Send indication")
         self.assertEqual(
@@ -158,35 +126,33 @@ class IPv6RelayTests(TestCase):
         the IPv6 half of a dual allocation: its channel is gone (an IPv6 peer
         now gets 443), while the IPv4 half relays on (RFC 8656 section 8).
         """
-        client = udpTURNClient(self, listenerAddress(self.relay, "udp", "."), "127.0.0.1")
+        client = udpTURNClient(self, self.relay.address("udp", FAMILY_IPV4), "127.0.0.1")
         allocated = await within(
             client.allocate((A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)), PROMPTLY, "Allocate"
         )
-        relayed = {
-            a.family: a for a in assertSuccess(self, allocated).getAll(A.XOR_RELAYED_ADDRESS)
-        }
+        relayed = {a.family: a for a in self.assertSuccess(allocated).getAll(A.XOR_RELAYED_ADDRESS)}
         peer4 = datagramClient(self, "127.0.0.1")
         peer6 = datagramClient(self, "::1")
         for number, peer in ((0x4000, peer4), (0x4001, peer6)):
-            assertSuccess(
-                self, await within(client.channelBind(number, peer.address), PROMPTLY, "CB")
+            self.assertSuccess(
+                await within(client.channelBind(number, peer.address), PROMPTLY, "CB")
             )
-        await roundTrip(self, client, 0x4001, peer6, relayed[FAMILY_IPV6])
+        await roundTrip(self, client, peer6, relayed[FAMILY_IPV6], b"over 0x4001", 0x4001)
 
         removed = await within(
             client.refresh((A.LIFETIME, 0), (A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6)),
             PROMPTLY,
             "Refresh",
         )
-        self.assertEqual(assertSuccess(self, removed).get(A.LIFETIME), 0)
+        self.assertEqual(self.assertSuccess(removed).get(A.LIFETIME), 0)
         (allocation,) = list(self.relay.server.registry)
         self.assertEqual(allocation.relayedAddresses, [relayed[FAMILY_IPV4]])
-        await roundTrip(self, client, 0x4000, peer4, relayed[FAMILY_IPV4])
+        await roundTrip(self, client, peer4, relayed[FAMILY_IPV4], b"over 0x4000", 0x4000)
         rebound = await within(client.channelBind(0x4001, peer6.address), PROMPTLY, "CB")
-        assertErrorCode(self, rebound, 443)
+        self.assertErrorCode(rebound, 443)
 
 
-class AddressFamilyErrorTests(TestCase):
+class AddressFamilyErrorTests(TURNTestCase, TestCase):
     """
     The address-family errors of RFC 8656, over the wire.
     """
@@ -199,12 +165,12 @@ class AddressFamilyErrorTests(TestCase):
         REQUESTED-ADDRESS-FAMILY IPv6 on a relay without relay-ip6 gets 440
         Address Family not Supported (RFC 8656 section 7.2).
         """
-        relay, _ = startTURNRelay(self, listen=["udp:0:interface=127.0.0.1"])
-        client = udpTURNClient(self, listenerAddress(relay, "udp"))
+        relay = startRelay(self)
+        client = udpTURNClient(self, relay.address("udp"))
         response = await within(
             client.allocate((A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6)), PROMPTLY, "Allocate"
         )
-        assertErrorCode(self, response, 440)
+        self.assertErrorCode(response, 440)
         self.assertEqual(len(relay.server.registry), 0)
 
     async def test_additionalIPv6NotOffered(self) -> None:
@@ -213,12 +179,12 @@ class AddressFamilyErrorTests(TestCase):
         IPv4 relayed address alone, with ADDRESS-ERROR-CODE 440 for IPv6
         (RFC 8656 section 7.2).
         """
-        relay, _ = startTURNRelay(self, listen=["udp:0:interface=127.0.0.1"])
-        client = udpTURNClient(self, listenerAddress(relay, "udp"))
+        relay = startRelay(self)
+        client = udpTURNClient(self, relay.address("udp"))
         response = await within(
             client.allocate((A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)), PROMPTLY, "Allocate"
         )
-        assertSuccess(self, response)
+        self.assertSuccess(response)
         relayed = response.getAll(A.XOR_RELAYED_ADDRESS)
         self.assertEqual([address.family for address in relayed], [FAMILY_IPV4])
         error = response.get(A.ADDRESS_ERROR_CODE)
@@ -231,13 +197,13 @@ class AddressFamilyErrorTests(TestCase):
         9.1 and 12.1).
         """
         relay = startDualStackRelay(self)
-        client = udpTURNClient(self, listenerAddress(relay, "udp", "."))
-        assertSuccess(self, await within(client.allocate(), PROMPTLY, "Allocate"))
+        client = udpTURNClient(self, relay.address("udp", FAMILY_IPV4))
+        self.assertSuccess(await within(client.allocate(), PROMPTLY, "Allocate"))
         peer6 = TransportAddress("::1", 5000)
         permission = await within(client.createPermission(peer6), PROMPTLY, "CreatePermission")
-        assertErrorCode(self, permission, 443)
+        self.assertErrorCode(permission, 443)
         bound = await within(client.channelBind(0x4000, peer6), PROMPTLY, "ChannelBind")
-        assertErrorCode(self, bound, 443)
+        self.assertErrorCode(bound, 443)
         allocation = next(iter(relay.server.registry))
         self.assertEqual(dict(allocation.permissions), {})
 
@@ -247,16 +213,16 @@ class AddressFamilyErrorTests(TestCase):
         allocation get 443 too.
         """
         relay = startDualStackRelay(self)
-        client = udpTURNClient(self, listenerAddress(relay, "udp", ":"), "::1")
+        client = udpTURNClient(self, relay.address("udp", FAMILY_IPV6), "::1")
         allocated = await within(
             client.allocate((A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6)), PROMPTLY, "Allocate"
         )
-        assertSuccess(self, allocated)
+        self.assertSuccess(allocated)
         peer4 = TransportAddress("127.0.0.1", 5000)
         permission = await within(client.createPermission(peer4), PROMPTLY, "CreatePermission")
-        assertErrorCode(self, permission, 443)
+        self.assertErrorCode(permission, 443)
         bound = await within(client.channelBind(0x4000, peer4), PROMPTLY, "ChannelBind")
-        assertErrorCode(self, bound, 443)
+        self.assertErrorCode(bound, 443)
 
     async def test_bothFamilyAttributesIs400(self) -> None:
         """
@@ -264,7 +230,7 @@ class AddressFamilyErrorTests(TestCase):
         400 Bad Request (RFC 8656 section 7.2).
         """
         relay = startDualStackRelay(self)
-        client = udpTURNClient(self, listenerAddress(relay, "udp", "."))
+        client = udpTURNClient(self, relay.address("udp", FAMILY_IPV4))
         response = await within(
             client.allocate(
                 (A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV4),
@@ -273,5 +239,5 @@ class AddressFamilyErrorTests(TestCase):
             PROMPTLY,
             "Allocate",
         )
-        assertErrorCode(self, response, 400)
+        self.assertErrorCode(response, 400)
         self.assertEqual(len(relay.server.registry), 0)

@@ -12,39 +12,30 @@ a real network).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.task import deferLater
 from twisted.protocols import tls as twistedTLS
 from twisted.protocols.tls import TLSMemoryBIOProtocol
-from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
-from tests._loopback import DatagramClient, bindingRequest, datagramClient, reactor
-from tests._relayfixture import ServerEvents
-from tests._turnsocket import (
-    ServerConnections,
-    TURNSession,
-    TURNStreamClient,
+from tests._assertions import TURNTestCase
+from tests._relays import ServerConnections, startRelay
+from tests._sockets import (
+    CHANNEL,
     UnverifiedClient,
-    assertSuccess,
-    listenerAddress,
-    startTURNRelay,
+    bindChannel,
+    bindingRequest,
+    datagramClient,
+    roundTrip,
     streamTURNClient,
     udpTURNClient,
-    within,
 )
-from turnrelay.service import RelayService
-from turnrelay.stun import attributes as A
-from turnrelay.stun.address import TransportAddress
-from turnrelay.transports.tls import makeSelfSignedCertificate
+from tests._timing import PROMPTLY, reactor, within
 
-# Bounds on waits for things that happen in milliseconds on loopback.
-PROMPTLY = 5.0
 # How long a STUN Binding may take while the relay is flooded.
 BINDING_DEADLINE = 1.0
-CHANNEL = 0x4000
 # The flood: DATAGRAMS datagrams of DATAGRAM_SIZE bytes, BURST at a time.
 DATAGRAMS = 20_000
 DATAGRAM_SIZE = 1000
@@ -65,47 +56,8 @@ TLS_RECORD_OVERHEAD = 1024
 IDLE_TIMEOUT = 1.0
 
 
-def startStreamRelay(testCase: TestCase, **settings: Any) -> Tuple[RelayService, ServerEvents]:
-    """
-    Start a relay with a TCP and a UDP listener on 127.0.0.1.
-    """
-    return startTURNRelay(
-        testCase, listen=["tcp:0:interface=127.0.0.1", "udp:0:interface=127.0.0.1"], **settings
-    )
-
-
-async def bindChannel(
-    testCase: TestCase, session: TURNSession, peer: TransportAddress
-) -> TransportAddress:
-    """
-    Allocate a UDP relay and bind L{CHANNEL} to C{peer}.
-
-    @return: the relayed address.
-    """
-    allocated = assertSuccess(testCase, await within(session.allocate(), PROMPTLY, "Allocate"))
-    bound = await within(session.channelBind(CHANNEL, peer), PROMPTLY, "ChannelBind")
-    assertSuccess(testCase, bound)
-    relayed = allocated.get(A.XOR_RELAYED_ADDRESS)
-    assert isinstance(relayed, TransportAddress)
-    return relayed
-
-
-async def roundTrip(
-    testCase: TestCase,
-    session: TURNSession,
-    peer: DatagramClient,
-    relayed: TransportAddress,
-    tag: bytes,
-) -> None:
-    """
-    Send C{tag} to C{peer} over the channel and have the peer send it back.
-    """
-    session.sendChannelData(CHANNEL, tag)
-    datagram, source = await within(peer.received.get(), PROMPTLY, "ChannelData at the peer")
-    testCase.assertEqual((datagram, TransportAddress(*source[:2])), (tag, relayed))
-    peer.send(tag[::-1], relayed)
-    received = await within(session.channelData.get(), PROMPTLY, "ChannelData from the peer")
-    testCase.assertEqual(received, (CHANNEL, tag[::-1]))
+# A TCP and a UDP listener.
+TCP_AND_UDP = ["tcp:0:interface=127.0.0.1", "udp:0:interface=127.0.0.1"]
 
 
 def buffered(protocol: Any) -> int:
@@ -123,7 +75,7 @@ def buffered(protocol: Any) -> int:
     return held + len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
-class SlowReaderTests(TestCase):
+class SlowReaderTests(TURNTestCase, TestCase):
     """
     A TCP or TLS client that does not read costs the relay a bounded buffer,
     not memory without end or a stalled reactor.
@@ -137,22 +89,14 @@ class SlowReaderTests(TestCase):
         another client of the same listener relays and a UDP client asks for
         Bindings; then let the first read again.
         """
-        settings: Dict[str, Any] = {}
-        tls = None
-        if transport == "tls":
-            base = FilePath(self.mktemp())
-            base.makedirs()
-            cert, key = base.child("turns.crt").path, base.child("turns.key").path
-            makeSelfSignedCertificate(cert, key)
-            settings = {"tls_cert": cert, "tls_key": key, "tls_check_interval": 0}
-            tls = UnverifiedClient()
-        relay, events = startTURNRelay(
+        tls = UnverifiedClient() if transport == "tls" else None
+        relay = startRelay(
             self,
             listen=[f"{transport}:0:interface=127.0.0.1", "udp:0:interface=127.0.0.1"],
-            **settings,
+            tls_check_interval=0,
         )
         connections = ServerConnections(self, relay, transport)
-        streamAddress = listenerAddress(relay, transport)
+        streamAddress = relay.address(transport)
 
         slow = await streamTURNClient(self, streamAddress, tls)
         flooder = datagramClient(self, "127.0.0.1")
@@ -165,7 +109,7 @@ class SlowReaderTests(TestCase):
         other = await streamTURNClient(self, streamAddress, tls)
         otherPeer = datagramClient(self, "127.0.0.1")
         otherRelayed = await bindChannel(self, other.session, otherPeer.address)
-        stun = udpTURNClient(self, listenerAddress(relay, "udp"))
+        stun = udpTURNClient(self, relay.address("udp"))
 
         serverSide = connections.forClient(slow.address)
         allocation = serverSide.allocation
@@ -197,7 +141,7 @@ class SlowReaderTests(TestCase):
             if burst % PROBE_EVERY == PROBE_EVERY - 1:
                 started = reactor.seconds()
                 answer = await within(stun.binding(), BINDING_DEADLINE, "Binding during the flood")
-                assertSuccess(self, answer)
+                self.assertSuccess(answer)
                 latencies.append(reactor.seconds() - started)
                 await roundTrip(self, other.session, otherPeer, otherRelayed, b"probe %d" % burst)
                 dropsAt[burst] = serverSide.droppedRelayed
@@ -219,7 +163,9 @@ class SlowReaderTests(TestCase):
         otherSide = connections.forClient(other.address)
         self.assertEqual(otherSide.droppedRelayed, 0)
         self.assertEqual(otherSide.allocation.dropped, 0)  # type: ignore[union-attr]
-        warnings = events.matching(lambda event: "reads too slowly" in event.get("log_format", ""))
+        warnings = relay.events.matching(
+            lambda event: "reads too slowly" in event.get("log_format", "")
+        )
         self.assertEqual([event["client"] for event in warnings], [slow.address])
         self.assertIsNone(slow.lostReason)
         await roundTrip(self, other.session, otherPeer, otherRelayed, b"after the flood")
@@ -228,7 +174,7 @@ class SlowReaderTests(TestCase):
         # had buffered, and relaying goes on.
         slowTransport.resumeProducing()
         answer = await within(slow.session.binding(), PROMPTLY, "Binding after the flood")
-        assertSuccess(self, answer)
+        self.assertSuccess(answer)
         flooder.send(b"caught up", slowRelayed)
         while True:
             number, data = await within(
@@ -257,7 +203,7 @@ class SlowReaderTests(TestCase):
         await self._flood("tls")
 
 
-class ConnectionLimitTests(TestCase):
+class ConnectionLimitTests(TURNTestCase, TestCase):
     """
     Connections without an allocation are held to a quiet spell and a count.
     """
@@ -269,9 +215,9 @@ class ConnectionLimitTests(TestCase):
         A connection that sends half a STUN header and then nothing is closed
         once stream-idle-timeout has passed.
         """
-        relay, events = startStreamRelay(self, stream_idle_timeout=IDLE_TIMEOUT)
+        relay = startRelay(self, listen=TCP_AND_UDP, stream_idle_timeout=IDLE_TIMEOUT)
         connections = ServerConnections(self, relay, "tcp")
-        client = await streamTURNClient(self, listenerAddress(relay, "tcp"))
+        client = await streamTURNClient(self, relay.address("tcp"))
         _, request = bindingRequest()
         client.transport.write(request[:10])  # type: ignore[union-attr]
         started = reactor.seconds()
@@ -284,13 +230,13 @@ class ConnectionLimitTests(TestCase):
         Connections from one source beyond max-unallocated-per-source are
         closed as they arrive; one that holds an allocation no longer counts.
         """
-        relay, events = startStreamRelay(self, max_unallocated_per_source=2)
+        relay = startRelay(self, listen=TCP_AND_UDP, max_unallocated_per_source=2)
         connections = ServerConnections(self, relay, "tcp")
-        address = listenerAddress(relay, "tcp")
+        address = relay.address("tcp")
         first = await streamTURNClient(self, address)
         second = await streamTURNClient(self, address)
         for client in (first, second):
-            assertSuccess(self, await within(client.session.binding(), PROMPTLY, "Binding"))
+            self.assertSuccess(await within(client.session.binding(), PROMPTLY, "Binding"))
         self.assertEqual(connections.limits.unallocated, 2)
 
         third = await streamTURNClient(self, address)
@@ -301,10 +247,10 @@ class ConnectionLimitTests(TestCase):
 
         self.assertEqual(connections.limits.unallocated, 2)
 
-        assertSuccess(self, await within(first.session.allocate(), PROMPTLY, "Allocate"))
+        self.assertSuccess(await within(first.session.allocate(), PROMPTLY, "Allocate"))
         self.assertEqual(connections.limits.unallocated, 1)
         fourth = await streamTURNClient(self, address)
-        assertSuccess(self, await within(fourth.session.binding(), PROMPTLY, "Binding"))
+        self.assertSuccess(await within(fourth.session.binding(), PROMPTLY, "Binding"))
         self.assertIsNone(fourth.lostReason)
         self.assertIsNone(second.lostReason)
         self.assertEqual(connections.limits.unallocated, 2)
@@ -316,37 +262,3 @@ class ConnectionLimitTests(TestCase):
         await within(connections.whenAllClosed(), PROMPTLY, "the relay closing its side")
         self.assertEqual(connections.limits.unallocated, 0)
         self.assertEqual(len(relay.server.registry), 0)
-
-    async def test_allocatedConnectionNotIdleClosed(self) -> None:
-        """
-        A connection holding an allocation is not closed for being quiet,
-        while a quiet one without is.
-        """
-        relay, events = startStreamRelay(self, stream_idle_timeout=IDLE_TIMEOUT)
-        ServerConnections(self, relay, "tcp")
-        address = listenerAddress(relay, "tcp")
-        allocated = await streamTURNClient(self, address)
-        assertSuccess(self, await within(allocated.session.allocate(), PROMPTLY, "Allocate"))
-        quiet: TURNStreamClient = await streamTURNClient(self, address)
-        await within(quiet.whenClosed(), IDLE_TIMEOUT + PROMPTLY, "closing the quiet connection")
-        self.assertIsNone(allocated.lostReason)
-        assertSuccess(self, await within(allocated.session.binding(), PROMPTLY, "Binding"))
-
-    async def test_deletedAllocationIdleAgain(self) -> None:
-        """
-        A connection whose allocation is deleted (Refresh with LIFETIME 0)
-        counts as unallocated again and is closed after stream-idle-timeout.
-        """
-        relay, events = startStreamRelay(self, stream_idle_timeout=IDLE_TIMEOUT)
-        connections = ServerConnections(self, relay, "tcp")
-        client = await streamTURNClient(self, listenerAddress(relay, "tcp"))
-        assertSuccess(self, await within(client.session.allocate(), PROMPTLY, "Allocate"))
-        self.assertEqual(connections.limits.unallocated, 0)
-        deleted = await within(client.session.refresh((A.LIFETIME, 0)), PROMPTLY, "Refresh")
-        self.assertEqual(assertSuccess(self, deleted).get(A.LIFETIME), 0)
-        self.assertEqual(connections.limits.unallocated, 1)
-        started = reactor.seconds()
-        await within(client.whenClosed(), IDLE_TIMEOUT + PROMPTLY, "closing the idle connection")
-        self.assertGreaterEqual(reactor.seconds() - started, IDLE_TIMEOUT * 0.9)
-        await within(connections.whenAllClosed(), PROMPTLY, "the relay closing its side")
-        self.assertEqual(connections.limits.unallocated, 0)

@@ -10,34 +10,23 @@ served.  Certificates are compared by their SHA-256 fingerprints.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import Certificate, optionsForClientTLS
-from twisted.logger import LogEvent, LogLevel
+from twisted.logger import LogLevel
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests._loopback import reactor
-from tests._relayfixture import ServerEvents
-from tests._turnsocket import (
-    ServerConnections,
-    TURNStreamClient,
-    UnverifiedClient,
-    assertSuccess,
-    listenerAddress,
-    startTURNRelay,
-    streamTURNClient,
-    within,
-)
-from turnrelay.service import RelayService
+from tests._assertions import TURNTestCase
+from tests._relays import LoopbackRelay, ServerConnections, startRelay
+from tests._sockets import TURNStreamClient, UnverifiedClient, streamTURNClient
+from tests._timing import PROMPTLY, reactor, within
 from turnrelay.stun import attributes as A
 from turnrelay.transports.tls import ALPN_STUN_TURN, fingerprint, makeSelfSignedCertificate
 
-# Bounds on waits for things that happen in milliseconds on loopback.
-PROMPTLY = 5.0
 # The relay's handshake deadline in these tests (the smallest allowed).
 HANDSHAKE_TIMEOUT = 1.0
 
@@ -112,13 +101,11 @@ def servedFingerprint(client: TURNStreamClient) -> str:
     return fingerprint(certificate.to_cryptography())
 
 
-def startTLSRelay(
-    testCase: TestCase, files: CertificateFiles, **settings: Any
-) -> Tuple[RelayService, ServerEvents]:
+def startTLSRelay(testCase: TestCase, files: CertificateFiles, **settings: Any) -> LoopbackRelay:
     """
     Start a relay with one TLS listener on 127.0.0.1 serving C{files}.
     """
-    relay, events = startTURNRelay(
+    relay = startRelay(
         testCase,
         listen=["tls:0:interface=127.0.0.1"],
         tls_cert=files.certPath.path,
@@ -126,37 +113,30 @@ def startTLSRelay(
         **settings,
     )
     ServerConnections(testCase, relay, "tls")
-    return relay, events
+    return relay
 
 
 async def handshake(
-    testCase: TestCase, relay: RelayService, tls: IOpenSSLClientConnectionCreator
+    testCase: TestCase, relay: LoopbackRelay, tls: IOpenSSLClientConnectionCreator
 ) -> TURNStreamClient:
     """
     Connect over TLS and complete the handshake (bounded).
     """
-    client = await streamTURNClient(testCase, listenerAddress(relay, "tls"), tls)
+    client = await streamTURNClient(testCase, relay.address("tls"), tls)
     await within(client.whenHandshaken(), PROMPTLY, "TLS handshake")
     return client
 
 
-async def assertBinding(testCase: TestCase, client: TURNStreamClient) -> None:
+async def assertBinding(testCase: TURNTestCase, client: TURNStreamClient) -> None:
     """
     Assert that C{client} gets its own address back for a Binding request.
     """
     response = await within(client.session.binding(), PROMPTLY, "Binding response")
-    assertSuccess(testCase, response)
+    testCase.assertSuccess(response)
     testCase.assertEqual(response.get(A.XOR_MAPPED_ADDRESS), client.address)
 
 
-def isReloaded(event: LogEvent) -> bool:
-    """
-    @return: whether C{event} says new certificate files are in service.
-    """
-    return "TLS certificate reloaded" in event.get("log_format", "")
-
-
-class CertificateReloadTests(TestCase):
+class CertificateReloadTests(TURNTestCase, TestCase):
     """
     New certificate files are served to new handshakes; established
     connections go on with theirs.
@@ -173,13 +153,13 @@ class CertificateReloadTests(TestCase):
         """
         files = CertificateFiles(self)
         files.install("A")
-        relay, events = startTLSRelay(self, files, tls_check_interval=0)
+        relay = startTLSRelay(self, files, tls_check_interval=0)
         first = await handshake(self, relay, files.trusting("A"))
         self.assertEqual(servedFingerprint(first), files.fingerprint("A"))
         await assertBinding(self, first)
 
         files.install("B")
-        self.assertTrue(relay.reloadTLS())
+        self.assertTrue(relay.service.reloadTLS())
         second = await handshake(self, relay, UnverifiedClient())
         self.assertEqual(servedFingerprint(second), files.fingerprint("B"))
         await assertBinding(self, second)
@@ -189,14 +169,14 @@ class CertificateReloadTests(TestCase):
         await assertBinding(self, await handshake(self, relay, files.trusting("B")))
 
         files.spoil()
-        self.assertFalse(relay.reloadTLS())
-        errors = events.matching(
+        self.assertFalse(relay.service.reloadTLS())
+        errors = relay.events.matching(
             lambda event: (
                 event["log_level"] == LogLevel.error
                 and "not reloaded" in event.get("log_format", "")
             )
         )
-        self.assertEqual(len(errors), 1, [event.get("log_format") for event in events.events])
+        self.assertEqual(len(errors), 1, [event.get("log_format") for event in relay.events.events])
         self.assertIn(files.certPath.path, errors[0]["reason"])
         third = await handshake(self, relay, UnverifiedClient())
         self.assertEqual(servedFingerprint(third), files.fingerprint("B"))
@@ -204,28 +184,8 @@ class CertificateReloadTests(TestCase):
         await assertBinding(self, first)
         await assertBinding(self, second)
 
-    async def test_watcherServesNewCertificate(self) -> None:
-        """
-        With tls-check-interval set, replaced files are noticed and served to
-        the next handshake without any call, and the connection made before
-        keeps working.
-        """
-        files = CertificateFiles(self)
-        files.install("A")
-        relay, events = startTLSRelay(self, files, tls_check_interval=0.2)
-        first = await handshake(self, relay, files.trusting("A"))
-        await assertBinding(self, first)
 
-        files.install("B")
-        await within(events.waitFor(isReloaded), PROMPTLY, "the watcher reloading B")
-        second = await handshake(self, relay, UnverifiedClient())
-        self.assertEqual(servedFingerprint(second), files.fingerprint("B"))
-        await assertBinding(self, second)
-        await assertBinding(self, first)
-        self.assertEqual(servedFingerprint(first), files.fingerprint("A"))
-
-
-class HandshakeTests(TestCase):
+class HandshakeTests(TURNTestCase, TestCase):
     """
     What the relay accepts in a TLS handshake, and how long it waits for one.
     """
@@ -235,7 +195,7 @@ class HandshakeTests(TestCase):
     def setUp(self) -> None:
         self.files = CertificateFiles(self)
         self.files.install("A")
-        self.relay, self.events = startTLSRelay(
+        self.relay = startTLSRelay(
             self, self.files, tls_check_interval=0, tls_handshake_timeout=HANDSHAKE_TIMEOUT
         )
 
@@ -259,9 +219,7 @@ class HandshakeTests(TestCase):
         await assertBinding(self, client)
 
     async def _pinnedHandshake(self, version: int) -> TURNStreamClient:
-        client = await streamTURNClient(
-            self, listenerAddress(self.relay, "tls"), UnverifiedClient(version)
-        )
+        client = await streamTURNClient(self, self.relay.address("tls"), UnverifiedClient(version))
         try:
             await within(client.whenHandshaken(), PROMPTLY, "TLS handshake")
         except SSL.Error:
@@ -297,13 +255,14 @@ class HandshakeTests(TestCase):
         handshake earlier is kept.
         """
         served = await handshake(self, self.relay, self.files.trusting("A"))
-        silent = await streamTURNClient(self, listenerAddress(self.relay, "tls"))
+        silent = await streamTURNClient(self, self.relay.address("tls"))
         started = reactor.seconds()
         await within(
             silent.whenClosed(), HANDSHAKE_TIMEOUT + PROMPTLY, "closing the silent connection"
         )
         elapsed = reactor.seconds() - started
         self.assertGreaterEqual(elapsed, HANDSHAKE_TIMEOUT * 0.9)
-        assert self.relay.streamLimits is not None
-        self.assertEqual(self.relay.streamLimits.closed["handshake-timeout"], 1)
+        limits = self.relay.service.streamLimits
+        assert limits is not None
+        self.assertEqual(limits.closed["handshake-timeout"], 1)
         await assertBinding(self, served)

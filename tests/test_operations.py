@@ -7,44 +7,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests._turnclient import TURNClient, TURNTestCase
-from turnrelay.config import buildConfig
+from tests._assertions import TURNTestCase
+from tests._relays import PEER_A, FakeRelay
+from tests._session import TURNClient
 from turnrelay.logs import logLevel, setLogLevel
-from turnrelay.service import RelayService, makeRelayService
+from turnrelay.service import RelayService
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import Method
-from turnrelay.testing import FakeClientLink, FakeUDPReactor
 
-PEER = TransportAddress("198.51.100.20", 5000)
-SETTINGS: dict[str, Any] = {
-    "listen": ["udp:3478:interface=192.0.2.1"],
-    "relay-ip": "198.51.100.1",
-    "realm": "example.org",
-    "user": ["alice:alice-password"],
-    "static-auth-secret": ["a shared secret"],
-    "allow-peer": ["198.51.100.0/24"],
-}
+PEER = PEER_A
+# Alice alone: Bob is the user a reload adds.
+SETTINGS: dict[str, Any] = {"user": ["alice:alice-password"]}
 
 
 class OperationsTestCase(TURNTestCase):
     def setUp(self) -> None:
-        self.reactor = FakeUDPReactor()
         self.relay = self.makeRelay(SETTINGS)
         self.addCleanup(setLogLevel, "info")
 
     def makeRelay(self, settings: dict[str, Any]) -> RelayService:
         if hasattr(self, "relay"):
             self.relay.stopService()
-        relay = makeRelayService(buildConfig(settings), self.reactor)
-        relay.startService()
-        self.addCleanup(relay.stopService)
-        return relay
+        self.fake = FakeRelay(**settings).start(self)
+        self.reactor = self.fake.reactor
+        return self.fake.service
 
     def client(self, username: str = "alice", password: str = "alice-password") -> TURNClient:
-        self.port = getattr(self, "port", 40000) + 1
-        link = FakeClientLink(TransportAddress("192.0.2.50", self.port))
-        return TURNClient(self.relay.server, link, username, password, False)
+        return self.fake.client(username, password)
 
 
 class DrainTests(OperationsTestCase):
@@ -57,7 +47,7 @@ class DrainTests(OperationsTestCase):
         Without an alternate server, a draining relay answers Allocate with 403.
         """
         self.relay.drain()
-        self.assertError(self.client().allocate(), 403)
+        self.assertErrorCode(self.client().allocate(), 403)
 
     def test_alternateServers(self) -> None:
         """
@@ -65,9 +55,9 @@ class DrainTests(OperationsTestCase):
         the alternate of the client's family first (RFC 8489 section 10).
         """
         alternates = ["[2001:db8::7]:3478", "192.0.2.7:3478"]
-        self.relay = self.makeRelay({**SETTINGS, "alternate-server": alternates})
+        self.relay = self.makeRelay({**SETTINGS, "alternate_server": alternates})
         self.relay.drain()
-        response = self.assertError(self.client().allocate(), 300)
+        response = self.assertErrorCode(self.client().allocate(), 300)
         self.assertEqual(
             response.getAll(A.ALTERNATE_SERVER),
             [TransportAddress("192.0.2.7", 3478), TransportAddress("2001:db8::7", 3478)],
@@ -149,8 +139,7 @@ class MintCredentialTests(OperationsTestCase):
         """
         Without a shared secret there is nothing to mint with.
         """
-        settings = {k: v for k, v in SETTINGS.items() if k != "static-auth-secret"}
-        relay = self.makeRelay(settings)
+        relay = self.makeRelay({**SETTINGS, "static_auth_secret": None})
         self.assertRaises(ValueError, relay.mintCredential, "carol")
 
 
@@ -167,10 +156,10 @@ class ReloadConfigTests(OperationsTestCase):
         """
         alice = self.client()
         alice.allocate()
-        changed = {**SETTINGS, "user": ["bob:bob-password"]}
-        self.assertEqual(self.relay.reloadConfig(buildConfig(changed)), [])
+        changed = self.fake.configWith(user=["bob:bob-password"])
+        self.assertEqual(self.relay.reloadConfig(changed), [])
         self.assertSuccess(self.client("bob", "bob-password").allocate())
-        self.assertError(self.client().allocate(), 401)
+        self.assertErrorCode(self.client().allocate(), 401)
         self.assertIsNotNone(alice.link.allocation)
         self.assertEqual(len(self.relay.server.registry), 2)
 
@@ -182,23 +171,23 @@ class ReloadConfigTests(OperationsTestCase):
         client.allocate()
         other = TransportAddress("198.18.0.9", 1)
         permit = [(A.XOR_PEER_ADDRESS, other)]
-        self.assertError(client.request(Method.CREATE_PERMISSION, permit), 403)
-        self.relay.reloadConfig(buildConfig({**SETTINGS, "allow-peer": ["198.18.0.0/15"]}))
+        self.assertErrorCode(client.request(Method.CREATE_PERMISSION, permit), 403)
+        self.relay.reloadConfig(self.fake.configWith(allow_peer=["198.18.0.0/15"]))
         self.assertSuccess(client.request(Method.CREATE_PERMISSION, permit))
 
     def test_logLevel(self) -> None:
         """
         The log level changes on reload.
         """
-        self.relay.reloadConfig(buildConfig({**SETTINGS, "log-level": "warn"}))
+        self.relay.reloadConfig(self.fake.configWith(log_level="warn"))
         self.assertEqual(logLevel(), "warn")
 
     def test_restartNeeded(self) -> None:
         """
         Settings a running relay cannot change are reported.
         """
-        changed = {**SETTINGS, "listen": ["udp:3479:interface=192.0.2.1"], "min-port": 50000}
-        self.assertEqual(self.relay.reloadConfig(buildConfig(changed)), ["listen", "min-port"])
+        changed = self.fake.configWith(listen=["udp:3479:interface=192.0.2.1"], min_port=50010)
+        self.assertEqual(self.relay.reloadConfig(changed), ["listen", "min-port"])
 
     def test_unauthenticatedLimits(self) -> None:
         """
@@ -209,16 +198,15 @@ class ReloadConfigTests(OperationsTestCase):
         limit = self.relay.server.sourceLimit
         assert limit is not None
         self.assertEqual((limit.rate, limit.burst, limit.maxSources), (20, 40, 10000))
-        changed = {
-            **SETTINGS,
-            "unauthenticated-rate": 5,
-            "unauthenticated-burst": 7,
-            "source-table-size": 100,
-            "refusal-summary-interval": 10,
-            "log-max-bytes": 20000,
-            "log-max-files": 3,
-        }
-        needRestart = self.relay.reloadConfig(buildConfig(changed))
+        changed = self.fake.configWith(
+            unauthenticated_rate=5,
+            unauthenticated_burst=7,
+            source_table_size=100,
+            refusal_summary_interval=10,
+            log_max_bytes=20000,
+            log_max_files=3,
+        )
+        needRestart = self.relay.reloadConfig(changed)
         self.assertIs(self.relay.server.sourceLimit, limit)
         self.assertEqual((limit.rate, limit.burst, limit.maxSources), (5, 7, 100))
         self.assertEqual(self.relay.server.refusalSummaryInterval, 10)
@@ -229,15 +217,14 @@ class ReloadConfigTests(OperationsTestCase):
         The limits on TCP and TLS connections and the descriptor reserve
         change on reload, for the connections that come next.
         """
-        changed = {
-            **SETTINGS,
-            "stream-allocate-timeout": 5,
-            "max-unallocated-per-source": 3,
-            "max-unallocated-connections": 30,
-            "stream-max-unsent": 100000,
-            "descriptor-reserve": 100,
-        }
-        self.assertEqual(self.relay.reloadConfig(buildConfig(changed)), [])
+        changed = self.fake.configWith(
+            stream_allocate_timeout=5,
+            max_unallocated_per_source=3,
+            max_unallocated_connections=30,
+            stream_max_unsent=100000,
+            descriptor_reserve=100,
+        )
+        self.assertEqual(self.relay.reloadConfig(changed), [])
         limits = self.relay.streamLimits
         assert limits is not None
         self.assertEqual(

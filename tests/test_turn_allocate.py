@@ -9,11 +9,12 @@ import socket
 
 from twisted.logger import capturedLogs
 
-from tests._turnclient import PEER_A, REALM, RELAY_IP, Harness, TURNTestCase
+from tests._assertions import TURNTestCase
+from tests._relays import PEER_A, RELAY_IP, FakeRelay
+from tests._session import REALM
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
 from turnrelay.stun.message import MessageClass, Method
-from turnrelay.turn.limits import RelayLimits
 from turnrelay.turn.relay import IP_MTU_DISCOVER, IP_PMTUDISC_DO
 
 
@@ -23,8 +24,8 @@ class AllocateTests(TURNTestCase):
     """
 
     def setUp(self) -> None:
-        self.harness = Harness()
-        self.client = self.harness.client()
+        self.relay = FakeRelay()
+        self.client = self.relay.client()
 
     def test_challenge(self) -> None:
         """
@@ -32,12 +33,12 @@ class AllocateTests(TURNTestCase):
         nothing (items 27, 28).
         """
         response = self.client.challenge()
-        self.assertError(response, 401)
+        self.assertErrorCode(response, 401)
         self.assertEqual(response.get(A.REALM), REALM)
         self.assertTrue(response.get(A.NONCE).startswith("obMatJos2"))
         self.assertIsNone(response.messageIntegrity)
-        self.assertEqual(len(self.harness.server.registry), 0)
-        self.assertEqual(self.harness.reactor.udpPorts, [])
+        self.assertEqual(len(self.relay.server.registry), 0)
+        self.assertEqual(self.relay.reactor.udpPorts, [])
 
     def test_success(self) -> None:
         """
@@ -51,8 +52,8 @@ class AllocateTests(TURNTestCase):
         self.assertEqual(response.get(A.LIFETIME), 600)
         self.assertEqual(response.get(A.XOR_MAPPED_ADDRESS), self.client.link.clientAddress)
         self.assertIsNotNone(response.messageIntegrity)
-        self.assertEqual(len(self.harness.server.registry), 1)
-        port = self.harness.relayPort(self.client)
+        self.assertEqual(len(self.relay.server.registry), 1)
+        port = self.relay.relayPort(self.client)
         self.assertEqual((port.host, port.portNumber), (RELAY_IP, relayed.port))
 
     def test_responseIntegrityMD5(self) -> None:
@@ -61,7 +62,7 @@ class AllocateTests(TURNTestCase):
         (item 36).
         """
         self.client.allocate()
-        response = self.harness.server.registry.get(self.client.link.fiveTuple)
+        response = self.relay.server.registry.get(self.client.link.fiveTuple)
         assert response is not None
         from turnrelay.stun.message import decodeMessage
 
@@ -74,12 +75,12 @@ class AllocateTests(TURNTestCase):
         A request authenticated with MESSAGE-INTEGRITY-SHA256 gets a response
         carrying MESSAGE-INTEGRITY-SHA256 (item 36).
         """
-        client = self.harness.client(sha256=True)
+        client = self.relay.client(sha256=True)
         response = self.assertSuccess(client.allocate())
         self.assertIsNotNone(response.messageIntegritySHA256)
         from turnrelay.stun.message import decodeMessage
 
-        allocation = self.harness.server.registry.get(client.link.fiveTuple)
+        allocation = self.relay.server.registry.get(client.link.fiveTuple)
         assert allocation is not None
         decoded = decodeMessage(allocation.allocateResponse)
         self.assertTrue(decoded.verifyMessageIntegritySHA256(client.key()))
@@ -89,29 +90,29 @@ class AllocateTests(TURNTestCase):
         An error to an authenticated request carries valid integrity (item 36).
         """
         self.client.allocate()
-        response = self.assertError(self.client.allocate(), 437)
+        response = self.assertErrorCode(self.client.allocate(), 437)
         self.assertIsNotNone(response.messageIntegrity)
 
     def test_wrongPassword(self) -> None:
         """
         A wrong password gets 401 and no allocation (item 34).
         """
-        client = self.harness.client(password="wrong")
-        self.assertError(client.allocate(), 401)
-        self.assertEqual(len(self.harness.server.registry), 0)
+        client = self.relay.client(password="wrong")
+        self.assertErrorCode(client.allocate(), 401)
+        self.assertEqual(len(self.relay.server.registry), 0)
 
     def test_unknownUser(self) -> None:
         """
         An unknown user gets 401 (item 33).
         """
-        self.assertError(self.harness.client("mallory", "x").allocate(), 401)
+        self.assertErrorCode(self.relay.client("mallory", "x").allocate(), 401)
 
     def test_lifetimeDefault(self) -> None:
         """
         Without LIFETIME, and with one below the default, the lifetime is 600 s (item 58).
         """
         self.assertEqual(self.client.allocate().get(A.LIFETIME), 600)
-        other = self.harness.client()
+        other = self.relay.client()
         self.assertEqual(other.allocate((A.LIFETIME, 30)).get(A.LIFETIME), 600)
 
     def test_lifetimeCapped(self) -> None:
@@ -119,7 +120,7 @@ class AllocateTests(TURNTestCase):
         A LIFETIME above the maximum is capped at the maximum (item 58).
         """
         self.assertEqual(self.client.allocate((A.LIFETIME, 100000)).get(A.LIFETIME), 3600)
-        other = self.harness.client()
+        other = self.relay.client()
         self.assertEqual(other.allocate((A.LIFETIME, 1200)).get(A.LIFETIME), 1200)
 
     def test_inUse(self) -> None:
@@ -128,8 +129,8 @@ class AllocateTests(TURNTestCase):
         (item 47).
         """
         self.client.allocate()
-        self.assertError(self.client.allocate(), 437)
-        self.assertEqual(len(self.harness.server.registry), 1)
+        self.assertErrorCode(self.client.allocate(), 437)
+        self.assertEqual(len(self.relay.server.registry), 1)
 
     def test_retransmission(self) -> None:
         """
@@ -138,18 +139,18 @@ class AllocateTests(TURNTestCase):
         """
         self.client.allocate(tid=b"retransmit!!")
         first = self.client.lastRequest
-        allocation = self.harness.server.registry.get(self.client.link.fiveTuple)
+        allocation = self.relay.server.registry.get(self.client.link.fiveTuple)
         assert allocation is not None
-        self.harness.server.stunReceived(first, self.client.link)
+        self.relay.server.stunReceived(first, self.client.link)
         self.assertEqual(self.client.link.popSent(), allocation.allocateResponse)
-        self.assertEqual(len(self.harness.server.registry), 1)
-        self.assertEqual(len(self.harness.reactor.udpPorts), 1)
+        self.assertEqual(len(self.relay.server.registry), 1)
+        self.assertEqual(len(self.relay.reactor.udpPorts), 1)
 
     def test_requestedTransportMissing(self) -> None:
         """
         An Allocate without REQUESTED-TRANSPORT gets 400 (item 48).
         """
-        self.assertError(self.client.request(Method.ALLOCATE), 400)
+        self.assertErrorCode(self.client.request(Method.ALLOCATE), 400)
 
     def test_unsupportedTransport(self) -> None:
         """
@@ -157,15 +158,15 @@ class AllocateTests(TURNTestCase):
         """
         for protocol in (1, 132, 255):
             response = self.client.request(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, protocol)])
-            self.assertError(response, 442)
-        self.assertEqual(len(self.harness.server.registry), 0)
+            self.assertErrorCode(response, 442)
+        self.assertEqual(len(self.relay.server.registry), 0)
 
     def test_unknownAttribute(self) -> None:
         """
         An authenticated Allocate with an unknown comprehension-required
         attribute gets 420 listing it (item 12).
         """
-        response = self.assertError(self.client.allocate((0x7FF0, b"??")), 420)
+        response = self.assertErrorCode(self.client.allocate((0x7FF0, b"??")), 420)
         self.assertEqual(response.get(A.UNKNOWN_ATTRIBUTES), (0x7FF0,))
         self.assertIsNotNone(response.messageIntegrity)
 
@@ -181,14 +182,14 @@ class AllocateTests(TURNTestCase):
             b"x" * 12,
             [(A.REQUESTED_TRANSPORT, A.TRANSPORT_UDP), (0x7FF0, b"")],
         )
-        self.assertError(self.client.send(data.encode()), 401)
+        self.assertErrorCode(self.client.send(data.encode()), 401)
 
     def test_dontFragment(self) -> None:
         """
         DONT-FRAGMENT makes the relay socket set DF where the OS allows it (item 49).
         """
         self.assertSuccess(self.client.allocate((A.DONT_FRAGMENT, True)))
-        port = self.harness.relayPort(self.client)
+        port = self.relay.relayPort(self.client)
         assert IP_MTU_DISCOVER is not None
         self.assertEqual(
             port.socket.options.get((socket.IPPROTO_IP, IP_MTU_DISCOVER)), IP_PMTUDISC_DO
@@ -198,10 +199,10 @@ class AllocateTests(TURNTestCase):
         """
         DONT-FRAGMENT where DF cannot be set gets 420 listing 0x001A (item 49).
         """
-        pool = self.harness.server.relayPorts
+        pool = self.relay.server.relayPorts
         assert pool is not None
         self.patch(type(pool), "dontFragmentSupported", property(lambda self: False))
-        response = self.assertError(self.client.allocate((A.DONT_FRAGMENT, True)), 420)
+        response = self.assertErrorCode(self.client.allocate((A.DONT_FRAGMENT, True)), 420)
         self.assertEqual(response.get(A.UNKNOWN_ATTRIBUTES), (A.DONT_FRAGMENT,))
 
     def test_reservationTokenWithEvenPort(self) -> None:
@@ -215,13 +216,13 @@ class AllocateTests(TURNTestCase):
             (A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV4),
             (A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6),
         ):
-            self.assertError(self.client.allocate(token, other), 400)
+            self.assertErrorCode(self.client.allocate(token, other), 400)
 
     def test_unknownReservationToken(self) -> None:
         """
         An unknown RESERVATION-TOKEN gets 508 (item 50).
         """
-        self.assertError(self.client.allocate((A.RESERVATION_TOKEN, b"unknown!")), 508)
+        self.assertErrorCode(self.client.allocate((A.RESERVATION_TOKEN, b"unknown!")), 508)
 
     def test_bothFamilies(self) -> None:
         """
@@ -230,7 +231,7 @@ class AllocateTests(TURNTestCase):
         response = self.client.allocate(
             (A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV4), (A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6)
         )
-        self.assertError(response, 400)
+        self.assertErrorCode(response, 400)
 
     def test_requestedFamilyIPv4(self) -> None:
         """
@@ -244,13 +245,13 @@ class AllocateTests(TURNTestCase):
         REQUESTED-ADDRESS-FAMILY for a family not offered gets 440 (item 52).
         """
         for family in (FAMILY_IPV6, 3):
-            self.assertError(self.client.allocate((A.REQUESTED_ADDRESS_FAMILY, family)), 440)
+            self.assertErrorCode(self.client.allocate((A.REQUESTED_ADDRESS_FAMILY, family)), 440)
 
     def test_additionalFamilyIPv4(self) -> None:
         """
         ADDITIONAL-ADDRESS-FAMILY IPv4 gets 400: only IPv6 is meaningful (item 54).
         """
-        self.assertError(self.client.allocate((A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV4)), 400)
+        self.assertErrorCode(self.client.allocate((A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV4)), 400)
 
     def test_additionalFamilyNotOffered(self) -> None:
         """
@@ -268,14 +269,14 @@ class AllocateTests(TURNTestCase):
         EVEN-PORT with R set and ADDITIONAL-ADDRESS-FAMILY gets 400 (item 53).
         """
         response = self.client.allocate((A.EVEN_PORT, True), (A.ADDITIONAL_ADDRESS_FAMILY, 2))
-        self.assertError(response, 400)
+        self.assertErrorCode(response, 400)
 
     def test_evenPort(self) -> None:
         """
         EVEN-PORT without R gets an even relay port (item 53).
         """
         for _ in range(5):
-            response = self.harness.client().allocate((A.EVEN_PORT, False))
+            response = self.relay.client().allocate((A.EVEN_PORT, False))
             self.assertEqual(response.get(A.XOR_RELAYED_ADDRESS).port % 2, 0)
             self.assertNotIn(A.RESERVATION_TOKEN, response)
 
@@ -289,12 +290,12 @@ class AllocateTests(TURNTestCase):
         self.assertEqual(port % 2, 0)
         token = response.get(A.RESERVATION_TOKEN)
         self.assertEqual(len(token), 8)
-        self.harness.reactor.udpPort(port + 1)  # held open meanwhile
-        other = self.harness.client("bob")
+        self.relay.reactor.udpPort(port + 1)  # held open meanwhile
+        other = self.relay.client("bob")
         second = self.assertSuccess(other.allocate((A.RESERVATION_TOKEN, token)))
         self.assertEqual(second.get(A.XOR_RELAYED_ADDRESS).port, port + 1)
-        third = self.harness.client()
-        self.assertError(third.allocate((A.RESERVATION_TOKEN, token)), 508)
+        third = self.relay.client()
+        self.assertErrorCode(third.allocate((A.RESERVATION_TOKEN, token)), 508)
 
     def test_reservationExpires(self) -> None:
         """
@@ -303,48 +304,48 @@ class AllocateTests(TURNTestCase):
         response = self.client.allocate((A.EVEN_PORT, True))
         port = response.get(A.XOR_RELAYED_ADDRESS).port
         token = response.get(A.RESERVATION_TOKEN)
-        reserved = self.harness.reactor.udpPort(port + 1)
-        self.harness.reactor.advance(29)
+        reserved = self.relay.reactor.udpPort(port + 1)
+        self.relay.reactor.advance(29)
         self.assertTrue(reserved.listening)
-        self.harness.reactor.advance(1)
+        self.relay.reactor.advance(1)
         self.assertFalse(reserved.listening)
-        self.assertError(self.harness.client().allocate((A.RESERVATION_TOKEN, token)), 508)
+        self.assertErrorCode(self.relay.client().allocate((A.RESERVATION_TOKEN, token)), 508)
 
     def test_userQuota(self) -> None:
         """
         Allocations beyond the per-username quota get 486 (item 55).
         """
-        self.harness = Harness(RelayLimits(userQuota=2))
+        self.relay = FakeRelay(user_quota=2)
         for _ in range(2):
-            self.assertSuccess(self.harness.client("alice").allocate())
-        self.assertError(self.harness.client("alice").allocate(), 486)
-        self.assertSuccess(self.harness.client("bob").allocate())
+            self.assertSuccess(self.relay.client("alice").allocate())
+        self.assertErrorCode(self.relay.client("alice").allocate(), 486)
+        self.assertSuccess(self.relay.client("bob").allocate())
 
     def test_totalQuota(self) -> None:
         """
         Allocations beyond the total quota get 486.
         """
-        self.harness = Harness(RelayLimits(totalQuota=2))
-        self.assertSuccess(self.harness.client("alice").allocate())
-        self.assertSuccess(self.harness.client("bob").allocate())
-        self.assertError(self.harness.client("alice").allocate(), 486)
+        self.relay = FakeRelay(total_quota=2)
+        self.assertSuccess(self.relay.client("alice").allocate())
+        self.assertSuccess(self.relay.client("bob").allocate())
+        self.assertErrorCode(self.relay.client("alice").allocate(), 486)
 
     def test_noRelayPort(self) -> None:
         """
         When no relay port is free, Allocate gets 508.
         """
-        self.harness = Harness(minPort=50000, maxPort=50001)
-        self.assertSuccess(self.harness.client().allocate())
-        self.assertSuccess(self.harness.client().allocate())
-        self.assertError(self.harness.client().allocate(), 508)
+        self.relay = FakeRelay(min_port=50000, max_port=50001)
+        self.assertSuccess(self.relay.client().allocate())
+        self.assertSuccess(self.relay.client().allocate())
+        self.assertErrorCode(self.relay.client().allocate(), 508)
 
     def test_busyPortsSkipped(self) -> None:
         """
         Ports another program holds are skipped.
         """
-        self.harness = Harness(minPort=50000, maxPort=50003)
-        self.harness.reactor.busyUDPPorts.update({50000, 50001, 50003})
-        response = self.assertSuccess(self.harness.client().allocate())
+        self.relay = FakeRelay(min_port=50000, max_port=50003)
+        self.relay.reactor.busyUDPPorts.update({50000, 50001, 50003})
+        response = self.assertSuccess(self.relay.client().allocate())
         self.assertEqual(response.get(A.XOR_RELAYED_ADDRESS).port, 50002)
 
     def test_externalIP(self) -> None:
@@ -352,10 +353,10 @@ class AllocateTests(TURNTestCase):
         Behind NAT, XOR-RELAYED-ADDRESS advertises the external IP with the
         relay port.
         """
-        self.harness = Harness(externalIP="198.51.100.99")
-        client = self.harness.client()
+        self.relay = FakeRelay(external_ip="198.51.100.99")
+        client = self.relay.client()
         relayed = self.assertSuccess(client.allocate()).get(A.XOR_RELAYED_ADDRESS)
-        port = self.harness.relayPort(client)
+        port = self.relay.relayPort(client)
         self.assertEqual(relayed, TransportAddress("198.51.100.99", port.portNumber))
         self.assertEqual(port.host, RELAY_IP)
 
@@ -363,15 +364,15 @@ class AllocateTests(TURNTestCase):
         """
         A configured SOFTWARE is added to Allocate responses (item 45).
         """
-        self.harness = Harness(software="turnrelay-test")
-        response = self.harness.client().allocate()
+        self.relay = FakeRelay(software="turnrelay-test")
+        response = self.relay.client().allocate()
         self.assertEqual(response.get(A.SOFTWARE), "turnrelay-test")
 
     def test_randomPorts(self) -> None:
         """
         Relay ports are picked at random from the range (item 57).
         """
-        ports = {self.harness.client().allocate().get(A.XOR_RELAYED_ADDRESS).port for _ in range(8)}
+        ports = {self.relay.client().allocate().get(A.XOR_RELAYED_ADDRESS).port for _ in range(8)}
         self.assertGreater(len(ports), 1)
         self.assertNotEqual(sorted(ports), list(range(50000, 50000 + len(ports))))
 
@@ -382,23 +383,23 @@ class LifetimeTests(TURNTestCase):
     """
 
     def setUp(self) -> None:
-        self.harness = Harness()
-        self.client = self.harness.client()
+        self.relay = FakeRelay()
+        self.client = self.relay.client()
         self.client.allocate()
-        self.port = self.harness.relayPort(self.client)
+        self.port = self.relay.relayPort(self.client)
 
     def test_expiry(self) -> None:
         """
         An allocation expires after its lifetime and its relay socket is closed
         (item 66).
         """
-        self.harness.reactor.advance(599)
-        self.assertEqual(len(self.harness.server.registry), 1)
-        self.harness.reactor.advance(1)
-        self.assertEqual(len(self.harness.server.registry), 0)
+        self.relay.reactor.advance(599)
+        self.assertEqual(len(self.relay.server.registry), 1)
+        self.relay.reactor.advance(1)
+        self.assertEqual(len(self.relay.server.registry), 0)
         self.assertFalse(self.port.listening)
         self.assertIsNone(self.client.link.allocation)
-        self.assertEqual(self.harness.server.relayPorts.inUse, 0)  # type: ignore[union-attr]
+        self.assertEqual(self.relay.server.relayPorts.inUse, 0)  # type: ignore[union-attr]
 
     def test_expiryCancelsTimers(self) -> None:
         """
@@ -408,20 +409,20 @@ class LifetimeTests(TURNTestCase):
         self.client.request(
             Method.CHANNEL_BIND, [(A.CHANNEL_NUMBER, 0x4000), (A.XOR_PEER_ADDRESS, PEER_A)]
         )
-        self.harness.reactor.advance(600)
-        self.assertEqual(self.harness.reactor.getDelayedCalls(), [])
+        self.relay.reactor.advance(600)
+        self.assertEqual(self.relay.reactor.getDelayedCalls(), [])
 
     def test_refresh(self) -> None:
         """
         Refresh sets a new time to expiry and answers with it (item 63).
         """
-        self.harness.reactor.advance(500)
+        self.relay.reactor.advance(500)
         response = self.assertSuccess(self.client.request(Method.REFRESH, [(A.LIFETIME, 900)]))
         self.assertEqual(response.get(A.LIFETIME), 900)
-        self.harness.reactor.advance(899)
-        self.assertEqual(len(self.harness.server.registry), 1)
-        self.harness.reactor.advance(1)
-        self.assertEqual(len(self.harness.server.registry), 0)
+        self.relay.reactor.advance(899)
+        self.assertEqual(len(self.relay.server.registry), 1)
+        self.relay.reactor.advance(1)
+        self.assertEqual(len(self.relay.server.registry), 0)
 
     def test_refreshDefaultsAndCaps(self) -> None:
         """
@@ -440,20 +441,20 @@ class LifetimeTests(TURNTestCase):
         response = self.assertSuccess(self.client.request(Method.REFRESH, [(A.LIFETIME, 0)]))
         self.assertEqual(response.get(A.LIFETIME), 0)
         self.assertFalse(self.port.listening)
-        self.assertEqual(len(self.harness.server.registry), 0)
+        self.assertEqual(len(self.relay.server.registry), 0)
         deleteAgain = self.client.request(Method.REFRESH, [(A.LIFETIME, 0)])
-        self.assertError(deleteAgain, 437)
+        self.assertErrorCode(deleteAgain, 437)
         response = self.client.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, PEER_A)])
-        self.assertError(response, 437)
+        self.assertErrorCode(response, 437)
 
     def test_noAllocation(self) -> None:
         """
         Refresh, CreatePermission and ChannelBind without an allocation get 437
         (item 62).
         """
-        other = self.harness.client()
-        self.assertError(other.request(Method.REFRESH), 437)
-        self.assertError(
+        other = self.relay.client()
+        self.assertErrorCode(other.request(Method.REFRESH), 437)
+        self.assertErrorCode(
             other.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, PEER_A)]), 437
         )
 
@@ -462,11 +463,13 @@ class LifetimeTests(TURNTestCase):
         A valid Refresh from another user on the allocation's 5-tuple gets 441
         (item 39).
         """
-        bob = self.harness.client("bob")
+        bob = self.relay.client("bob")
         bob.link = self.client.link
-        self.assertError(bob.request(Method.REFRESH), 441)
-        self.assertError(bob.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, PEER_A)]), 441)
-        self.assertEqual(len(self.harness.server.registry), 1)
+        self.assertErrorCode(bob.request(Method.REFRESH), 441)
+        self.assertErrorCode(
+            bob.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, PEER_A)]), 441
+        )
+        self.assertEqual(len(self.relay.server.registry), 1)
 
     def test_refreshFamilyMismatch(self) -> None:
         """
@@ -474,7 +477,7 @@ class LifetimeTests(TURNTestCase):
         (item 64).
         """
         response = self.client.request(Method.REFRESH, [(A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6)])
-        self.assertError(response, 443)
+        self.assertErrorCode(response, 443)
         response = self.client.request(Method.REFRESH, [(A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV4)])
         self.assertSuccess(response)
 
@@ -484,9 +487,9 @@ class LifetimeTests(TURNTestCase):
         retry succeeds (item 35).
         """
         self.client.request(Method.REFRESH, [(A.LIFETIME, 3600)])
-        self.harness.reactor.advance(601)
+        self.relay.reactor.advance(601)
         response = self.client.send(self.client.build(Method.REFRESH))
-        self.assertError(response, 438)
+        self.assertErrorCode(response, 438)
         assert response is not None
         self.assertNotEqual(response.get(A.NONCE), self.client.nonce)
         self.client.nonce = response.get(A.NONCE)
@@ -517,13 +520,13 @@ class StopTests(TURNTestCase):
         stop() ends every allocation and EVEN-PORT reservation, closes their
         relay sockets and leaves no timer.
         """
-        harness = Harness()
-        client = harness.client()
+        relay = FakeRelay()
+        client = relay.client()
         client.allocate((A.EVEN_PORT, True))
-        harness.client().allocate()
-        d = harness.server.stop()
-        self.assertEqual(len(harness.server.registry), 0)
-        self.assertFalse(any(port.listening for port in harness.reactor.udpPorts))
-        self.assertEqual(harness.server.relayPorts.inUse, 0)  # type: ignore[union-attr]
-        self.assertEqual(harness.reactor.getDelayedCalls(), [])
+        relay.client().allocate()
+        d = relay.server.stop()
+        self.assertEqual(len(relay.server.registry), 0)
+        self.assertFalse(any(port.listening for port in relay.reactor.udpPorts))
+        self.assertEqual(relay.server.relayPorts.inUse, 0)  # type: ignore[union-attr]
+        self.assertEqual(relay.reactor.getDelayedCalls(), [])
         self.successResultOf(d)

@@ -11,10 +11,9 @@ from typing import Any, List
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests._relayfixture import ServerEvents
+from tests._logs import LogRecorder
 from turnrelay.turn.descriptors import (
     RECOUNT_INTERVAL,
     RESUME_INTERVAL,
@@ -104,9 +103,7 @@ class DescriptorBudgetTests(SynchronousTestCase):
         """
         EMFILE is counted every time but logged once a minute at most.
         """
-        events = ServerEvents()
-        globalLogPublisher.addObserver(events)
-        self.addCleanup(globalLogPublisher.removeObserver, events)
+        events = LogRecorder(self)
         for _ in range(100):
             self.budget.ranOut("a relay socket")
         self.assertEqual(self.budget.outOfDescriptors, 100)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import socket
 
-from tests._turnclient import PEER_6, PEER_A, RELAY_IP, RELAY_IP6, Harness, TURNTestCase
+from tests._assertions import TURNTestCase
+from tests._relays import PEER_6, PEER_A, RELAY_IP, RELAY_IP6, FakeRelay
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
 from turnrelay.stun.channeldata import encodeChannelData
@@ -22,8 +23,8 @@ class IPv6RelayTests(TURNTestCase):
     """
 
     def setUp(self) -> None:
-        self.harness = Harness(relayIP6=RELAY_IP6)
-        self.client = self.harness.client()
+        self.relay = FakeRelay(relay_ip6=RELAY_IP6)
+        self.client = self.relay.client()
 
     def test_requestedIPv6(self) -> None:
         """
@@ -32,7 +33,7 @@ class IPv6RelayTests(TURNTestCase):
         response = self.assertSuccess(self.client.allocate((A.REQUESTED_ADDRESS_FAMILY, 2)))
         [relayed] = response.getAll(A.XOR_RELAYED_ADDRESS)
         self.assertEqual(relayed.host, RELAY_IP6)
-        self.assertEqual(self.harness.relayPort(self.client).host, RELAY_IP6)
+        self.assertEqual(self.relay.relayPort(self.client).host, RELAY_IP6)
 
     def test_defaultIsIPv4(self) -> None:
         """
@@ -46,9 +47,9 @@ class IPv6RelayTests(TURNTestCase):
         A relay with only IPv6 addresses answers a plain Allocate with 440
         (item 52).
         """
-        harness = Harness(relayIP=None, relayIP6=RELAY_IP6)
-        self.assertError(harness.client().allocate(), 440)
-        response = harness.client().allocate((A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6))
+        relay = FakeRelay(relay_ip=None, listen=["udp:3478:interface=0.0.0.0"], relay_ip6=RELAY_IP6)
+        self.assertErrorCode(relay.client().allocate(), 440)
+        response = relay.client().allocate((A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6))
         self.assertSuccess(response)
 
     def test_peerFamily(self) -> None:
@@ -58,10 +59,10 @@ class IPv6RelayTests(TURNTestCase):
         """
         self.client.allocate((A.REQUESTED_ADDRESS_FAMILY, FAMILY_IPV6))
         permit = Method.CREATE_PERMISSION
-        self.assertError(self.client.request(permit, [(A.XOR_PEER_ADDRESS, PEER_A)]), 443)
+        self.assertErrorCode(self.client.request(permit, [(A.XOR_PEER_ADDRESS, PEER_A)]), 443)
         self.assertSuccess(self.client.request(permit, [(A.XOR_PEER_ADDRESS, PEER_6)]))
         self.client.indication(Method.SEND, (A.XOR_PEER_ADDRESS, PEER_6), (A.DATA, b"v6"))
-        port = self.harness.relayPort(self.client)
+        port = self.relay.relayPort(self.client)
         self.assertEqual(port.written, [(b"v6", PEER_6)])
 
     def test_deniedIPv6Peers(self) -> None:
@@ -73,7 +74,7 @@ class IPv6RelayTests(TURNTestCase):
             response = self.client.request(
                 Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, TransportAddress(host, 1))]
             )
-            self.assertError(response, 403)
+            self.assertErrorCode(response, 403)
 
     def test_dontFragmentIPv6(self) -> None:
         """
@@ -82,7 +83,7 @@ class IPv6RelayTests(TURNTestCase):
         self.assertSuccess(
             self.client.allocate((A.REQUESTED_ADDRESS_FAMILY, 2), (A.DONT_FRAGMENT, True))
         )
-        port = self.harness.relayPort(self.client)
+        port = self.relay.relayPort(self.client)
         option = (socket.IPPROTO_IPV6, socket.IPV6_DONTFRAG)
         self.assertEqual(port.socket.options.get(option), 1)
 
@@ -93,8 +94,8 @@ class DualAllocationTests(TURNTestCase):
     """
 
     def setUp(self) -> None:
-        self.harness = Harness(relayIP6=RELAY_IP6)
-        self.client = self.harness.client()
+        self.relay = FakeRelay(relay_ip6=RELAY_IP6)
+        self.client = self.relay.client()
         self.response = self.client.allocate((A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6))
         self.allocation = self.client.link.allocation
 
@@ -110,15 +111,15 @@ class DualAllocationTests(TURNTestCase):
         relayed = self.response.getAll(A.XOR_RELAYED_ADDRESS)
         self.assertEqual([r.host for r in relayed], [RELAY_IP, RELAY_IP6])
         self.assertNotIn(A.ADDRESS_ERROR_CODE, self.response)
-        self.assertEqual(len(self.harness.reactor.udpPorts), 2)
+        self.assertEqual(len(self.relay.reactor.udpPorts), 2)
 
     def test_onlyIPv6Offered(self) -> None:
         """
         Only IPv6 available: one relayed address and ADDRESS-ERROR-CODE 440 for
         IPv4.
         """
-        harness = Harness(relayIP=None, relayIP6=RELAY_IP6)
-        response = harness.client().allocate((A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6))
+        relay = FakeRelay(relay_ip=None, listen=["udp:3478:interface=0.0.0.0"], relay_ip6=RELAY_IP6)
+        response = relay.client().allocate((A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6))
         self.assertSuccess(response)
         [relayed] = response.getAll(A.XOR_RELAYED_ADDRESS)
         self.assertEqual(relayed.family, FAMILY_IPV6)
@@ -129,9 +130,9 @@ class DualAllocationTests(TURNTestCase):
         """
         No family available: 508 (item 54).
         """
-        harness = Harness(relayIP=None)
-        response = harness.client().allocate((A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6))
-        self.assertError(response, 508)
+        relay = FakeRelay(relay_ip=None, listen=["udp:3478:interface=0.0.0.0"])
+        response = relay.client().allocate((A.ADDITIONAL_ADDRESS_FAMILY, FAMILY_IPV6))
+        self.assertErrorCode(response, 508)
 
     def test_bothFamiliesRelay(self) -> None:
         """
@@ -144,7 +145,7 @@ class DualAllocationTests(TURNTestCase):
                 Method.CHANNEL_BIND, [(A.CHANNEL_NUMBER, number), (A.XOR_PEER_ADDRESS, peer)]
             )
             self.assertSuccess(response)
-            self.harness.server.channelDataReceived(
+            self.relay.server.channelDataReceived(
                 encodeChannelData(number, b"hello"), self.client.link
             )
         self.assertEqual(ports[FAMILY_IPV4].written, [(b"hello", PEER_A)])
@@ -185,9 +186,9 @@ class DualAllocationTests(TURNTestCase):
         self.assertFalse(ports[FAMILY_IPV6].listening)
         self.assertTrue(ports[FAMILY_IPV4].listening)
         self.assertEqual(set(self.allocation.permissions), {PEER_A.host})
-        self.assertEqual(len(self.harness.server.registry), 1)
+        self.assertEqual(len(self.relay.server.registry), 1)
         response = self.client.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, PEER_6)])
-        self.assertError(response, 443)
+        self.assertErrorCode(response, 443)
 
     def test_deleteAll(self) -> None:
         """
@@ -197,5 +198,5 @@ class DualAllocationTests(TURNTestCase):
         ports = self.ports()
         self.assertSuccess(self.client.request(Method.REFRESH, [(A.LIFETIME, 0)]))
         self.assertFalse(any(port.listening for port in ports.values()))
-        self.assertEqual(len(self.harness.server.registry), 0)
-        self.assertEqual(self.harness.reactor.getDelayedCalls(), [])
+        self.assertEqual(len(self.relay.server.registry), 0)
+        self.assertEqual(self.relay.reactor.getDelayedCalls(), [])

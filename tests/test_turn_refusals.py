@@ -14,7 +14,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests._turnclient import Harness, TURNTestCase
+from tests._assertions import TURNTestCase
+from tests._relays import FakeRelay
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
@@ -260,13 +261,13 @@ class SourceLimitTests(ControllerTestCase):
         Authenticated requests are answered whatever the source's bucket
         holds: the client proved it owns its address.
         """
-        harness = Harness()
-        harness.server.sourceLimit = SourceRateLimiter(harness.reactor, 1, 1, 100)
-        client = harness.client()
+        relay = FakeRelay()
+        relay.server.sourceLimit = SourceRateLimiter(relay.reactor, 1, 1, 100)
+        client = relay.client()
         self.assertSuccess(client.allocate())
         for _ in range(20):
             self.assertSuccess(client.request(Method.REFRESH, [(A.LIFETIME, 600)]))
-        self.assertEqual(harness.server.refusals, {})
+        self.assertEqual(relay.server.refusals, {})
 
 
 class RefusalSummaryTests(ControllerTestCase):
@@ -361,24 +362,24 @@ class AuthenticatedRefusalTests(TURNTestCase):
         requests are counted by code and summed up at the end of the
         interval; then the budget is full again.
         """
-        harness = Harness()
-        client = harness.client()
+        relay = FakeRelay()
+        client = relay.client()
         refresh = [(A.LIFETIME, 600)]
         extra = 50
         with capturedLogs() as events:
             # A Refresh without an allocation: 437, a line each.
             for _ in range(REFUSED_WARNINGS_PER_INTERVAL + extra):
-                self.assertError(client.request(Method.REFRESH, refresh), 437)
+                self.assertErrorCode(client.request(Method.REFRESH, refresh), 437)
             lines = [e for e in events if e.get("code") == 437]
             self.assertEqual(len(lines), REFUSED_WARNINGS_PER_INTERVAL)
-            harness.reactor.advance(harness.server.refusalSummaryInterval)
+            relay.reactor.advance(relay.server.refusalSummaryInterval)
         [summary] = [e for e in events if "unwarned" in e]
         self.assertEqual(summary["unwarned"], {"437": extra})
         with capturedLogs() as events:
             client.request(Method.REFRESH, refresh)
         self.assertEqual(len([e for e in events if e.get("code") == 437]), 1)
-        harness.server.stop()
-        self.assertEqual(harness.reactor.getDelayedCalls(), [])
+        relay.server.stop()
+        self.assertEqual(relay.reactor.getDelayedCalls(), [])
 
 
 class DefaultsTests(SynchronousTestCase):

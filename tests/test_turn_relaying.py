@@ -7,16 +7,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from tests._turnclient import (
-    DENIED_PEER,
-    PEER_A,
-    PEER_B,
-    RELAY_IP,
-    REST_SECRETS,
-    Harness,
-    TURNClient,
-    TURNTestCase,
-)
+from tests._assertions import TURNTestCase
+from tests._relays import DENIED_PEER, PEER_A, PEER_B, RELAY_IP, FakeRelay
+from tests._session import REST_SECRETS, TURNClient
 from turnrelay.auth.credentials import mintRESTCredential
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
@@ -28,10 +21,10 @@ from turnrelay.turn.limits import RelayLimits
 
 class RelayTestCase(TURNTestCase):
     def setUp(self) -> None:
-        self.harness = Harness()
-        self.client = self.harness.client()
+        self.relay = FakeRelay()
+        self.client = self.relay.client()
         self.assertSuccess(self.client.allocate())
-        self.port = self.harness.relayPort(self.client)
+        self.port = self.relay.relayPort(self.client)
         self.allocation = self.client.link.allocation
 
     def permit(self, *peers: TransportAddress, client: Optional[TURNClient] = None) -> STUNMessage:
@@ -65,21 +58,21 @@ class CreatePermissionTests(RelayTestCase):
         """
         CreatePermission without XOR-PEER-ADDRESS gets 400.
         """
-        self.assertError(self.permit(), 400)
+        self.assertErrorCode(self.permit(), 400)
 
     def test_familyMismatch(self) -> None:
         """
         An IPv6 peer on an IPv4 allocation gets 443.
         """
-        self.assertError(self.permit(TransportAddress("::1", 0)), 443)
+        self.assertErrorCode(self.permit(TransportAddress("::1", 0)), 443)
 
     def test_policyDenied(self) -> None:
         """
         Loopback and other denied peers get 403, in every spelling.
         """
-        self.assertError(self.permit(TransportAddress("127.0.0.1", 1)), 403)
-        self.assertError(self.permit(DENIED_PEER), 403)
-        self.assertError(self.permit(TransportAddress("0.0.0.0", 1)), 403)
+        self.assertErrorCode(self.permit(TransportAddress("127.0.0.1", 1)), 403)
+        self.assertErrorCode(self.permit(DENIED_PEER), 403)
+        self.assertErrorCode(self.permit(TransportAddress("0.0.0.0", 1)), 403)
         self.assertEqual(self.allocation.permissions, {})
 
     def test_success(self) -> None:
@@ -100,19 +93,19 @@ class CreatePermissionTests(RelayTestCase):
         """
         One denied address refuses the whole request; none is installed (item 69).
         """
-        self.assertError(self.permit(PEER_A, DENIED_PEER), 403)
+        self.assertErrorCode(self.permit(PEER_A, DENIED_PEER), 403)
         self.assertEqual(self.allocation.permissions, {})
 
     def test_capacity(self) -> None:
         """
         Permissions beyond the per-allocation limit get 508.
         """
-        self.harness = Harness(RelayLimits(maxPermissions=2))
-        client = self.harness.client()
+        self.relay = FakeRelay(max_permissions=2)
+        client = self.relay.client()
         client.allocate()
         peers = [TransportAddress(f"198.51.100.{n}", 1) for n in (10, 11, 12)]
         self.assertSuccess(self.permit(*peers[:2], client=client))
-        self.assertError(self.permit(peers[2], client=client), 508)
+        self.assertErrorCode(self.permit(peers[2], client=client), 508)
         self.assertSuccess(self.permit(peers[0], client=client))
 
     def test_lifetime(self) -> None:
@@ -120,11 +113,11 @@ class CreatePermissionTests(RelayTestCase):
         A permission lasts exactly 300 s; refreshing resets it (item 67).
         """
         self.permit(PEER_A)
-        self.harness.reactor.advance(299)
+        self.relay.reactor.advance(299)
         self.permit(PEER_A)
-        self.harness.reactor.advance(299)
+        self.relay.reactor.advance(299)
         self.assertIn(PEER_A.host, self.allocation.permissions)
-        self.harness.reactor.advance(1)
+        self.relay.reactor.advance(1)
         self.assertNotIn(PEER_A.host, self.allocation.permissions)
 
     def test_expiredPermissionDropsInbound(self) -> None:
@@ -132,7 +125,7 @@ class CreatePermissionTests(RelayTestCase):
         After 300 s of silence, inbound data from the peer is dropped (item 70).
         """
         self.permit(PEER_A)
-        self.harness.reactor.advance(300)
+        self.relay.reactor.advance(300)
         self.fromPeer(PEER_A, b"late")
         self.assertEqual(self.client.link.sent, [])
 
@@ -183,7 +176,7 @@ class SendAndDataTests(RelayTestCase):
         """
         A Send on a 5-tuple without an allocation is ignored (item 72).
         """
-        other = self.harness.client()
+        other = self.relay.client()
         other.indication(Method.SEND, (A.XOR_PEER_ADDRESS, PEER_A), (A.DATA, b"x"))
         self.assertEqual(self.toPeers(), [])
         self.assertEqual(other.link.sent, [])
@@ -193,9 +186,9 @@ class SendAndDataTests(RelayTestCase):
         Sending does not refresh a permission (item 71).
         """
         self.permit(PEER_A)
-        self.harness.reactor.advance(200)
+        self.relay.reactor.advance(200)
         self.sendIndication(PEER_A, b"x")
-        self.harness.reactor.advance(100)
+        self.relay.reactor.advance(100)
         self.sendIndication(PEER_A, b"y")
         self.assertEqual(self.toPeers(), [(b"x", PEER_A)])
 
@@ -248,8 +241,8 @@ class ChannelTests(RelayTestCase):
         0x4000 to A succeeds (item 81).
         """
         self.assertSuccess(self.bind(0x4000, PEER_A))
-        self.assertError(self.bind(0x4000, PEER_B), 400)
-        self.assertError(self.bind(0x4001, PEER_A), 400)
+        self.assertErrorCode(self.bind(0x4000, PEER_B), 400)
+        self.assertErrorCode(self.bind(0x4001, PEER_A), 400)
         self.assertSuccess(self.bind(0x4000, PEER_A))
 
     def test_numberRangeRFC8656(self) -> None:
@@ -257,9 +250,9 @@ class ChannelTests(RelayTestCase):
         With RFC 8656's numbering, numbers outside 0x4000-0x4FFF get 400
         (items 75, 76, 81).
         """
-        self.harness.server.limits = RelayLimits(maxChannelNumber=CHANNEL_NUMBER_MAX)
+        self.relay.server.limits = RelayLimits(maxChannelNumber=CHANNEL_NUMBER_MAX)
         for number in (0x0000, 0x3FFF, 0x5000, 0x7FFF, 0xFFFF):
-            self.assertError(self.bind(number, PEER_A), 400)
+            self.assertErrorCode(self.bind(number, PEER_A), 400)
         self.assertSuccess(self.bind(0x4FFF, PEER_A))
 
     def test_numberRangeRFC5766(self) -> None:
@@ -268,23 +261,21 @@ class ChannelTests(RelayTestCase):
         still use it; 0x8000 and above are never channels.
         """
         for number in (0x0000, 0x3FFF, 0x8000, 0xFFFF):
-            self.assertError(self.bind(number, PEER_A), 400)
+            self.assertErrorCode(self.bind(number, PEER_A), 400)
         self.assertSuccess(self.bind(0x7FFF, PEER_A))
         self.fromPeer(PEER_A, b"up high")
         self.assertEqual(self.client.link.sent, [encodeChannelData(0x7FFF, b"up high")])
-        self.harness.server.channelDataReceived(
-            encodeChannelData(0x7FFF, b"back"), self.client.link
-        )
+        self.relay.server.channelDataReceived(encodeChannelData(0x7FFF, b"back"), self.client.link)
         self.assertEqual(self.toPeers(), [(b"back", PEER_A)])
 
     def test_missingAttributes(self) -> None:
         """
         ChannelBind without CHANNEL-NUMBER or XOR-PEER-ADDRESS gets 400 (item 76).
         """
-        self.assertError(
+        self.assertErrorCode(
             self.client.request(Method.CHANNEL_BIND, [(A.CHANNEL_NUMBER, 0x4000)]), 400
         )
-        self.assertError(
+        self.assertErrorCode(
             self.client.request(Method.CHANNEL_BIND, [(A.XOR_PEER_ADDRESS, PEER_A)]), 400
         )
 
@@ -292,21 +283,21 @@ class ChannelTests(RelayTestCase):
         """
         An IPv6 peer gets 443; a denied peer or port 0 gets 403 (item 77).
         """
-        self.assertError(self.bind(0x4000, TransportAddress("2001:db8::1", 1)), 443)
-        self.assertError(self.bind(0x4000, DENIED_PEER), 403)
-        self.assertError(self.bind(0x4000, TransportAddress(PEER_A.host, 0)), 403)
-        self.assertError(self.bind(0x4000, TransportAddress(RELAY_IP, 3478)), 403)
+        self.assertErrorCode(self.bind(0x4000, TransportAddress("2001:db8::1", 1)), 443)
+        self.assertErrorCode(self.bind(0x4000, DENIED_PEER), 403)
+        self.assertErrorCode(self.bind(0x4000, TransportAddress(PEER_A.host, 0)), 403)
+        self.assertErrorCode(self.bind(0x4000, TransportAddress(RELAY_IP, 3478)), 403)
         self.assertSuccess(self.bind(0x4000, TransportAddress(RELAY_IP, 50001)))
 
     def test_capacity(self) -> None:
         """
         Channels beyond the per-allocation limit get 508 (item 77).
         """
-        self.harness = Harness(RelayLimits(maxChannels=1))
-        self.client = self.harness.client()
+        self.relay = FakeRelay(max_channels=1)
+        self.client = self.relay.client()
         self.client.allocate()
         self.assertSuccess(self.bind(0x4000, PEER_A))
-        self.assertError(self.bind(0x4001, PEER_B), 508)
+        self.assertErrorCode(self.bind(0x4001, PEER_B), 508)
         self.assertSuccess(self.bind(0x4000, PEER_A))
 
     def test_bindInstallsPermission(self) -> None:
@@ -322,11 +313,11 @@ class ChannelTests(RelayTestCase):
         """
         self.client.request(Method.REFRESH, [(A.LIFETIME, 3600)])
         self.bind(0x4000, PEER_A)
-        self.harness.reactor.advance(500)
+        self.relay.reactor.advance(500)
         self.bind(0x4000, PEER_A)
-        self.harness.reactor.advance(599)
+        self.relay.reactor.advance(599)
         self.assertIn(0x4000, self.allocation.channels)
-        self.harness.reactor.advance(1)
+        self.relay.reactor.advance(1)
         self.assertNotIn(0x4000, self.allocation.channels)
         self.assertSuccess(self.bind(0x4000, PEER_B))
 
@@ -341,7 +332,7 @@ class ChannelTests(RelayTestCase):
             (encodeChannelData(0x4000, b"abc", pad=True), b"abc"),
             (encodeChannelData(0x4000, b""), b""),
         ):
-            self.harness.server.channelDataReceived(frame, self.client.link)
+            self.relay.server.channelDataReceived(frame, self.client.link)
             self.assertEqual(self.toPeers(), [(payload, PEER_A)])
 
     def test_channelDataDropped(self) -> None:
@@ -350,7 +341,7 @@ class ChannelTests(RelayTestCase):
         discarded (item 84).
         """
         self.bind(0x4000, PEER_A)
-        server, channel = self.harness.server, self.client.link
+        server, channel = self.relay.server, self.client.link
         server.channelDataReceived(encodeChannelData(0x4001, b"abc"), channel)
         server.channelDataReceived(encodeChannelData(0x4000, b"abc")[:-1], channel)
         self.assertEqual(self.toPeers(), [])
@@ -362,13 +353,11 @@ class ChannelTests(RelayTestCase):
         """
         self.bind(0x4000, PEER_A)
         for _ in range(3):
-            self.harness.reactor.advance(99)
-            self.harness.server.channelDataReceived(
-                encodeChannelData(0x4000, b"x"), self.client.link
-            )
+            self.relay.reactor.advance(99)
+            self.relay.server.channelDataReceived(encodeChannelData(0x4000, b"x"), self.client.link)
         self.assertEqual(len(self.toPeers()), 3)
-        self.harness.reactor.advance(3)
-        self.harness.server.channelDataReceived(encodeChannelData(0x4000, b"x"), self.client.link)
+        self.relay.reactor.advance(3)
+        self.relay.server.channelDataReceived(encodeChannelData(0x4000, b"x"), self.client.link)
         self.assertEqual(self.toPeers(), [])
 
     def test_peerDataOnChannel(self) -> None:
@@ -413,19 +402,19 @@ class BandwidthTests(RelayTestCase):
         Traffic beyond the cap is dropped and counted, and flows again as the
         budget refills.
         """
-        self.harness = Harness(RelayLimits(bandwidth=1000))
-        self.client = self.harness.client()
+        self.relay = FakeRelay(bandwidth=1000)
+        self.client = self.relay.client()
         self.client.allocate()
-        self.port = self.harness.relayPort(self.client)
+        self.port = self.relay.relayPort(self.client)
         allocation = self.client.link.allocation
         self.bind(0x4000, PEER_A)
         frame = encodeChannelData(0x4000, b"x" * 400)
         for _ in range(4):
-            self.harness.server.channelDataReceived(frame, self.client.link)
+            self.relay.server.channelDataReceived(frame, self.client.link)
         self.assertEqual(len(self.toPeers()), 2)
         self.assertEqual(allocation.dropped, 2)
-        self.harness.reactor.advance(0.4)
-        self.harness.server.channelDataReceived(frame, self.client.link)
+        self.relay.reactor.advance(0.4)
+        self.relay.server.channelDataReceived(frame, self.client.link)
         self.assertEqual(len(self.toPeers()), 1)
 
 
@@ -435,45 +424,43 @@ class RESTCredentialTests(TURNTestCase):
     """
 
     def setUp(self) -> None:
-        self.harness = Harness()
-        self.harness.reactor.advance(1_800_000_000)
+        self.relay = FakeRelay()
+        self.relay.reactor.advance(1_800_000_000)
 
     def restClient(self, secret: bytes, ttl: float) -> TURNClient:
-        username, password = mintRESTCredential(
-            secret, "carol", ttl, self.harness.reactor.seconds()
-        )
-        return self.harness.client(username, password)
+        username, password = mintRESTCredential(secret, "carol", ttl, self.relay.reactor.seconds())
+        return self.relay.client(username, password)
 
     def test_allocate(self) -> None:
         """
         A REST credential minted from the shared secret allocates.
         """
-        self.assertSuccess(self.restClient(REST_SECRETS[0], 3600).allocate())
+        self.assertSuccess(self.restClient(REST_SECRETS[0].encode(), 3600).allocate())
 
     def test_rotation(self) -> None:
         """
         Credentials minted with any configured secret are accepted.
         """
-        self.assertSuccess(self.restClient(REST_SECRETS[1], 3600).allocate())
-        self.assertError(self.restClient(b"unknown secret", 3600).allocate(), 401)
+        self.assertSuccess(self.restClient(REST_SECRETS[1].encode(), 3600).allocate())
+        self.assertErrorCode(self.restClient(b"unknown secret", 3600).allocate(), 401)
 
     def test_expired(self) -> None:
         """
         An expired REST username is refused with 401.
         """
-        client = self.restClient(REST_SECRETS[0], 60)
-        self.harness.reactor.advance(61)
-        self.assertError(client.allocate(), 401)
+        client = self.restClient(REST_SECRETS[0].encode(), 60)
+        self.relay.reactor.advance(61)
+        self.assertErrorCode(client.allocate(), 401)
 
     def test_quotaPerUsername(self) -> None:
         """
         The quota counts the whole REST username (item 130).
         """
-        self.harness.server.limits = RelayLimits(userQuota=1)
-        client = self.restClient(REST_SECRETS[0], 3600)
+        self.relay.server.limits = RelayLimits(userQuota=1)
+        client = self.restClient(REST_SECRETS[0].encode(), 3600)
         self.assertSuccess(client.allocate())
-        twin = self.harness.client(client.username, client.password)
-        self.assertError(twin.allocate(), 486)
+        twin = self.relay.client(client.username, client.password)
+        self.assertErrorCode(twin.allocate(), 486)
 
 
 class MalformedRequestTests(TURNTestCase):
@@ -482,8 +469,8 @@ class MalformedRequestTests(TURNTestCase):
     """
 
     def setUp(self) -> None:
-        self.harness = Harness()
-        self.client = self.harness.client()
+        self.relay = FakeRelay()
+        self.client = self.relay.client()
 
     def test_answeredWhenNotAmplifying(self) -> None:
         """
@@ -493,7 +480,7 @@ class MalformedRequestTests(TURNTestCase):
         data = bytearray(good.encode())
         data[22:24] = (200).to_bytes(2, "big")
         response = self.client.send(bytes(data))
-        self.assertError(response, 400)
+        self.assertErrorCode(response, 400)
 
     def test_droppedWhenAmplifying(self) -> None:
         """
@@ -527,21 +514,21 @@ class RegistryTests(TURNTestCase):
         Two clients get two allocations with different relay ports, and relay
         to each other through their relayed addresses.
         """
-        harness = Harness()
-        alice, bob = harness.client("alice"), harness.client("bob")
+        relay = FakeRelay()
+        alice, bob = relay.client("alice"), relay.client("bob")
         relayedA = alice.allocate().get(A.XOR_RELAYED_ADDRESS)
         relayedB = bob.allocate().get(A.XOR_RELAYED_ADDRESS)
         self.assertNotEqual(relayedA, relayedB)
-        self.assertEqual(len(harness.server.registry), 2)
-        self.assertEqual(harness.server.registry.countForUser("alice"), 1)
+        self.assertEqual(len(relay.server.registry), 2)
+        self.assertEqual(relay.server.registry.countForUser("alice"), 1)
         self.assertSuccess(
             alice.request(
                 Method.CHANNEL_BIND,
                 [(A.CHANNEL_NUMBER, 0x4000), (A.XOR_PEER_ADDRESS, relayedB)],
             )
         )
-        portA = harness.relayPort(alice)
-        harness.server.channelDataReceived(encodeChannelData(0x4000, b"hi bob"), alice.link)
+        portA = relay.relayPort(alice)
+        relay.server.channelDataReceived(encodeChannelData(0x4000, b"hi bob"), alice.link)
         self.assertEqual(portA.written, [(b"hi bob", relayedB)])
         self.assertIsInstance(portA, FakeUDPPort)
 
@@ -552,22 +539,22 @@ class OwnRelayAddressTests(TURNTestCase):
     peers on it are not kept to the relay port range.
     """
 
-    def harnessWith(self, relayIP: str, **policy: object) -> Harness:
+    def relayWith(self, relayIP: str, **policy: object) -> FakeRelay:
         from turnrelay.turn.policy import PeerPolicy
         from turnrelay.turn.relay import RelayPortPool
         from turnrelay.turn.server import TURNServer
 
-        harness = Harness()
-        harness.server = TURNServer(
-            clock=harness.reactor,
-            authenticator=harness.server.authenticator,
+        relay = FakeRelay()
+        relay.server = TURNServer(
+            clock=relay.reactor,
+            authenticator=relay.server.authenticator,
             peerPolicy=PeerPolicy(**policy),  # type: ignore[arg-type]
-            relayPorts=RelayPortPool(harness.reactor, relayIP, 50000, 50099),
+            relayPorts=RelayPortPool(relay.reactor, relayIP, 50000, 50099),
         )
-        return harness
+        return relay
 
-    def bindTo(self, harness: Harness, peer: TransportAddress) -> STUNMessage:
-        client = harness.client()
+    def bindTo(self, relay: FakeRelay, peer: TransportAddress) -> STUNMessage:
+        client = relay.client()
         client.allocate()
         return client.request(
             Method.CHANNEL_BIND, [(A.CHANNEL_NUMBER, 0x4000), (A.XOR_PEER_ADDRESS, peer)]
@@ -578,22 +565,22 @@ class OwnRelayAddressTests(TURNTestCase):
         With allow-loopback-peers and a loopback relay IP, loopback peers on any
         port are relayed to (the demo and the benchmarks need it).
         """
-        harness = self.harnessWith("127.0.0.1", allowLoopback=True)
-        self.assertSuccess(self.bindTo(harness, TransportAddress("127.0.0.1", 23490)))
+        relay = self.relayWith("127.0.0.1", allowLoopback=True)
+        self.assertSuccess(self.bindTo(relay, TransportAddress("127.0.0.1", 23490)))
 
     def test_exactAllowEntry(self) -> None:
         """
         An allow-peer entry naming exactly the relay address lifts the port rule.
         """
-        harness = self.harnessWith(RELAY_IP, allow=[RELAY_IP + "/32"])
-        self.assertSuccess(self.bindTo(harness, TransportAddress(RELAY_IP, 22)))
+        relay = self.relayWith(RELAY_IP, allow=[RELAY_IP + "/32"])
+        self.assertSuccess(self.bindTo(relay, TransportAddress(RELAY_IP, 22)))
 
     def test_widerAllowEntry(self) -> None:
         """
         A wider allow-peer range that merely contains the relay address does not.
         """
-        harness = self.harnessWith(RELAY_IP, allow=["198.51.100.0/24"])
-        self.assertError(self.bindTo(harness, TransportAddress(RELAY_IP, 22)), 403)
+        relay = self.relayWith(RELAY_IP, allow=["198.51.100.0/24"])
+        self.assertErrorCode(self.bindTo(relay, TransportAddress(RELAY_IP, 22)), 403)
 
 
 class ShortChannelDataTests(RelayTestCase):
@@ -609,6 +596,6 @@ class ShortChannelDataTests(RelayTestCase):
         """
         self.bind(0x4000, PEER_A)
         for data in (b"\x40", b"\x40\x00", b"\x40\x00\x00"):
-            self.harness.server.channelDataReceived(data, self.client.link)
+            self.relay.server.channelDataReceived(data, self.client.link)
         self.assertEqual(self.toPeers(), [])
         self.assertEqual(self.allocation.droppedInvalid, 3)

@@ -13,7 +13,8 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from tests._turnclient import DENIED_PEER, PEER_6, PEER_A, RELAY_IP, Harness, TURNTestCase
+from tests._assertions import TURNTestCase
+from tests._relays import DENIED_PEER, PEER_6, PEER_A, RELAY_IP, FakeRelay
 from turnrelay.stun import attributes as A
 from turnrelay.stun.message import MessageClass, Method, STUNMessage, decodeMessage
 from turnrelay.transports.stream import StreamLimits, STUNStreamProtocol
@@ -24,9 +25,9 @@ from turnrelay.turn.tcprelay import PeerConnection
 
 class TCPAllocationTestCase(TURNTestCase):
     def setUp(self) -> None:
-        self.harness = Harness()
-        self.reactor = self.harness.reactor
-        self.client = self.harness.client(transport="tcp")
+        self.relay = FakeRelay()
+        self.reactor = self.relay.reactor
+        self.client = self.relay.client(transport="tcp")
         self.response = self.client.request(
             Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, A.TRANSPORT_TCP)]
         )
@@ -54,7 +55,7 @@ class TCPAllocationTestCase(TURNTestCase):
         """
         A second client connection, as RFC 6062 data connections are.
         """
-        protocol = STUNStreamProtocol(self.harness.server, "tcp", StreamLimits(self.reactor))
+        protocol = STUNStreamProtocol(self.relay.server, "tcp", StreamLimits(self.reactor))
         transport = StringTransport(
             hostAddress=IPv4Address("TCP", "192.0.2.1", 3478),
             peerAddress=IPv4Address("TCP", "192.0.2.50", 41234),
@@ -103,9 +104,9 @@ class AllocateTCPTests(TCPAllocationTestCase):
         """
         A TCP Allocate over UDP gets 400.
         """
-        client = self.harness.client()
+        client = self.relay.client()
         response = client.request(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, A.TRANSPORT_TCP)])
-        self.assertError(response, 400)
+        self.assertErrorCode(response, 400)
 
     def test_forbiddenAttributes(self) -> None:
         """
@@ -116,11 +117,11 @@ class AllocateTCPTests(TCPAllocationTestCase):
             (A.EVEN_PORT, False),
             (A.RESERVATION_TOKEN, b"12345678"),
         ):
-            client = self.harness.client(transport="tcp")
+            client = self.relay.client(transport="tcp")
             response = client.request(
                 Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, A.TRANSPORT_TCP), extra]
             )
-            self.assertError(response, 400)
+            self.assertErrorCode(response, 400)
 
     def test_channelsAreForUDP(self) -> None:
         """
@@ -129,15 +130,15 @@ class AllocateTCPTests(TCPAllocationTestCase):
         response = self.client.request(
             Method.CHANNEL_BIND, [(A.CHANNEL_NUMBER, 0x4000), (A.XOR_PEER_ADDRESS, PEER_A)]
         )
-        self.assertError(response, 400)
+        self.assertErrorCode(response, 400)
 
     def test_closesWithControlConnection(self) -> None:
         """
         The allocation ends when its control connection closes, and its
         listening socket with it (item 66).
         """
-        self.harness.server.linkClosed(self.client.link, "closed with its connection")
-        self.assertEqual(len(self.harness.server.registry), 0)
+        self.relay.server.linkClosed(self.client.link, "closed with its connection")
+        self.assertEqual(len(self.relay.server.registry), 0)
         self.assertFalse(self.reactor.tcpPorts[0].listening)
 
 
@@ -168,25 +169,25 @@ class ConnectTests(TCPAllocationTestCase):
         """
         Connect without an allocation gets 437.
         """
-        other = self.harness.client(transport="tcp")
-        self.assertError(other.request(Method.CONNECT, [(A.XOR_PEER_ADDRESS, PEER_A)]), 437)
+        other = self.relay.client(transport="tcp")
+        self.assertErrorCode(other.request(Method.CONNECT, [(A.XOR_PEER_ADDRESS, PEER_A)]), 437)
 
     def test_udpAllocation(self) -> None:
         """
         Connect on a UDP allocation gets 400.
         """
-        client = self.harness.client(transport="tcp")
+        client = self.relay.client(transport="tcp")
         client.allocate()
-        self.assertError(client.request(Method.CONNECT, [(A.XOR_PEER_ADDRESS, PEER_A)]), 400)
+        self.assertErrorCode(client.request(Method.CONNECT, [(A.XOR_PEER_ADDRESS, PEER_A)]), 400)
 
     def test_badPeer(self) -> None:
         """
         A missing XOR-PEER-ADDRESS gets 400, a denied peer 403, a peer of
         another family 443 (items 109, 115).
         """
-        self.assertError(self.client.request(Method.CONNECT), 400)
-        self.assertError(self.connect(DENIED_PEER), 403)
-        self.assertError(self.connect(PEER_6), 443)
+        self.assertErrorCode(self.client.request(Method.CONNECT), 400)
+        self.assertErrorCode(self.connect(DENIED_PEER), 403)
+        self.assertErrorCode(self.connect(PEER_6), 443)
         self.assertEqual(self.reactor.tcpClients, [])
 
     def test_duplicate(self) -> None:
@@ -194,10 +195,10 @@ class ConnectTests(TCPAllocationTestCase):
         A second Connect to the same peer, pending or connected, gets 446.
         """
         self.connect()
-        self.assertError(self.connect(), 446)
+        self.assertErrorCode(self.connect(), 446)
         self.peerConnected()
         self.client.link.popSent()
-        self.assertError(self.connect(), 446)
+        self.assertErrorCode(self.connect(), 446)
 
     def test_failure(self) -> None:
         """
@@ -207,8 +208,8 @@ class ConnectTests(TCPAllocationTestCase):
         self.connect()
         _, _, factory, _, _ = self.reactor.tcpClients[0]
         factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))  # type: ignore[arg-type]
-        self.assertError(decodeMessage(self.client.link.popSent() or b""), 447)
-        self.assertEqual(self.harness.server.peerConnections, {})
+        self.assertErrorCode(decodeMessage(self.client.link.popSent() or b""), 447)
+        self.assertEqual(self.relay.server.peerConnections, {})
         self.assertIsNone(self.connect())
 
     def test_bindTimeout(self) -> None:
@@ -223,7 +224,7 @@ class ConnectTests(TCPAllocationTestCase):
         self.reactor.advance(1)
         self.assertTrue(transport.disconnecting)
         connection.connectionLost(None)
-        self.assertEqual(self.harness.server.peerConnections, {})
+        self.assertEqual(self.relay.server.peerConnections, {})
 
     def test_allocationEndClosesConnections(self) -> None:
         """
@@ -302,7 +303,7 @@ class ConnectionBindTests(TCPAllocationTestCase):
         A bogus CONNECTION-ID gets 400 (item 115).
         """
         protocol, transport = self.dataConnection()
-        self.assertError(self.connectionBind(protocol, transport, 12345), 400)
+        self.assertErrorCode(self.connectionBind(protocol, transport, 12345), 400)
 
     def test_twice(self) -> None:
         """
@@ -311,27 +312,29 @@ class ConnectionBindTests(TCPAllocationTestCase):
         protocol, transport = self.dataConnection()
         self.connectionBind(protocol, transport, self.peer.connectionID)
         other, otherTransport = self.dataConnection()
-        self.assertError(self.connectionBind(other, otherTransport, self.peer.connectionID), 400)
+        self.assertErrorCode(
+            self.connectionBind(other, otherTransport, self.peer.connectionID), 400
+        )
 
     def test_otherUser(self) -> None:
         """
         ConnectionBind by another user gets 441.
         """
         protocol, transport = self.dataConnection()
-        self.client = self.harness.client("bob", transport="tcp")
+        self.client = self.relay.client("bob", transport="tcp")
         self.client.challenge()
         response = self.connectionBind(protocol, transport, self.peer.connectionID)
-        self.assertError(response, 441)
+        self.assertErrorCode(response, 441)
 
     def test_overUDP(self) -> None:
         """
         ConnectionBind over UDP gets 400.
         """
-        client = self.harness.client()
+        client = self.relay.client()
         response = client.request(
             Method.CONNECTION_BIND, [(A.CONNECTION_ID, self.peer.connectionID)]
         )
-        self.assertError(response, 400)
+        self.assertErrorCode(response, 400)
 
     def test_onControlConnection(self) -> None:
         """
@@ -340,7 +343,7 @@ class ConnectionBindTests(TCPAllocationTestCase):
         response = self.client.request(
             Method.CONNECTION_BIND, [(A.CONNECTION_ID, self.peer.connectionID)]
         )
-        self.assertError(response, 400)
+        self.assertErrorCode(response, 400)
 
 
 class IncomingConnectionTests(TCPAllocationTestCase):
@@ -399,7 +402,7 @@ class PeerConnectionLimitTests(TCPAllocationTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.harness.server.limits = RelayLimits(maxPeerConnections=2)
+        self.relay.server.limits = RelayLimits(maxPeerConnections=2)
         self.client.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, PEER_A)])
 
     def accept(self) -> Any:
@@ -419,7 +422,7 @@ class PeerConnectionLimitTests(TCPAllocationTestCase):
         self.client.link.sent.clear()
         self.assertIsNone(self.accept())
         self.assertIsNone(self.client.link.popSent())
-        self.assertEqual(self.harness.server.peerConnectionsRefused["max-peer-connections"], 1)
+        self.assertEqual(self.relay.server.peerConnectionsRefused["max-peer-connections"], 1)
 
     def test_connectBeyondCap(self) -> None:
         """
@@ -428,7 +431,7 @@ class PeerConnectionLimitTests(TCPAllocationTestCase):
         self.accept()
         self.accept()
         self.client.link.sent.clear()  # the ConnectionAttempts
-        self.assertError(self.connect(PEER_A), 508)
+        self.assertErrorCode(self.connect(PEER_A), 508)
 
     def test_descriptorsShort(self) -> None:
         """
@@ -437,12 +440,12 @@ class PeerConnectionLimitTests(TCPAllocationTestCase):
         """
         budget = DescriptorBudget(self.reactor, reserve=10, limit=20, countOpen=lambda: 15)
         self.addCleanup(budget.stop)
-        self.harness.server.descriptors = budget
-        self.assertError(self.connect(PEER_A), 508)
+        self.relay.server.descriptors = budget
+        self.assertErrorCode(self.connect(PEER_A), 508)
         self.assertIsNone(self.accept())
-        other = self.harness.client(transport="tcp")
+        other = self.relay.client(transport="tcp")
         response = other.request(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, A.TRANSPORT_TCP)])
-        self.assertError(response, 508)
+        self.assertErrorCode(response, 508)
         self.assertEqual(dict(budget.refused), {"connect": 1, "peer": 1, "allocate": 1})
 
 

@@ -8,35 +8,22 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
-from typing import List
 
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests._loopback import (
+from tests._processes import (
     ChildProcess,
-    bindingRequest,
-    datagramClient,
-    mappedAddress,
     pythonEnvironment,
-    reactor,
     runToCompletion,
     spawn,
-    streamClient,
+    turnrelayCommand,
+    twistdCommand,
 )
+from tests._sockets import bindingRequest, datagramClient, mappedAddress, streamClient
+from tests._timing import reactor
 from turnrelay.config import SETTINGS
 from turnrelay.stun.address import TransportAddress
-
-
-def twistdCommand() -> List[str]:
-    """
-    @return: the command that runs the twistd of this Python.
-    """
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 class TwistdTests(TestCase):
@@ -58,15 +45,7 @@ class TwistdTests(TestCase):
         twistd runs the plugin, logs the port of each listener, answers
         Binding over UDP and TCP, and exits cleanly on SIGTERM.
         """
-        args = twistdCommand() + [
-            "--nodaemon",
-            "--pidfile=",
-            "turnrelay",
-            "--listen",
-            "udp:0:interface=127.0.0.1",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-        ]
+        args = turnrelayCommand(listen=["udp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1"])
         twistd = spawn(self, args, env=pythonEnvironment(), path=self._workingDirectory())
         udpLine = await twistd.waitForOutput(rb"listening for udp on 127\.0\.0\.1:(\d+)")
         tcpLine = await twistd.waitForOutput(rb"listening for tcp on 127\.0\.0\.1:(\d+)")
@@ -102,7 +81,7 @@ class TwistdTests(TestCase):
         A bad --listen value stops twistd with a non-zero status and a
         message that names the value and the syntax expected.
         """
-        args = twistdCommand() + ["--nodaemon", "--pidfile=", "turnrelay", "--listen", "bogus:1"]
+        args = turnrelayCommand(listen=["bogus:1"])
         twistd = await runToCompletion(
             self, args, env=pythonEnvironment(), path=self._workingDirectory()
         )
@@ -135,21 +114,16 @@ class TwistdTests(TestCase):
         """
         path = os.path.abspath(self._workingDirectory())
         logName = os.path.join(path, "relay.log")
-        args = twistdCommand() + [
-            "--nodaemon",
-            "--pidfile=",
-            "--logfile",
-            logName,
-            "turnrelay",
-            "--listen",
-            "udp:0:interface=127.0.0.1",
+        args = turnrelayCommand(
             "--log-level",
             "debug",
             "--log-max-bytes",
             "10000",
             "--log-max-files",
             "2",
-        ]
+            listen=["udp:0:interface=127.0.0.1"],
+            twistdOptions=["--logfile", logName],
+        )
         twistd = spawn(self, args, env=pythonEnvironment(), path=path)
         line = await waitForFile(twistd, logName, rb"listening for udp on 127\.0\.0\.1:(\d+)")
         server = TransportAddress("127.0.0.1", int(line.group(1)))
