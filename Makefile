@@ -9,6 +9,9 @@ BIN := $(VENV)/bin
 # Extra arguments for the server (make run ARGS="--listen udp:3478") and pytest.
 ARGS ?=
 PYTEST_ARGS ?=
+# The browser demo page `make run` serves (loopback only; see README.rst,
+# "Use it from a web page"); DEMO_PAGE= turns it off.
+DEMO_PAGE ?= tcp:8478:interface=127.0.0.1
 
 .PHONY: run test lint system-deps clean
 
@@ -28,7 +31,8 @@ $(BIN)/.installed-test: $(BIN)/.installed-run
 	touch $@
 
 run: $(BIN)/.installed-run
-	$(BIN)/twistd --nodaemon --pidfile= turnrelay $(ARGS)
+	$(BIN)/twistd --nodaemon --pidfile= turnrelay \
+		$(if $(DEMO_PAGE),--demo-page $(DEMO_PAGE)) $(ARGS)
 
 system-deps:
 	tools/install-system-deps
@@ -38,8 +42,9 @@ lint: $(BIN)/.installed-test
 	$(BIN)/ruff format --check turnrelay tests twisted examples
 	$(BIN)/mypy
 
+# -rs: pytest says why each skipped test was skipped (a missing tool, no root).
 test: system-deps lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -rs $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache _trial_temp*

@@ -380,7 +380,8 @@ class ServerConnections:
             raise AssertionError(f"expected one {transport} listener, found {listeners!r}")
         port: Any = listeners[0].port
         factory = port.factory
-        if isinstance(factory, WrappingFactory):
+        # Under TLS, and under a PROXY header reader (tls and tcp).
+        while isinstance(factory, WrappingFactory):
             factory = factory.wrappedFactory
         self.limits: StreamLimits = factory.limits
         self.protocols: List[STUNStreamProtocol] = []

@@ -260,6 +260,23 @@ class KillTests(ConsoleTestCase):
         self.assertIn("had already ended", text)
         self.assertEqual(len(self.relay.server.registry), 0)
 
+    def test_byClientAddress(self) -> None:
+        """
+        A client address, as allocations() takes it, ends that client's
+        allocation ("ip:port") or every allocation of that host ("ip").
+        """
+        alice = self.allocated("alice")
+        self.allocated("bob")
+        carol = self.fake.client("bob", host="192.0.2.77")
+        self.assertSuccess(carol.allocate())
+        text = self.console.kill(str(alice.link.clientAddress))
+        self.assertTrue(text.startswith("killed 1 allocation:"), text)
+        self.assertEqual(len(self.relay.server.registry), 2)
+        text = self.console.kill(CLIENT_HOST)
+        self.assertTrue(text.startswith("killed 1 allocation:"), text)
+        [left] = self.relay.server.registry
+        self.assertIs(left, carol.link.allocation)
+
     def test_clientLearnsAtNextRequest(self) -> None:
         """
         The killed allocation's client gets 437 at its next request.
@@ -298,7 +315,8 @@ class RelayHelperTests(ConsoleTestCase):
         self.assertRegex(text, r"(?m)^allocations\s+1$")
         self.assertRegex(text, r"(?m)^  by transport\s+udp/ipv4 1$")
         self.assertRegex(text, r"(?m)^requests answered\s+.*ALLOCATE success 1")
-        self.assertRegex(text, r"(?m)^refused authentications\s+bad-integrity 1")
+        self.assertRegex(text, r"(?m)^refused authentications\s+bad-integrity 1$")
+        self.assertRegex(text, r"(?m)^challenges \(first 401, 438\)\s+no-integrity 2$")
         self.assertIn("udp: to peers 0 pkts, 0 B; from peers 0 pkts, 0 B; 1 dropped", text)
 
     def test_drain(self) -> None:
@@ -351,6 +369,8 @@ class RelayHelperTests(ConsoleTestCase):
         makeSelfSignedCertificate(cert, key)
         text = self.console.reloadTLS()
         self.assertRegex(text, r"^TLS certificate reloaded: CN=.*, SHA-256 [0-9A-F:]{95}$")
+        text = self.console.reloadTLS()
+        self.assertRegex(text, r"^TLS certificate files unchanged, still: CN=.*, SHA-256 ")
         with open(cert, "w") as f:
             f.write("not a certificate")
         self.assertIn("the old certificate stays in service", self.console.reloadTLS())
@@ -387,6 +407,25 @@ class RelayHelperTests(ConsoleTestCase):
         self.assertEqual(logLevel(), "debug")
         self.assertIn("not one of", self.console.loglevel("loud"))
         self.assertEqual(logLevel(), "debug")
+
+    def test_loglevelWarning(self) -> None:
+        """
+        loglevel("warning"), in any case, is the warn level.
+        """
+        self.assertEqual(self.console.loglevel("warning"), "log level: warn (was info)")
+        self.assertEqual(logLevel(), "warn")
+        self.assertEqual(self.console.loglevel("WARN"), "log level: warn (was warn)")
+
+    def test_loglevelSurvivesReload(self) -> None:
+        """
+        A level set from the console stays in force across a reload that
+        leaves log-level as it was; a reload that changes log-level wins.
+        """
+        self.console.loglevel("debug")
+        self.relay.reloadConfig(self.fake.configWith())
+        self.assertEqual(logLevel(), "debug")
+        self.relay.reloadConfig(self.fake.configWith(log_level="error"))
+        self.assertEqual(logLevel(), "error")
 
     def test_help(self) -> None:
         """

@@ -263,6 +263,131 @@ class AnswerTests(CredentialsTestCase):
             self.assertEqual(status, 404, path)
 
 
+class RESTShapeTests(CredentialsTestCase):
+    """
+    The draft-uberti-behave-turn-rest-00 shape, beside the RTCIceServer one.
+    """
+
+    def test_ubertiShape(self) -> None:
+        """
+        C{service=turn&username=ID} answers C{username}, C{password}, C{ttl}
+        and C{uris}, and the credential allocates.
+        """
+        status, _, body = self.ask(b"/credentials?service=turn&username=erin")
+        self.assertEqual(status, 200)
+        self.assertEqual(sorted(body), ["password", "ttl", "uris", "username"])
+        self.assertEqual(body["username"], f"{1_700_000_000 + TTL}:erin")
+        self.assertEqual(body["ttl"], TTL)
+        self.assertEqual(body["uris"][0], "turn:192.0.2.1:3478?transport=udp")
+        self.assertSuccess(self.client(body["username"], body["password"]).allocate())
+
+    def test_ubertiRefusals(self) -> None:
+        """
+        Another service, or a bad username, gets 400; the token is still
+        needed.
+        """
+        self.assertEqual(self.ask(b"/credentials?service=stun&username=erin")[0], 400)
+        self.assertEqual(self.ask(b"/credentials?service=turn&username=a:b")[0], 400)
+        self.assertEqual(self.ask(b"/credentials?service=turn&username=erin", token=None)[0], 401)
+
+
+class CORSTests(CredentialsTestCase):
+    """
+    Pages of the origins in credentials-cors-origins may call the endpoint.
+    """
+
+    ORIGIN = b"https://app.example.org"
+
+    def allow(self, *origins: str) -> None:
+        self.relay.reloadConfig(
+            buildConfig({**self.settings, "credentials-cors-origins": list(origins)})
+        )
+
+    def preflight(self, origin: bytes) -> Tuple[int, Dict[bytes, bytes], bytes]:
+        return httpRequest(
+            self.site,
+            b"OPTIONS",
+            b"/credentials",
+            [
+                b"Origin: " + origin,
+                b"Access-Control-Request-Method: GET",
+                b"Access-Control-Request-Headers: authorization",
+            ],
+        )
+
+    def test_preflightAllowed(self) -> None:
+        """
+        A preflight from an allowed origin gets 204 with the methods and
+        headers the page may use, without a token.
+        """
+        self.allow("https://app.example.org")
+        status, headers, _ = self.preflight(self.ORIGIN)
+        self.assertEqual(status, 204)
+        self.assertEqual(headers[b"access-control-allow-origin"], self.ORIGIN)
+        self.assertIn(b"GET", headers[b"access-control-allow-methods"])
+        self.assertIn(b"authorization", headers[b"access-control-allow-headers"])
+
+    def test_preflightRefused(self) -> None:
+        """
+        A preflight from an origin not listed, or with none configured, gets
+        403 without CORS headers.
+        """
+        status, headers, _ = self.preflight(self.ORIGIN)
+        self.assertEqual(status, 403)
+        self.assertNotIn(b"access-control-allow-origin", headers)
+        self.allow("https://other.example.org")
+        status, headers, _ = self.preflight(self.ORIGIN)
+        self.assertEqual(status, 403)
+        self.assertNotIn(b"access-control-allow-origin", headers)
+
+    def test_answerCarriesOrigin(self) -> None:
+        """
+        The answer to an allowed origin carries Access-Control-Allow-Origin
+        (a 401 too, so the page can read it); other origins' do not.
+        """
+        self.allow("https://app.example.org")
+        status, headers, _ = self.ask(headers=[b"Origin: " + self.ORIGIN])
+        self.assertEqual((status, headers[b"access-control-allow-origin"]), (200, self.ORIGIN))
+        self.assertEqual(headers[b"vary"], b"Origin")
+        status, headers, _ = self.ask(token=None, headers=[b"Origin: " + self.ORIGIN])
+        self.assertEqual((status, headers[b"access-control-allow-origin"]), (401, self.ORIGIN))
+        status, headers, _ = self.ask(headers=[b"Origin: https://evil.example"])
+        self.assertNotIn(b"access-control-allow-origin", headers)
+
+    def test_anyOrigin(self) -> None:
+        """
+        C{*} allows every origin.
+        """
+        self.allow("*")
+        self.assertEqual(self.preflight(b"https://x.example")[0], 204)
+
+    def test_badOrigin(self) -> None:
+        """
+        An origin with a path or another scheme is refused at configuration.
+        """
+        for origin in ("https://app.example.org/", "ftp://x.example", "app.example.org"):
+            with self.assertRaises(ConfigError) as caught:
+                buildConfig({**self.settings, "credentials-cors-origins": [origin]})
+            self.assertIn("credentials-cors-origins", str(caught.exception))
+
+
+class DrainingTests(CredentialsTestCase):
+    """
+    A draining relay hands out no credentials.
+    """
+
+    def test_503WhileDraining(self) -> None:
+        """
+        While the relay drains, an authorized request gets 503 with
+        Retry-After, in both shapes.
+        """
+        self.relay.drain()
+        status, headers, body = self.ask()
+        self.assertEqual((status, list(body)), (503, ["error"]))
+        self.assertIn(b"retry-after", headers)
+        self.assertEqual(self.ask(b"/credentials?service=turn&username=erin")[0], 503)
+
+
 class URLTests(SynchronousTestCase):
     """
     iceServerURLs: which host the turn: and turns: URLs name.

@@ -7,6 +7,8 @@ connection on a string transport; and one scrape over real loopback.
 from __future__ import annotations
 
 import ipaddress
+import os
+import platform
 from typing import Any, Dict, FrozenSet, Tuple
 
 import attr
@@ -19,9 +21,18 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
+import turnrelay
+import twisted
 from tests._assertions import TURNTestCase
 from tests._logs import LogRecorder
-from tests._relays import CLIENT_HOST, DENIED_PEER, PEER_A, FakeRelay, httpRequest
+from tests._relays import (
+    CLIENT_HOST,
+    DENIED_PEER,
+    PEER_A,
+    FakeRelay,
+    httpRequest,
+    makeCertificate,
+)
 from tests._session import TURNClient
 from tests._timing import reactor
 from turnrelay.admin.metrics import (
@@ -80,6 +91,10 @@ LABEL_VALUES = {
     },
     "limit": set(STREAM_LIMITS),
     "kind": set(DESCRIPTOR_KINDS),
+    # turnrelay_build_info's.
+    "version": {turnrelay.__version__},
+    "python": {platform.python_version()},
+    "twisted": {twisted.__version__},
 }
 
 Samples = Dict[Tuple[str, FrozenSet[Tuple[str, str]]], float]
@@ -221,9 +236,38 @@ class ScrapeTests(MetricsTestCase):
         self.assertEqual(value(samples, peer, method="channel_bind"), 1)
         self.assertEqual(value(samples, peer, method="connect"), 0)
         failures = "turnrelay_auth_failures_total"
-        self.assertEqual(value(samples, failures, reason="no-integrity"), 4)
         self.assertEqual(value(samples, failures, reason="bad-integrity"), 1)
         self.assertEqual(value(samples, "turnrelay_tls_reloads_total"), 0)
+
+    def test_challengesAreNotFailures(self) -> None:
+        """
+        The first 401 of every client and a 438 for a stale nonce are
+        challenges, counted apart from authentication failures.
+        """
+        self.traffic()
+        samples = self.scrape()
+        challenges = "turnrelay_auth_challenges_total"
+        self.assertEqual(value(samples, challenges, reason="no-integrity"), 4)
+        self.assertEqual(value(samples, challenges, reason="stale-nonce"), 0)
+        failures = {
+            dict(labels)["reason"]
+            for name, labels in samples
+            if name == "turnrelay_auth_failures_total"
+        }
+        self.assertEqual(failures, {"bad-integrity"})
+
+    def test_buildInfo(self) -> None:
+        """
+        turnrelay_build_info says which turnrelay, Python and Twisted run.
+        """
+        samples = self.scrape()
+        labels = {
+            "version": turnrelay.__version__,
+            "python": platform.python_version(),
+            "twisted": twisted.__version__,
+        }
+        self.assertEqual(value(samples, "turnrelay_build_info", **labels), 1)
+        self.assertEqual(value(samples, "turnrelay_ready"), 1)
 
     def test_resourceLimits(self) -> None:
         """
@@ -389,9 +433,10 @@ class EndpointTests(MetricsTestCase):
 
     def test_elsewhere404(self) -> None:
         """
-        Every path but /metrics is 404, the root included.
+        Every path but /metrics and /healthz is 404, the root included.
         """
-        for path in (b"/", b"/metric", b"/metrics/", b"/metrics/x", b"/credentials"):
+        paths = (b"/", b"/metric", b"/metrics/", b"/metrics/x", b"/credentials", b"/healthz/x")
+        for path in paths:
             status, _, _ = httpRequest(self.site, b"GET", path)
             self.assertEqual(status, 404, path)
 
@@ -422,6 +467,119 @@ class EndpointTests(MetricsTestCase):
         self.successResultOf(self.relay.stopService())
         self.assertFalse(port.listening)
         self.assertIsNone(service.port)
+
+
+class HealthTests(MetricsTestCase):
+    """
+    GET /healthz on the metrics listener: 200 while serving, 503 otherwise.
+    """
+
+    def health(self) -> Tuple[int, Dict[bytes, bytes], bytes]:
+        return httpRequest(self.site, b"GET", b"/healthz")
+
+    def test_serving(self) -> None:
+        """
+        A started relay with every listener bound answers 200 "serving".
+        """
+        status, headers, body = self.health()
+        self.assertEqual((status, body), (200, b"serving\n"))
+        self.assertEqual(headers[b"content-type"], b"text/plain; charset=utf-8")
+        self.assertEqual(headers[b"cache-control"], b"no-store")
+
+    def test_draining(self) -> None:
+        """
+        A draining relay answers 503, saying it drains, and so does the
+        turnrelay_ready gauge.
+        """
+        self.relay.drain()
+        status, _, body = self.health()
+        self.assertEqual((status, body), (503, b"not ready: draining\n"))
+        self.assertEqual(value(self.scrape(), "turnrelay_ready"), 0)
+
+    def test_listenerNotBound(self) -> None:
+        """
+        A relay one of whose listeners holds no socket is not ready.
+        """
+        listener = next(
+            child for child in self.relay if getattr(child, "listener", None) is not None
+        )
+        port, listener.port = listener.port, None
+        self.addCleanup(setattr, listener, "port", port)
+        status, _, body = self.health()
+        self.assertEqual(status, 503)
+        self.assertIn(b"listener 3478 is not bound", body)
+
+    def test_notStarted(self) -> None:
+        """
+        A relay that is not running is not ready.
+        """
+        self.successResultOf(self.relay.stopService())
+        status, _, body = self.health()
+        self.assertEqual((status, body), (503, b"not ready: not running\n"))
+
+
+class TLSMetricsTests(TURNTestCase):
+    """
+    The TLS certificate's expiry, its reloads and its failed reloads.
+    """
+
+    def setUp(self) -> None:
+        self.cert, self.key = makeCertificate(self)
+        settings = {
+            **SETTINGS,
+            "listen": ["tls:5349:interface=192.0.2.1"],
+            "tls_cert": self.cert,
+            "tls_key": self.key,
+        }
+        self.fake = FakeRelay(**settings).start(self)
+        self.site = next(
+            factory for port, factory, _, _ in self.fake.reactor.tcpServers if port == METRICS_PORT
+        )
+
+    def scrape(self) -> Samples:
+        status, _, body = httpRequest(self.site, b"GET", b"/metrics")
+        self.assertEqual(status, 200)
+        return parseScrape(body.decode("utf-8"))
+
+    def test_expiry(self) -> None:
+        """
+        The certificate's notAfter is a gauge, in Unix time.
+        """
+        tls = self.fake.service.tlsOptions
+        assert tls is not None
+        expiry = tls.certificate.not_valid_after_utc.timestamp()
+        samples = self.scrape()
+        self.assertEqual(
+            value(samples, "turnrelay_tls_certificate_expiry_timestamp_seconds"), expiry
+        )
+
+    def test_unchangedIsNoReload(self) -> None:
+        """
+        Reading unchanged files again (SIGHUP, reloadTLS()) is no reload;
+        new files are one.
+        """
+        self.assertTrue(self.fake.service.reloadTLS())
+        self.assertEqual(value(self.scrape(), "turnrelay_tls_reloads_total"), 0)
+        cert, key = makeCertificate(self, "renewed")
+        for new, old in ((cert, self.cert), (key, self.key)):
+            os.replace(new, old)
+        self.assertTrue(self.fake.service.reloadTLS())
+        samples = self.scrape()
+        self.assertEqual(value(samples, "turnrelay_tls_reloads_total"), 1)
+        self.assertEqual(value(samples, "turnrelay_tls_reload_failures_total"), 0)
+
+    def test_failedReload(self) -> None:
+        """
+        Files that cannot be used count as a failed reload; the reload
+        counter does not move.
+        """
+        LogRecorder(self)
+        with open(self.cert, "wb") as broken:
+            broken.write(b"-----BEGIN CERTIFICATE-----\ngarbage\n")
+        self.assertFalse(self.fake.service.reloadTLS())
+        samples = self.scrape()
+        self.assertEqual(value(samples, "turnrelay_tls_reload_failures_total"), 1)
+        self.assertEqual(value(samples, "turnrelay_tls_reloads_total"), 0)
 
 
 class KeepAliveClient(Protocol):

@@ -8,10 +8,12 @@ from typing import Any, Iterator
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from turnrelay.auth.credentials import (
     ChainedCredentials,
+    IClientCredentialStore,
     ICredentialStore,
     IExpiringCredentials,
     RESTSecrets,
@@ -20,6 +22,7 @@ from turnrelay.auth.credentials import (
     restExpiry,
     restPassword,
 )
+from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import PASSWORD_ALGORITHM_MD5, PASSWORD_ALGORITHM_SHA256
 from turnrelay.stun.credentials import longTermKey, userHash
 
@@ -344,3 +347,42 @@ class ChainedCredentialsTests(SynchronousTestCase):
         self.clock.advance(3600)
         self.assertTrue(self.store.isExpired(REST_USERNAME))
         self.assertFalse(ChainedCredentials([self.static]).isExpired(REST_USERNAME))
+
+    def test_clientSeen(self) -> None:
+        """
+        A chain provides L{IClientCredentialStore}: stores that provide it
+        are told the client's address and transport, the others are asked
+        C{keysFor} as before.
+        """
+        asked: list[tuple[TransportAddress, str | None]] = []
+
+        @implementer(IClientCredentialStore)
+        class ByClient:
+            def keysFor(self, username: str, realm: str, algorithm: int) -> list[bytes]:
+                raise AssertionError("keysForClient must be asked instead")
+
+            def keysForClient(
+                self,
+                username: str,
+                realm: str,
+                algorithm: int,
+                clientAddress: TransportAddress,
+                transport: str | None,
+            ) -> list[bytes]:
+                asked.append((clientAddress, transport))
+                return [b"k" * 16] if transport == "tls" else []
+
+            def usernameForHash(self, userhash: bytes, realm: str) -> str | None:
+                return None
+
+        byClient = ByClient()
+        self.assertTrue(verifyObject(IClientCredentialStore, byClient))
+        chain = ChainedCredentials([byClient, self.static])
+        self.assertTrue(verifyObject(IClientCredentialStore, chain))
+        client = TransportAddress("192.0.2.7", 4000)
+        static = self.static.keysFor("alice", REALM, MD5)
+        self.assertEqual(chain.keysForClient("alice", REALM, MD5, client, "udp"), static)
+        self.assertEqual(
+            chain.keysForClient("alice", REALM, MD5, client, "tls"), [b"k" * 16, *static]
+        )
+        self.assertEqual(asked, [(client, "udp"), (client, "tls")])

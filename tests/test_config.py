@@ -115,6 +115,69 @@ class ParseListenTests(SynchronousTestCase):
         """
         self.assertRejected("udp:3478:backlog=5", "'backlog'")
 
+    def test_proxy(self) -> None:
+        """
+        C{proxy=yes} marks a tcp or tls listener as behind a PROXY protocol
+        load balancer, in any order with interface; it is off by default.
+        """
+        self.assertFalse(parseListen("tcp:443").proxy)
+        self.assertEqual(
+            parseListen("tls:443:interface=0.0.0.0:proxy=yes"),
+            ListenerConfig("tls", 443, "0.0.0.0", proxy=True),
+        )
+        self.assertEqual(
+            parseListen("tcp:443:proxy=yes:interface=::"), ListenerConfig("tcp", 443, "::", True)
+        )
+        self.assertFalse(parseListen("tcp:443:proxy=no").proxy)
+
+    def test_proxyRoundTrip(self) -> None:
+        """
+        A proxied listener's string form parses back to the same listener.
+        """
+        listener = ListenerConfig("tls", 443, "::1", proxy=True)
+        self.assertEqual(str(listener), "tls:443:interface=\\:\\:1:proxy=yes")
+        self.assertEqual(parseListen(str(listener)), listener)
+
+    def test_proxyBadValue(self) -> None:
+        """
+        A proxy value other than yes or no is refused, naming it.
+        """
+        self.assertRejected("tcp:443:proxy=v2", "'v2'", "yes or no")
+
+    def test_proxyUDP(self) -> None:
+        """
+        A udp listener with proxy=yes is refused in one line saying to
+        remove it.
+        """
+        error = self.assertRaises(ConfigError, parseListen, "udp:3478:proxy=yes")
+        self.assertIn("'udp:3478:proxy=yes'", str(error))
+        self.assertIn("tcp and tls listeners only", str(error))
+        self.assertIn("remove proxy=yes", str(error))
+        self.assertNotIn("\n", str(error))
+
+    def test_proxyAdminListener(self) -> None:
+        """
+        The admin listeners take no PROXY protocol.
+        """
+        keys = {"manhole-authorized-keys": "authorized_keys"}
+        error = self.assertRaises(
+            ConfigError,
+            buildConfig,
+            {**keys, "manhole": "tcp:2222:interface=127.0.0.1:proxy=yes"},
+        )
+        self.assertIn("must be tcp:PORT[:interface=ADDRESS]", str(error))
+
+    def test_proxyFrom(self) -> None:
+        """
+        proxy-from takes networks and addresses of load balancers, none by
+        default; a network with host bits set is refused, naming the key.
+        """
+        self.assertEqual(buildConfig({}).proxyFrom, ())
+        config = buildConfig({"proxy-from": ["10.0.0.0/24", "2001:db8::7"]})
+        self.assertEqual(config.proxyFrom, ("10.0.0.0/24", "2001:db8::7/128"))
+        error = self.assertRaises(ConfigError, buildConfig, {"proxy-from": ["10.0.0.1/24"]})
+        self.assertIn("proxy-from: '10.0.0.1/24' has host bits set", str(error))
+
 
 class BuildConfigTests(SynchronousTestCase):
     """
@@ -246,7 +309,16 @@ class BuildConfigTests(SynchronousTestCase):
         self.assertEqual(len({s.name for s in SETTINGS}), len(SETTINGS))
         self.assertEqual(
             {s.name for s in SETTINGS if s.repeatable},
-            {"listen", "user", "static-auth-secret", "allow-peer", "deny-peer", "alternate-server"},
+            {
+                "listen",
+                "user",
+                "static-auth-secret",
+                "allow-peer",
+                "deny-peer",
+                "alternate-server",
+                "credentials-cors-origins",
+                "proxy-from",
+            },
         )
 
     def test_secretsOutOfRepr(self) -> None:

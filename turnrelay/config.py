@@ -42,7 +42,9 @@ class ConfigError(ValueError):
 
 
 TRANSPORTS = ("udp", "tcp", "tls")
-LISTEN_SYNTAX = "TRANSPORT:PORT[:interface=ADDRESS] with TRANSPORT one of " + ", ".join(TRANSPORTS)
+LISTEN_SYNTAX = "TRANSPORT:PORT[:interface=ADDRESS][:proxy=yes] with TRANSPORT one of " + ", ".join(
+    TRANSPORTS
+)
 
 
 @attr.frozen
@@ -54,15 +56,20 @@ class ListenerConfig:
     @ivar port: the port; 0 picks a free one.
     @ivar interface: the IP address to bind, C{"::"} for every IPv4 and
         IPv6 address.
+    @ivar proxy: whether each connection starts with a PROXY protocol
+        header (v1 or v2) from a load balancer, giving the client's real
+        address (C{tcp} and C{tls} only).
     """
 
     transport: str
     port: int
     interface: str
+    proxy: bool = False
 
     def __str__(self) -> str:
         interface = self.interface.replace(":", "\\:")
-        return f"{self.transport}:{self.port}:interface={interface}"
+        proxy = ":proxy=yes" if self.proxy else ""
+        return f"{self.transport}:{self.port}:interface={interface}{proxy}"
 
 
 # The relay's own defaults for lifetimes and quotas: one home for them.
@@ -87,6 +94,9 @@ Reads one raw value, given the setting's name (for error messages).
 
 _OPTION = re.compile(r":(?=[A-Za-z][A-Za-z0-9_]*=)")
 
+# How proxy= may be written.
+_PROXY_VALUES = {"yes": True, "true": True, "no": False, "false": False}
+
 
 def parseListen(text: str) -> ListenerConfig:
     """
@@ -95,8 +105,10 @@ def parseListen(text: str) -> ListenerConfig:
     The syntax follows Twisted's endpoint strings: the transport, the port,
     then C{key=value} options.  An IPv6 interface may be written plainly
     (C{interface=::1}), in brackets (C{interface=[::1]}) or with Twisted's
-    escaped colons (C{interface=\\:\\:1}).  Twisted has no endpoint strings
-    for UDP, which is why this function exists.
+    escaped colons (C{interface=\\:\\:1}).  C{proxy=yes} (C{tcp} and C{tls}
+    only) expects a PROXY protocol header before anything else on each
+    connection.  Twisted has no endpoint strings for UDP, which is why this
+    function exists.
 
     @raise ConfigError: with what is wrong and the syntax expected.
     """
@@ -111,16 +123,27 @@ def parseListen(text: str) -> ListenerConfig:
     if not port.isdigit() or not 0 <= int(port) <= 0xFFFF:
         raise fail(f"port {port!r} is not a number from 0 to 65535")
     interface = "127.0.0.1"
+    proxy = False
     for option in options:
         key, _, value = option.partition("=")
+        if key == "proxy":
+            if value.lower() not in _PROXY_VALUES:
+                raise fail(f"proxy {value!r} is not yes or no")
+            proxy = _PROXY_VALUES[value.lower()]
+            continue
         if key != "interface":
-            raise fail(f"unknown option {key!r} (the only option is interface)")
+            raise fail(f"unknown option {key!r} (the options are interface and proxy)")
         interface = value.strip("[]")
         try:
             interface = str(ipaddress.ip_address(interface))
         except ValueError:
             raise fail(f"interface {value!r} is not an IP address") from None
-    return ListenerConfig(transport, int(port), interface)
+    if proxy and transport == "udp":
+        raise ConfigError(
+            f"listen {text!r}: proxy=yes is for tcp and tls listeners only (a PROXY "
+            "header starts a connection; UDP has none); remove proxy=yes"
+        )
+    return ListenerConfig(transport, int(port), interface, proxy)
 
 
 def parseUser(value: Any) -> Tuple[str, str]:
@@ -177,6 +200,26 @@ def _parseSecret(name: str, value: Any) -> str:
     text = str(value)
     if len(text) < 8:
         raise ConfigError(f"{name}: a shared secret needs at least 8 characters")
+    return text
+
+
+def _parseOrigin(name: str, value: Any) -> str:
+    # A web origin as browsers send it (RFC 6454): scheme://host[:port], or *.
+    text = str(value).strip()
+    if text == "*":
+        return text
+    scheme, sep, rest = text.partition("://")
+    if (
+        not sep
+        or scheme not in ("http", "https")
+        or not rest
+        or any(c in rest for c in "/?#@ ")
+        or text != text.lower()
+    ):
+        raise ConfigError(
+            f"{name}: {value!r} is not an origin; expected scheme://host[:port] in lower case "
+            "(http or https, no path), or *"
+        )
     return text
 
 
@@ -269,11 +312,20 @@ def _parseBool(name: str, value: Any) -> bool:
 def _parseLogLevel(name: str, value: Any) -> str:
     # Imported here: turnrelay.logs brings in twisted.logger, and this module
     # imports no Twisted.
-    from turnrelay.logs import LEVELS
+    from turnrelay.logs import LEVELS, levelName
 
+    try:
+        return levelName(str(value))
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r}; expected one of {', '.join(LEVELS)}") from None
+
+
+def _parseLogFormat(name: str, value: Any) -> str:
     text = str(value).lower()
-    if text not in LEVELS:
-        raise ConfigError(f"{name}: {value!r}; expected one of {', '.join(LEVELS)}")
+    if text not in ("text", "json"):
+        raise ConfigError(
+            f"{name}: {value!r}; expected text (Twisted's lines) or json (one object a line)"
+        )
     return text
 
 
@@ -291,7 +343,7 @@ def _parseAdminListen(name: str, value: Any) -> ListenerConfig:
         listener = parseListen(str(value))
     except ConfigError as e:
         raise ConfigError(f"{name}: {e}") from None
-    if listener.transport != "tcp":
+    if listener.transport != "tcp" or listener.proxy:
         raise ConfigError(f"{name}: {value!r} must be tcp:PORT[:interface=ADDRESS]")
     return listener
 
@@ -569,14 +621,19 @@ class RelayConfig:
 
     listeners: Tuple[ListenerConfig, ...] = _LISTENERS.setting(
         """Accept clients on this socket, for example udp:3478:interface=0.0.0.0 or
-        tcp:3478:interface=::.""",
+        tcp:3478:interface=::; proxy=yes (tcp, tls) expects a PROXY protocol header from a
+        load balancer first.""",
         "listen",
-        Syntax("TRANSPORT:PORT[:interface=ADDRESS]", _parseListen),
+        Syntax("TRANSPORT:PORT[:interface=ADDRESS][:proxy=yes]", _parseListen),
         DEFAULT_LISTENERS,
         active=True,
-        doc="""Sockets to accept clients on: "TRANSPORT:PORT[:interface=ADDRESS]", TRANSPORT
-        udp, tcp or tls (TURN over TLS: turns: URLs; browsers behind firewalls that only let
-        HTTPS out reach "tls:443"). "::" accepts IPv4 and IPv6 clients on one socket.""",
+        doc="""Sockets to accept clients on: "TRANSPORT:PORT[:interface=ADDRESS][:proxy=yes]",
+        TRANSPORT udp, tcp or tls (TURN over TLS: turns: URLs; browsers behind firewalls that
+        only let HTTPS out reach "tls:443"). "::" accepts IPv4 and IPv6 clients on one socket.
+        proxy=yes (tcp and tls only): every connection starts with a PROXY protocol header (v1
+        or v2, before the TLS handshake) from a load balancer, which gives the client's real
+        address; connections without one are closed. Such a listener must be reachable only
+        from the load balancer.""",
     )
     software: Optional[str] = _LISTENERS.setting(
         """The SOFTWARE attribute to send in responses. Without one the version stays private
@@ -585,6 +642,15 @@ class RelayConfig:
         Syntax("TEXT", _parseSoftware),
         defaultText="none",
         example="turnrelay",
+    )
+    proxyFrom: Tuple[str, ...] = _LISTENERS.setting(
+        """Take PROXY headers on proxy=yes listeners only from this address or network: the load
+        balancers. Connections from elsewhere are closed unread. Without it, from anywhere: then
+        only the load balancers may reach those listeners.""",
+        "proxy-from",
+        _CIDR,
+        (),
+        example=["10.0.0.0/24"],
     )
 
     tlsCert: Optional[str] = _TLS.setting(
@@ -622,7 +688,7 @@ class RelayConfig:
         refused and the old one stays. 0: only on SIGHUP.""",
     )
     tlsHandshakeTimeout: float = _TLS.setting(
-        """Seconds a TLS handshake may take.""",
+        """Seconds a TLS handshake may take, and the PROXY header on a proxy=yes listener.""",
         "tls-handshake-timeout",
         _seconds(1, 600),
         10.0,
@@ -969,6 +1035,18 @@ class RelayConfig:
         _FLAG,
         False,
     )
+    controlSocket: Optional[str] = _ADMIN.setting(
+        """Serve the control socket that turnrelayctl talks to here (a Unix socket, mode
+        0600).""",
+        "control-socket",
+        Syntax("PATH", _parsePath),
+        example="/var/lib/turnrelay/control.sock",
+        defaultText="off",
+        doc="""Serve the control socket that turnrelayctl (status, allocations, kill, drain,
+        reload, reload-tls, mint, loglevel) talks to here: a Unix socket created with mode 0600,
+        so only the relay's user and root may use it; removed when the relay stops, and a stale
+        one left by a crash is replaced. Its directory must exist.""",
+    )
     metrics: Optional[ListenerConfig] = _ADMIN.setting(
         """Serve Prometheus metrics over HTTP here, for example tcp:9641:interface=127.0.0.1.""",
         "metrics",
@@ -1004,6 +1082,34 @@ class RelayConfig:
         _seconds(60, 7 * 86400),
         86400.0,
     )
+    credentialsCORSOrigins: Tuple[str, ...] = _ADMIN.setting(
+        """A web origin whose pages may call credentials-endpoint from the browser (CORS), or *
+        for any.""",
+        "credentials-cors-origins",
+        Syntax("ORIGIN", _parseOrigin),
+        (),
+        example=["https://app.example.org"],
+        doc="""Web origins (scheme://host[:port]) whose pages may call credentials-endpoint
+        from the browser: the endpoint then answers their CORS preflight (OPTIONS) and adds
+        Access-Control-Allow-Origin. * allows any origin. None by default: only servers call
+        it.""",
+    )
+
+    demoPage: Optional[ListenerConfig] = _ADMIN.setting(
+        """Serve the browser demo page over HTTP here, loopback only, for example
+        tcp:8478:interface=127.0.0.1 (make run does).""",
+        "demo-page",
+        _ADMIN_LISTENER,
+        example="tcp:8478:interface=127.0.0.1",
+        defaultText="off",
+        doc="""Serve a demo page at http://ADDRESS:PORT/ (loopback only) that makes a relay-only
+        WebRTC call through this relay between two peer connections in the page, over udp, tcp
+        or turns, and shows the relay candidates, the selected pair, a video loop and data-channel
+        messages. It hands any page that reaches it a short-lived credential minted with the first
+        static-auth-secret (the loopback demo makes one up). It also lets clients relay to each
+        other through relayed addresses on loopback, on the relay ports only (nothing else of
+        loopback): the page's two peer connections meet there.""",
+    )
 
     logLevel: str = _LOGGING.setting(
         """The lowest level of turnrelay's own log events: debug, info, warn, error or critical.
@@ -1011,6 +1117,17 @@ class RelayConfig:
         "log-level",
         Syntax("LEVEL", _parseLogLevel),
         "info",
+    )
+    logFormat: str = _LOGGING.setting(
+        """How twistd writes the log: text (Twisted's lines) or json (one JSON object a line:
+        time, level, message and the event's fields), on standard output or in the log file.""",
+        "log-format",
+        Syntax("FORMAT", _parseLogFormat),
+        "text",
+        doc="""How twistd writes the log, on standard output or in the log file: text
+        (Twisted's lines) or json, one JSON object a line with "time" (ISO 8601, UTC),
+        "level", "message" (rendered) and the event's structured fields, for log pipelines.
+        The demo's start-up notice follows it.  A --logger given to twistd wins.""",
     )
 
     def effectiveRelayIP(self) -> Optional[str]:
@@ -1102,6 +1219,11 @@ def buildConfig(values: Mapping[str, Any], base: RelayConfig = RelayConfig()) ->
             raise ConfigError(
                 "manhole: nobody could log in; set manhole-authorized-keys (or manhole-passwords)"
             )
+    if config.demoPage is not None and not canonicalIP(config.demoPage.interface).is_loopback:
+        raise ConfigError(
+            f"demo-page: {config.demoPage} is not on loopback; the page hands a TURN credential "
+            "to whoever reaches it, so it listens on loopback only (interface=127.0.0.1 or ::1)"
+        )
     for name, listener in (
         ("metrics", config.metrics),
         ("credentials-endpoint", config.credentialsEndpoint),

@@ -4,7 +4,7 @@ The seams between turnrelay's layers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict
 
 from zope.interface import Attribute, Interface
 
@@ -68,6 +68,11 @@ class IDataPath(Interface):
     allocation; nothing is logged.
     """
 
+    peerFilter = Attribute(
+        "The embedding application's C{peerFilter(allocation, peer)} (a reason to drop, or"
+        " L{None}), asked about every Send indication's peer; L{None} for none."
+    )
+
     def channelDataFromClient(data: bytes, link: IClientLink) -> None:
         """
         Relay one ChannelData message (padding included) from a client to
@@ -90,4 +95,41 @@ class IDataPath(Interface):
         Relay a datagram a peer sent to a relayed address to its client: as
         ChannelData if a channel is bound to the peer, else in a Data
         indication.
+        """
+
+
+class IAllocationObserver(Interface):
+    """
+    What an embedding application implements to follow allocations' lives
+    (billing, call records, dashboards), added with
+    L{AllocationRegistry.addObserver<turnrelay.turn.registry.AllocationRegistry.addObserver>}.
+
+    Calls are made synchronously on the reactor thread whatever the log
+    level; an observer that raises is logged and does not disturb the
+    relay or the other observers.  Keep them quick: they run inside request
+    handling.
+    """
+
+    def allocationCreated(allocation: Any) -> None:
+        """
+        An L{Allocation<turnrelay.turn.allocation.Allocation>} was made.
+        """
+
+    def allocationRefreshed(allocation: Any, lifetime: float) -> None:
+        """
+        Its client refreshed it for C{lifetime} more seconds.
+        """
+
+    def allocationPermissionAdded(allocation: Any, host: str) -> None:
+        """
+        A permission for peer IP C{host} was installed or refreshed
+        (CreatePermission or ChannelBind).
+        """
+
+    def allocationEnded(allocation: Any, reason: str, usage: Dict[str, Any]) -> None:
+        """
+        It ended (deleted, expired, closed, ended by the application...).
+
+        @param usage: what it relayed: L{Allocation.usage
+            <turnrelay.turn.allocation.Allocation.usage>}'s fields.
         """

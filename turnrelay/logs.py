@@ -7,24 +7,44 @@ library, but filters its own events first, so that its debug events (one per
 dropped datagram or refused request) cost nothing and show nowhere unless
 asked for.  This installs no observer: embedders' logging is untouched, and
 only the C{turnrelay} namespace is affected.
+
+It also holds the two formats twistd's log is written in (C{log-format}):
+Twisted's text lines, or one JSON object per line for log pipelines
+(L{formatJSONLine}); L{turnrelay.tap} installs the observer.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import sys
-from typing import Optional, Union
+from typing import IO, Any, Optional, Union
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
+    LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
+    formatEvent,
     globalLogPublisher,
-    jsonFileLogObserver,
+    textFileLogObserver,
 )
 from twisted.logger import Logger as _TwistedLogger
 
 LEVELS = ("debug", "info", "warn", "error", "critical")
+
+# Other spellings of the levels, as other tools name them.
+LEVEL_ALIASES = {"warning": "warn", "fatal": "critical", "err": "error"}
+
+LOG_FORMATS = ("text", "json")
+
+# The keys every JSON line has; an event field of the same name is written
+# with a "field_" prefix instead.
+_JSON_KEYS = ("time", "level", "message", "namespace", "traceback")
+# What events of the legacy log (twisted.python.log, print()) carry besides.
+_LEGACY_KEYS = ("format", "message", "isError", "system", "time", "failure", "why")
 
 _levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 _observer = FilteringLogObserver(globalLogPublisher, [_levels])
@@ -46,15 +66,28 @@ def setLogLevel(level: Union[str, LogLevel], namespace: str = "turnrelay") -> No
     """
     Set the lowest level of turnrelay events that reach the log.
 
-    @param level: a L{LogLevel} or one of L{LEVELS}.
+    @param level: a L{LogLevel}, one of L{LEVELS} or an alias of one
+        (L{LEVEL_ALIASES}: C{"warning"} is C{"warn"}).
     @param namespace: C{"turnrelay"}, or a module or class within it.
     @raise ValueError: an unknown level.
     """
     if isinstance(level, str):
-        if level not in LEVELS:
-            raise ValueError(f"log level {level!r}; expected one of {', '.join(LEVELS)}")
-        level = LogLevel.levelWithName(level)
+        level = LogLevel.levelWithName(levelName(level))
     _levels.setLogLevelForNamespace(namespace, level)
+
+
+def levelName(text: str) -> str:
+    """
+    The level C{text} names, in any case, aliases included.
+
+    @return: one of L{LEVELS}.
+    @raise ValueError: an unknown level, naming the known ones.
+    """
+    name = text.strip().lower()
+    name = LEVEL_ALIASES.get(name, name)
+    if name not in LEVELS:
+        raise ValueError(f"log level {text!r}; expected one of {', '.join(LEVELS)}")
+    return name
 
 
 def logLevel(namespace: str = "turnrelay") -> str:
@@ -64,11 +97,91 @@ def logLevel(namespace: str = "turnrelay") -> str:
     return _levels.logLevelForNamespace(namespace).name
 
 
+def formatJSONLine(event: LogEvent) -> str:
+    """
+    One event as one line of JSON, for log pipelines: C{time} (ISO 8601,
+    UTC), C{level} (one of L{LEVELS}), C{message} (rendered), C{namespace},
+    C{traceback} for a failure, then the event's own structured fields (an
+    allocation's end carries its username, duration and the packets and
+    bytes relayed each way).  Values JSON cannot hold are written as text.
+
+    @return: the line, newline included; no record separator.
+    """
+    record: dict[str, Any] = {
+        "time": _isoTime(event.get("log_time")),
+        "level": getattr(event.get("log_level"), "name", "info"),
+        "message": formatEvent(event),
+        "namespace": event.get("log_namespace", "-"),
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["traceback"] = failure.getTraceback()
+    legacy = "isError" in event
+    for key, value in event.items():
+        if key.startswith("log_") or (legacy and key in _LEGACY_KEYS):
+            # Twisted's own bookkeeping, and the legacy log's copies of it.
+            continue
+        record["field_" + key if key in _JSON_KEYS else key] = value
+    return json.dumps(record, default=str, ensure_ascii=False) + "\n"
+
+
+def _isoTime(when: Optional[float]) -> str:
+    if when is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(when, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def makeLogObserver(logFormat: str, output: IO[Any]) -> ILogObserver:
+    """
+    The observer writing twistd's log in C{log-format}.
+
+    @param logFormat: one of L{LOG_FORMATS}: C{"text"} (Twisted's lines) or
+        C{"json"} (L{formatJSONLine}).
+    @param output: a text file: standard output, or a bounded
+        L{LogFile<twisted.python.logfile.LogFile>}.
+    """
+    if logFormat == "json":
+        return FileLogObserver(output, formatJSONLine)
+    return textFileLogObserver(output)
+
+
+def printNotice(output: IO[Any], text: str, logFormat: str, level: str = "info") -> None:
+    """
+    Show the operator something at start-up (the demo's credential, a
+    start-up error) on C{output}, in the format of the log that shares it:
+    as it is in text, or as one JSON line (C{notice} C{true}) in JSON, so
+    that a pipeline reading standard output still gets one JSON object per
+    line.  It is never sent to the log publisher: it may hold the demo's
+    password, and logs hold no secrets.
+
+    @param level: the JSON line's level, one of L{LEVELS}.
+    """
+    if logFormat == "json":
+        event = {
+            "log_time": _now(),
+            "log_level": LogLevel.levelWithName(levelName(level)),
+            "log_namespace": "turnrelay.notice",
+            "log_format": "{log_text}",
+            "log_text": text,
+            "notice": True,
+        }
+        line = formatJSONLine(event)
+    else:
+        line = text if text.endswith("\n") else text + "\n"
+    output.write(line)
+    output.flush()
+
+
+def _now() -> float:
+    # Start-up notices are printed before any reactor runs.
+    return datetime.datetime.now(datetime.UTC).timestamp()
+
+
 def jsonLogObserver() -> ILogObserver:
     """
-    A log observer writing one JSON object per event to standard output, for
-    log pipelines: C{twistd --logger turnrelay.logs.jsonLogObserver turnrelay}.
-    Each event keeps its structured fields (an allocation's end carries its
-    username, duration and the packets and bytes relayed each way).
+    A log observer writing L{formatJSONLine}'s lines to standard output:
+    C{twistd --logger turnrelay.logs.jsonLogObserver turnrelay}.  The
+    C{log-format = "json"} setting does the same without C{--logger}.
     """
-    return jsonFileLogObserver(sys.stdout)
+    return makeLogObserver("json", sys.stdout)

@@ -17,7 +17,7 @@ Nothing here installs log observers or signal handlers, or picks a reactor.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -33,16 +33,20 @@ from turnrelay.auth.credentials import (
 from turnrelay.auth.longterm import LongTermAuthenticator
 from turnrelay.auth.nonce import NonceMinter
 from turnrelay.config import SETTINGS, ConfigError, ListenerConfig, RelayConfig
+from turnrelay.interfaces import IAllocationObserver
 from turnrelay.listening import ListeningService
 from turnrelay.logs import Logger, setLogLevel
 from turnrelay.stun.address import FAMILY_IPV6, TransportAddress
 from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX, CHANNEL_NUMBER_MAX_RFC5766
+from turnrelay.transports.proxy import PROXYHeaderFactory
 from turnrelay.transports.stream import StreamLimits, STUNStreamFactory
 from turnrelay.transports.tls import ReloadingTLSOptions
 from turnrelay.transports.udp import STUNDatagramProtocol
+from turnrelay.turn.allocation import Allocation
 from turnrelay.turn.descriptors import DescriptorBudget, watchAccepts
 from turnrelay.turn.limits import RelayLimits
-from turnrelay.turn.policy import PeerPolicy
+from turnrelay.turn.permissions import PeerFilter
+from turnrelay.turn.policy import PeerPolicy, canonicalIP
 from turnrelay.turn.registry import UsageTotals
 from turnrelay.turn.relay import MAX_DATAGRAM, RelayPortPool
 from turnrelay.turn.server import TURNServer
@@ -56,6 +60,7 @@ log = Logger()
 _RESTART_SETTINGS = frozenset(
     {
         "listen",
+        "proxy-from",
         "relay-ip",
         "relay-ip6",
         "external-ip",
@@ -66,6 +71,8 @@ _RESTART_SETTINGS = frozenset(
         "tls-key",
         "log-max-bytes",
         "log-max-files",
+        "log-format",
+        "demo-page",
     }
 )
 
@@ -86,16 +93,20 @@ class ListenerService(ListeningService):
         server: TURNServer,
         streamLimits: Optional[StreamLimits] = None,
         tlsOptions: Optional[ReloadingTLSOptions] = None,
+        proxyFrom: Sequence[str] = (),
     ) -> None:
         """
         @param streamLimits: the limits shared by TCP and TLS listeners.
         @param tlsOptions: the TLS options of a C{tls} listener.
+        @param proxyFrom: the networks of the load balancers that may send
+            a C{proxy=yes} listener PROXY headers; empty: any.
         """
         self._reactor = reactor
         self.listener = listener
         self._server = server
         self._streamLimits = streamLimits
         self._tlsOptions = tlsOptions
+        self._proxyFrom = tuple(proxyFrom)
 
     def listen(self) -> Any:
         listener = self.listener
@@ -106,10 +117,16 @@ class ListenerService(ListeningService):
                 interface=listener.interface,
                 maxPacketSize=MAX_DATAGRAM,
             )
-        factory: Any = STUNStreamFactory(self._server, listener.transport, self._streamLimits)
+        stream = STUNStreamFactory(self._server, listener.transport, self._streamLimits)
+        factory: Any = stream
         if listener.transport == "tls":
             assert self._tlsOptions is not None
             factory = TLSMemoryBIOFactory(self._tlsOptions, False, factory)
+        if listener.proxy:
+            # A load balancer's PROXY header comes first, before any TLS.
+            factory = PROXYHeaderFactory(
+                factory, stream.limits, listener.transport, self._proxyFrom
+            )
         port = self._reactor.listenTCP(listener.port, factory, interface=listener.interface)
         # Stop accepting while descriptors are short (see DescriptorBudget).
         descriptors = self._server.descriptors
@@ -129,7 +146,17 @@ class ListenerService(ListeningService):
             "listening for {transport} on {address}",
             transport=self.listener.transport,
             address=self.address,
+            proxy=self.listener.proxy,
         )
+        listener = self.listener
+        loopback = canonicalIP(listener.interface).is_loopback
+        if listener.proxy and not self._proxyFrom and not loopback:
+            self.log.warn(
+                "the {transport} listener on {address} takes PROXY headers from anyone: "
+                "set proxy-from to the load balancers' addresses, or let only them reach it",
+                transport=self.listener.transport,
+                address=self.address,
+            )
 
 
 class RelayService(MultiService):
@@ -138,6 +165,10 @@ class RelayService(MultiService):
 
     @ivar config: the configuration it was built from.
     @ivar server: the controller all listeners share.
+    @ivar configSource: what re-reads the configuration for a reload
+        without a signal (the control socket's C{reload}): twistd's relay
+        reads its file and command line again; L{None}, as for embedders,
+        when there is nothing to re-read.
     """
 
     log = Logger()
@@ -156,6 +187,10 @@ class RelayService(MultiService):
         self._reactor = reactor if reactor is not None else server.clock
         self.startedAt = self._reactor.seconds()
         self.streamLimits: Optional[StreamLimits] = None
+        self.configSource: Optional[Callable[[], RelayConfig]] = None
+        # The embedding application's credential store, asked first and
+        # kept across configuration reloads.
+        self.applicationCredentials: Optional[ICredentialStore] = None
 
     def startService(self) -> None:
         super().startService()
@@ -301,8 +336,10 @@ class RelayService(MultiService):
         """
         Apply a changed configuration without a restart: users, secrets,
         realm, peer policy, limits and quotas (those on streams, sources and
-        descriptors too), alternate servers, SOFTWARE, log level, and the
-        TLS certificate files.  Established allocations keep going.
+        descriptors too), alternate servers, SOFTWARE, log level (only when
+        C{log-level} changed: a level set from the admin console survives a
+        reload that leaves it as it was), and the TLS certificate files.
+        Established allocations keep going.
 
         @return: the settings that changed but need a restart to apply
             (listeners, relay addresses and ports).
@@ -311,7 +348,7 @@ class RelayService(MultiService):
         server = self.server
         authenticator = server.authenticator
         authenticator.realm = config.realm
-        authenticator.credentials = _credentials(config, self._reactor)
+        authenticator.credentials = _credentials(config, self._reactor, self.applicationCredentials)
         server.setPeerPolicy(_peerPolicy(config))
         server.limits = _limits(config)
         server.software = config.software
@@ -325,7 +362,9 @@ class RelayService(MultiService):
             server.descriptors.reserve = config.descriptorReserve
         if self.streamLimits is not None:
             _updateStreamLimits(self.streamLimits, config)
-        setLogLevel(config.logLevel)
+        if config.logLevel != old.logLevel:
+            # Otherwise a level set from the admin console stays in force.
+            setLogLevel(config.logLevel)
         if self.tlsOptions is not None:
             self.tlsOptions.reload()
         needRestart = [
@@ -340,6 +379,22 @@ class RelayService(MultiService):
         )
         return needRestart
 
+    def endAllocations(
+        self,
+        username: Optional[str] = None,
+        predicate: Optional[Callable[[Allocation], bool]] = None,
+        reason: str = "ended by the application",
+    ) -> int:
+        """
+        End a user's allocations, or a call's (those C{predicate} picks),
+        at once: their relay sockets close and observers are told.
+
+        @see: L{AllocationRegistry.endAllocations
+            <turnrelay.turn.registry.AllocationRegistry.endAllocations>}
+        @return: how many allocations were ended.
+        """
+        return self.server.registry.endAllocations(username, predicate, reason)
+
     def listeningAddresses(self) -> List[Tuple[str, TransportAddress]]:
         """
         @return: C{(transport, address)} for every open listener.
@@ -351,8 +406,12 @@ class RelayService(MultiService):
         return addresses
 
 
-def _credentials(config: RelayConfig, reactor: Any) -> ChainedCredentials:
+def _credentials(
+    config: RelayConfig, reactor: Any, application: Optional[ICredentialStore] = None
+) -> ChainedCredentials:
     stores: List[ICredentialStore] = [StaticCredentials(config.realm, dict(config.users))]
+    if application is not None:
+        stores.insert(0, application)
     if config.authSecrets:
         secrets = [secret.encode() for secret in config.authSecrets]
         stores.append(RESTSecrets(reactor, secrets, config.restMaxTTL))
@@ -365,12 +424,20 @@ def _peerPolicy(config: RelayConfig) -> PeerPolicy:
     # controller tells the policy which they are, and the policy keeps peers
     # on them inside the relay port range (and ignores wildcards here).
     # RelayService.startService adds the ports of every listening socket.
-    listeners = [*config.listeners, config.manhole, config.metrics, config.credentialsEndpoint]
+    # The demo page's two peer connections meet on loopback relay addresses.
+    listeners = [
+        *config.listeners,
+        config.manhole,
+        config.metrics,
+        config.credentialsEndpoint,
+        config.demoPage,
+    ]
     return PeerPolicy(
         allow=config.allowPeers,
         deny=config.denyPeers,
         allowLoopback=config.allowLoopbackPeers,
         ownAddresses=[listener.interface for listener in listeners if listener is not None],
+        allowLoopbackRelays=config.demoPage is not None,
     )
 
 
@@ -438,7 +505,12 @@ def makeTURNServer(config: RelayConfig, reactor: Any) -> TURNServer:
 
 
 def makeRelayService(
-    config: RelayConfig, reactor: Any, serviceClass: Type[RelayService] = RelayService
+    config: RelayConfig,
+    reactor: Any,
+    serviceClass: Type[RelayService] = RelayService,
+    credentials: Optional[ICredentialStore] = None,
+    observers: Sequence[IAllocationObserver] = (),
+    peerFilter: Optional[PeerFilter] = None,
 ) -> RelayService:
     """
     Build a relay from a configuration.
@@ -447,10 +519,26 @@ def makeRelayService(
     @param reactor: the reactor to listen, relay and schedule with.
     @param serviceClass: the L{RelayService} (or subclass: twistd's, in
         L{turnrelay.tap}, sets up the log file) to build.
+    @param credentials: the embedding application's own credential store
+        (an L{ICredentialStore}, or an L{IClientCredentialStore
+        <turnrelay.auth.credentials.IClientCredentialStore>} to see the
+        client's address and transport), asked before the configured
+        users and secrets, and kept when the configuration is reloaded.
+    @param observers: L{IAllocationObserver}s told of every allocation's
+        life (see L{AllocationRegistry.addObserver
+        <turnrelay.turn.registry.AllocationRegistry.addObserver>}).
+    @param peerFilter: C{peerFilter(allocation, peer)}, asked after the
+        built-in peer policy, returns a reason to refuse the peer or
+        L{None} (see L{TURNServer<turnrelay.turn.server.TURNServer>}).
     @return: a service to start, or to attach to a parent service.
     """
     setLogLevel(config.logLevel)
     server = makeTURNServer(config, reactor)
+    if credentials is not None:
+        server.authenticator.credentials = _credentials(config, reactor, credentials)
+    for observer in observers:
+        server.registry.addObserver(observer)
+    server.peerFilter = peerFilter
     server.descriptors = DescriptorBudget(reactor, reserve=config.descriptorReserve)
     for pool in (server.relayPorts, server.relayPorts6):
         if pool is not None:
@@ -469,11 +557,14 @@ def makeRelayService(
         except ValueError as e:
             raise ConfigError(f"tls-cert: {e}") from None
     relay = serviceClass(config, server, tlsOptions, reactor)
+    relay.applicationCredentials = credentials
     streamLimits = StreamLimits(reactor, descriptors=server.descriptors)
     _updateStreamLimits(streamLimits, config)
     relay.streamLimits = streamLimits
     for listener in config.listeners:
-        service = ListenerService(reactor, listener, server, streamLimits, tlsOptions)
+        service = ListenerService(
+            reactor, listener, server, streamLimits, tlsOptions, config.proxyFrom
+        )
         service.setServiceParent(relay)
     # The operator's side doors, each only when configured.
     if config.manhole is not None:
@@ -488,4 +579,12 @@ def makeRelayService(
         from turnrelay.admin.credentials import makeCredentialsService
 
         makeCredentialsService(relay, config, reactor).setServiceParent(relay)
+    if config.demoPage is not None:
+        from turnrelay.admin.demo import makeDemoService
+
+        makeDemoService(relay, config, reactor).setServiceParent(relay)
+    if config.controlSocket is not None:
+        from turnrelay.admin.control import makeControlService
+
+        makeControlService(relay, config, reactor).setServiceParent(relay)
     return relay

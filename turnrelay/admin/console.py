@@ -28,12 +28,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 
-from turnrelay.logs import LEVELS, Logger, logLevel, setLogLevel
+from turnrelay.logs import LEVELS, Logger, levelName, logLevel, setLogLevel
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import TRANSPORT_TCP
 from turnrelay.transports.tls import fingerprint
 from turnrelay.turn.allocation import Allocation
 from turnrelay.turn.registry import AllocationRegistry
+from turnrelay.turn.server import CHALLENGES
 
 KILL_REASON = "killed by the administrator"
 
@@ -65,6 +66,17 @@ class ConsoleText(str):
 
     def __repr__(self) -> str:
         return str.__str__(self)
+
+
+class ConsoleFailure(ConsoleText):
+    """
+    Text saying that a helper did not do what was asked (nothing to kill, a
+    level that does not exist, certificate files that do not load).  The
+    console shows it as any other answer; the control command
+    (L{turnrelay.admin.control}) exits non-zero on it.
+    """
+
+    __slots__ = ()
 
 
 class AdminConsole:
@@ -126,15 +138,11 @@ class AdminConsole:
             address is this one: C{"ip"} or C{"ip:port"} (C{"[ip6]:port"}).
         """
         registry = self.registry
-        chosen = list(registry) if user is None else registry.forUser(user)
-        if address is not None:
-            wanted = _canonicalAddress(str(address))
-            chosen = [a for a in chosen if wanted in _addressesOf(a)]
+        chosen = self.selectAllocations(user, address)
         if not chosen:
             if user is None and address is None:
                 return ConsoleText("no allocations")
             return ConsoleText(f"no allocation matches{_describeFilter(user, address)}")
-        chosen.sort(key=lambda allocation: allocation.createdAt)
         now = self._clock.seconds()
         header = (
             "USER",
@@ -157,6 +165,49 @@ class AdminConsole:
             count += f" of {total}{_describeFilter(user, address, ' matching')}"
         return ConsoleText(f"{table}\n{count}")
 
+    def selectAllocations(
+        self, user: Optional[str] = None, address: Any = None
+    ) -> List[Allocation]:
+        """
+        The live allocations L{allocations} shows, oldest first.
+
+        @param user: only this username's allocations.
+        @param address: only the allocations whose client, relayed or peer
+            address is this one: C{"ip"} or C{"ip:port"} (C{"[ip6]:port"}).
+        """
+        registry = self.registry
+        chosen = list(registry) if user is None else registry.forUser(user)
+        if address is not None:
+            wanted = _canonicalAddress(str(address))
+            chosen = [a for a in chosen if wanted in _addressesOf(a)]
+        chosen.sort(key=lambda allocation: allocation.createdAt)
+        return chosen
+
+    def allocationRecord(self, allocation: Allocation) -> Dict[str, Any]:
+        """
+        What L{allocations} shows of one allocation, as plain data (for the
+        control command's JSON): addresses as C{"ip:port"} text, times in
+        seconds.
+        """
+        fiveTuple = allocation.fiveTuple
+        return {
+            "user": allocation.username,
+            "client": str(fiveTuple.clientAddress),
+            "server": str(fiveTuple.serverAddress),
+            "transport": fiveTuple.transportProtocol,
+            "tcpRelay": allocation.transport == TRANSPORT_TCP,
+            "relayed": [str(address) for address in allocation.relayedAddresses],
+            "age": round(self._clock.seconds() - allocation.createdAt, 3),
+            "lifetime": allocation.lifetime,
+            "permissions": len(allocation.permissions),
+            "channels": len(allocation.channels),
+            "packetsToPeer": allocation.packetsToPeer,
+            "bytesToPeer": allocation.bytesToPeer,
+            "packetsFromPeer": allocation.packetsFromPeer,
+            "bytesFromPeer": allocation.bytesFromPeer,
+            "dropped": allocation.dropped,
+        }
+
     def kill(self, target: Any) -> ConsoleText:
         """
         End an allocation, or all of a user's, now.
@@ -165,8 +216,10 @@ class AdminConsole:
         learns of it at its next request (437).
 
         @param target: an L{Allocation} (or several), a relayed address
-            such as C{"198.51.100.1:49152"}, or a username (all of its
-            allocations).
+            such as C{"198.51.100.1:49152"}, a client address as
+            L{allocations} takes it (C{"ip:port"}, C{"[ip6]:port"}, or
+            C{"ip"} for all of that host's), or a username (all of its
+            allocations); tried in that order.
         """
         registry = self.registry
         if isinstance(target, Allocation):
@@ -179,16 +232,27 @@ class AdminConsole:
                 if any(str(address) == wanted for address in allocation.relayedAddresses)
             ]
             if not victims:
+                victims = [
+                    allocation
+                    for allocation in registry
+                    if wanted
+                    in (
+                        str(allocation.fiveTuple.clientAddress),
+                        allocation.fiveTuple.clientAddress.host,
+                    )
+                ]
+            if not victims:
                 victims = registry.forUser(target)
             if not victims:
-                return ConsoleText(
-                    f"nothing killed: no allocation has the relayed address or username {target!r}"
+                return ConsoleFailure(
+                    "nothing killed: no allocation has the relayed address, client address "
+                    f"or username {target!r}"
                 )
         elif isinstance(target, Iterable) and all(isinstance(a, Allocation) for a in target):
             victims = list(target)
         else:
-            return ConsoleText(
-                "kill() takes an allocation, a relayed address such as "
+            return ConsoleFailure(
+                "kill() takes an allocation, a relayed or client address such as "
                 f"'198.51.100.1:49152' or a username; not {type(target).__name__}"
             )
         lines = []
@@ -236,7 +300,19 @@ class AdminConsole:
             "requests answered",
             lambda counts: _counts({f"{m} {o}": n for (m, o), n in counts.items()}),
         )
-        take("authFailures", "refused authentications", _counts)
+        failures = figures.pop("authFailures", {})
+        lines.append(
+            (
+                "refused authentications",
+                _counts({k: n for k, n in failures.items() if k not in CHALLENGES}),
+            )
+        )
+        lines.append(
+            (
+                "challenges (first 401, 438)",
+                _counts({k: n for k, n in failures.items() if k in CHALLENGES}),
+            )
+        )
         take("refusals", "refused unauthenticated", _counts)
         take("tlsReloads", "TLS certificate reloads")
         for key, value in sorted(figures.items()):
@@ -295,15 +371,17 @@ class AdminConsole:
         """
         relay = self.relay
         if relay.tlsOptions is None:
-            return ConsoleText("no tls listener: there is no certificate to reload")
+            return ConsoleFailure("no tls listener: there is no certificate to reload")
+        reloads = relay.tlsOptions.reloads
         if not relay.reloadTLS():
-            return ConsoleText(
+            return ConsoleFailure(
                 "TLS certificate not reloaded: the files did not load (the log says why); "
                 "the old certificate stays in service"
             )
         certificate = relay.tlsOptions.certificate
+        done = "reloaded" if relay.tlsOptions.reloads != reloads else "files unchanged, still"
         return ConsoleText(
-            f"TLS certificate reloaded: {certificate.subject.rfc4514_string()}, "
+            f"TLS certificate {done}: {certificate.subject.rfc4514_string()}, "
             f"SHA-256 {fingerprint(certificate)}"
         )
 
@@ -318,9 +396,21 @@ class AdminConsole:
         @param ttl: seconds it stays valid, at most rest-max-ttl.
         """
         try:
-            username, password = self.relay.mintCredential(userID, ttl)
+            record = self.mintRecord(userID, ttl)
         except ValueError as e:
-            return ConsoleText(f"cannot mint a credential: {e}")
+            return ConsoleFailure(f"cannot mint a credential: {e}")
+        return credentialText(record)
+
+    def mintRecord(self, userID: str, ttl: float = 86400) -> Dict[str, Any]:
+        """
+        Mint a credential as L{mint} does, as plain data (for the control
+        command's JSON); logged without the password.
+
+        @return: C{username}, C{password}, C{realm}, C{expires} (Unix time)
+            and C{valid} (seconds).
+        @raise ValueError: no static-auth-secret is configured.
+        """
+        username, password = self.relay.mintCredential(userID, ttl)
         expiry = int(username.partition(":")[0])
         valid = max(0, expiry - int(self._clock.seconds()))
         self.log.info(
@@ -328,26 +418,31 @@ class AdminConsole:
             userID=userID,
             valid=valid,
         )
-        until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expiry))
-        return ConsoleText(
-            f"username: {username}\npassword: {password}\n"
-            f"realm:    {self.relay.config.realm}\nvalid for {_duration(valid)}, until {until}"
-        )
+        return {
+            "username": username,
+            "password": password,
+            "realm": self.relay.config.realm,
+            "expires": expiry,
+            "valid": valid,
+        }
 
     def loglevel(self, level: Any = None) -> ConsoleText:
         """
         Show turnrelay's log level, or set it.
 
-        The levels: debug, info, warn, error, critical.
+        The levels: debug, info, warn (or warning), error, critical.  The
+        level stays in force across a reload (SIGHUP) unless the reloaded
+        configuration changes log-level.
 
         @param level: the new level; L{None} to show the current one.
         """
         current = logLevel()
         if level is None:
             return ConsoleText(f"log level: {current} (one of {', '.join(LEVELS)})")
-        name = str(getattr(level, "name", level)).lower()
-        if name not in LEVELS:
-            return ConsoleText(
+        try:
+            name = levelName(str(getattr(level, "name", level)))
+        except ValueError:
+            return ConsoleFailure(
                 f"log level unchanged ({current}): {level!r} is not one of {', '.join(LEVELS)}"
             )
         # Said before the change, so that it shows whichever way it goes.
@@ -396,6 +491,18 @@ class AdminConsole:
 
 
 # Formatting ----------------------------------------------------------------
+
+
+def credentialText(record: Dict[str, Any]) -> ConsoleText:
+    """
+    How L{AdminConsole.mint} shows a credential L{AdminConsole.mintRecord}
+    made (the control command shows it so too).
+    """
+    until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record["expires"]))
+    return ConsoleText(
+        f"username: {record['username']}\npassword: {record['password']}\n"
+        f"realm:    {record['realm']}\nvalid for {_duration(record['valid'])}, until {until}"
+    )
 
 
 def _signature(function: Callable[..., Any]) -> str:

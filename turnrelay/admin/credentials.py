@@ -18,6 +18,20 @@ The credential is a TURN REST API one (L{RelayService.mintCredential
 <turnrelay.service.RelayService.mintCredential>}), so the web application
 needs neither the shared secret nor the formula.  POST works the same way.
 
+A request with C{service=turn} gets draft-uberti-behave-turn-rest-00's
+shape instead (section 2.2), with the user id in C{username}::
+
+    GET /credentials?service=turn&username=ID
+
+    {"username": "1700086400:ID", "password": "...", "ttl": 86400,
+     "uris": ["turn:turn.example.org:3478?transport=udp", ...]}
+
+Browsers may call it from the pages of the origins listed in
+C{credentials-cors-origins}: their CORS preflight (C{OPTIONS}) is answered
+without a token, and their answers carry C{Access-Control-Allow-Origin}.
+While the relay drains, every request gets 503: credentials for a relay
+that takes no new allocation would only fail later.
+
 The bearer token is read from C{credentials-token-file} at every request (a
 small file: cheaper than it sounds, and simpler than caching it), so a new
 token applies at once, without a reload; a file that cannot be read at
@@ -155,15 +169,21 @@ class CredentialsPage(Resource):
 
     isLeaf = True
     log = Logger()
+    # How long a browser may cache a preflight's answer, in seconds.
+    preflightMaxAge = 600
 
     def __init__(self, relay: Any) -> None:
         super().__init__()
         self.relay = relay
 
     def render_GET(self, request: Request) -> bytes:
+        self._allowOrigin(request)
         try:
             self._authorize(request)
-            body = self._iceServer(self._userID(request))
+            if self.relay.server.draining:
+                request.setHeader(b"retry-after", b"60")
+                raise _Refusal(503, "the relay is draining: it takes no new allocation")
+            body = self._answer(request)
         except _Refusal as refusal:
             request.setResponseCode(refusal.code)
             body = {"error": refusal.message}
@@ -172,6 +192,54 @@ class CredentialsPage(Resource):
         return json.dumps(body).encode("utf-8") + b"\n"
 
     render_POST = render_GET
+
+    def render_OPTIONS(self, request: Request) -> bytes:
+        """
+        Answer a CORS preflight: 204 with what the page may send if its
+        origin is allowed, 403 otherwise.  No token is needed: browsers send
+        none with a preflight.
+        """
+        if not self._allowOrigin(request):
+            request.setResponseCode(403)
+            return b""
+        request.setResponseCode(204)
+        request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
+        request.setHeader(b"access-control-allow-headers", b"authorization, content-type")
+        request.setHeader(b"access-control-max-age", str(self.preflightMaxAge).encode())
+        return b""
+
+    def _allowOrigin(self, request: Request) -> bool:
+        """
+        Add the CORS headers a request from an allowed origin needs.
+
+        @return: whether the request's C{Origin} is allowed.
+        """
+        request.setHeader(b"vary", b"Origin")
+        origin = request.getHeader(b"origin")
+        allowed = self.relay.config.credentialsCORSOrigins
+        if origin is None or not allowed:
+            return False
+        text = origin.decode("latin-1")
+        if "*" not in allowed and text not in allowed:
+            return False
+        request.setHeader(b"access-control-allow-origin", origin)
+        return True
+
+    def _answer(self, request: Request) -> Dict[str, Any]:
+        args = request.args or {}
+        service = args.get(b"service")
+        if service is None:
+            return self._iceServer(self._userID(request))
+        if service[0] != b"turn":
+            raise _Refusal(400, "service must be turn")
+        server = self._iceServer(self._userID(request, b"username"))
+        # draft-uberti-behave-turn-rest-00 section 2.2.
+        return {
+            "username": server["username"],
+            "password": server["credential"],
+            "ttl": server["ttl"],
+            "uris": server["urls"],
+        }
 
     def _authorize(self, request: Request) -> None:
         config: RelayConfig = self.relay.config
@@ -196,18 +264,19 @@ class CredentialsPage(Resource):
         )
         raise _Refusal(401, "a valid bearer token is required")
 
-    def _userID(self, request: Request) -> str:
-        values = (request.args or {}).get(b"user")
+    def _userID(self, request: Request, parameter: bytes = b"user") -> str:
+        values = (request.args or {}).get(parameter)
         if not values:
             return secrets.token_urlsafe(12)
+        name = parameter.decode()
         try:
             userID = values[0].decode("utf-8")
         except UnicodeDecodeError:
-            raise _Refusal(400, "user must be UTF-8") from None
+            raise _Refusal(400, f"{name} must be UTF-8") from None
         if not 0 < len(userID) <= MAX_USER_ID or not userID.isprintable():
-            raise _Refusal(400, f"user must be 1 to {MAX_USER_ID} printable characters")
+            raise _Refusal(400, f"{name} must be 1 to {MAX_USER_ID} printable characters")
         if ":" in userID:
-            raise _Refusal(400, "user must not contain ':', the REST username separator")
+            raise _Refusal(400, f"{name} must not contain ':', the REST username separator")
         return userID
 
     def _iceServer(self, userID: str) -> Dict[str, Any]:

@@ -14,23 +14,32 @@ direction, cause, method, response code, authentication failure reason):
 never a username or an address, which would make one series per REST
 credential or client.
 
+The same listener answers C{GET /healthz}, for load balancers and
+orchestrators: 200 while the relay serves (running, every listener bound,
+not draining), 503 otherwise, with the reason in one line of text.
+
 This module also holds L{AdminWebService}, the quiet HTTP listener that the
 credentials endpoint (L{turnrelay.admin.credentials}) uses too.
 """
 
 from __future__ import annotations
 
+import platform
 from typing import Any, Dict, Iterable, Iterator, List, Tuple
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from turnrelay.admin.web import AdminWebService, OnePageRoot, QuietSite
+import turnrelay
+import twisted
+from turnrelay.admin.web import AdminWebService, PagesRoot, QuietSite
 from turnrelay.config import RelayConfig
+from turnrelay.systemd import whyNotReady
+from turnrelay.turn.server import CHALLENGES
 
 # The transports and families every allocation gauge is reported for, zero
 # included, so that a series exists before the first allocation.
@@ -77,6 +86,9 @@ STREAM_LIMITS = (
     "unsent",
     "descriptors",
     "malformed",
+    "proxy-header",
+    "proxy-timeout",
+    "proxy-source",
 )
 PEER_REFUSALS = ("permission", "max-peer-connections", "descriptors")
 DESCRIPTOR_KINDS = ("accept", "allocate", "connect", "peer")
@@ -127,6 +139,49 @@ class RelayCollector(Collector):
         yield from self._resources(stats)
         yield from self._requests(stats)
         yield from self._refusals(stats)
+        yield from self._tls()
+        yield from self._build()
+
+    def _build(self) -> Iterator[Metric]:
+        info = InfoMetricFamily(
+            "turnrelay_build", "The turnrelay, Python and Twisted versions running."
+        )
+        info.add_metric(
+            [],
+            {
+                "version": turnrelay.__version__,
+                "python": platform.python_version(),
+                "twisted": twisted.__version__,
+            },
+        )
+        yield info
+        yield GaugeMetricFamily(
+            "turnrelay_ready",
+            "1 while the relay serves (running, every listener bound, not draining), else 0; "
+            "/healthz says the same.",
+            1 if whyNotReady(self.relay) is None else 0,
+        )
+
+    def _tls(self) -> Iterator[Metric]:
+        tls = self.relay.tlsOptions
+        yield CounterMetricFamily(
+            "turnrelay_tls_reloads_total",
+            "Times new TLS certificate files were put in service (files read again unchanged "
+            "do not count).",
+            0 if tls is None else tls.reloads,
+        )
+        yield CounterMetricFamily(
+            "turnrelay_tls_reload_failures_total",
+            "Times changed TLS certificate files could not be used (the old certificate "
+            "stayed in service; the log says why).",
+            0 if tls is None else tls.reloadFailures,
+        )
+        if tls is not None:
+            yield GaugeMetricFamily(
+                "turnrelay_tls_certificate_expiry_timestamp_seconds",
+                "When the TLS certificate in service expires (notAfter), in Unix time.",
+                tls.certificate.not_valid_after_utc.timestamp(),
+            )
 
     def _state(self, stats: Dict[str, Any], transports: List[str]) -> Iterator[Metric]:
         allocations = GaugeMetricFamily(
@@ -217,7 +272,9 @@ class RelayCollector(Collector):
             "turnrelay_stream_limit_closures_total",
             "TCP and TLS connections closed or refused by a limit, by limit: per-source, "
             "shed (to make room), allocate-timeout, idle, handshake-timeout, unsent "
-            "(did not read), descriptors, malformed.",
+            "(did not read), descriptors, malformed, proxy-header and proxy-timeout (no "
+            "valid PROXY header in time on a proxy=yes listener), proxy-source (not from "
+            "proxy-from).",
             "limit",
             STREAM_LIMITS,
             streams["closed"],
@@ -319,17 +376,25 @@ class RelayCollector(Collector):
         yield peer
         failures = CounterMetricFamily(
             "turnrelay_auth_failures_total",
-            "Requests whose long-term credentials were refused, by reason.",
+            "Requests whose long-term credentials were refused, by reason; the challenges "
+            "every client meets (its first 401, a 438 for a stale nonce) are not failures "
+            "(turnrelay_auth_challenges_total).",
             labels=["reason"],
         )
-        for reason, count in sorted(stats["authFailures"].items()):
-            failures.add_metric([reason], count)
-        yield failures
-        yield CounterMetricFamily(
-            "turnrelay_tls_reloads_total",
-            "Times new TLS certificate files were put in service.",
-            stats["tlsReloads"],
+        challenges = CounterMetricFamily(
+            "turnrelay_auth_challenges_total",
+            "Challenges sent with a new nonce, by reason: no-integrity (the first 401 of every "
+            "client) and stale-nonce (438).",
+            labels=["reason"],
         )
+        counts: Dict[str, int] = stats["authFailures"]
+        for reason in sorted(CHALLENGES):
+            challenges.add_metric([reason], counts.get(reason, 0))
+        for reason, count in sorted(counts.items()):
+            if reason not in CHALLENGES:
+                failures.add_metric([reason], count)
+        yield failures
+        yield challenges
 
 
 def makeMetricsRegistry(relay: Any) -> CollectorRegistry:
@@ -367,10 +432,33 @@ class MetricsPage(Resource):
         return encode(self._registry)
 
 
+class HealthPage(Resource):
+    """
+    C{/healthz}: 200 C{serving} while the relay serves, 503 with the reason
+    (C{not ready: not running}, C{not ready: draining}, a listener that is
+    not bound) otherwise.  Plain text, uncached.
+    """
+
+    isLeaf = True
+
+    def __init__(self, relay: Any) -> None:
+        super().__init__()
+        self._relay = relay
+
+    def render_GET(self, request: Request) -> bytes:
+        reason = whyNotReady(self._relay)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        if reason is None:
+            return b"serving\n"
+        request.setResponseCode(503)
+        return f"not ready: {reason}\n".encode()
+
+
 def makeMetricsService(relay: Any, config: RelayConfig, reactor: Any) -> AdminWebService:
     """
-    Build the Prometheus endpoint of a relay: C{GET /metrics} on
-    C{config.metrics}.
+    Build the Prometheus endpoint of a relay: C{GET /metrics} and
+    C{GET /healthz} on C{config.metrics}.
 
     @param relay: the L{turnrelay.service.RelayService} to report on.
     @param config: the configuration; C{metrics} says where to listen.
@@ -380,5 +468,6 @@ def makeMetricsService(relay: Any, config: RelayConfig, reactor: Any) -> AdminWe
     """
     assert config.metrics is not None, "metrics is not configured"
     page = MetricsPage(makeMetricsRegistry(relay))
-    site = QuietSite(OnePageRoot(b"metrics", page), reactor=reactor)
+    root = PagesRoot({b"metrics": page, b"healthz": HealthPage(relay)})
+    site = QuietSite(root, reactor=reactor)
     return AdminWebService(reactor, config.metrics, site, "metrics")

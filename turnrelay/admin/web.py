@@ -8,7 +8,7 @@ the relay).
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
@@ -37,24 +37,34 @@ class NotFound(Resource):
         return b"Not found\n"
 
 
-class OnePageRoot(Resource):
+class PagesRoot(Resource):
+    """
+    A site root with a few pages, each at C{/NAME}, and 404 everywhere else,
+    the root itself included.
+    """
+
+    def __init__(self, pages: Mapping[bytes, IResource]) -> None:
+        super().__init__()
+        self._pages = dict(pages)
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        page = self._pages.get(path)
+        if page is not None and not request.postpath:
+            return page
+        return NotFound()
+
+    def render(self, request: Request) -> bytes:
+        return NotFound().render(request)
+
+
+class OnePageRoot(PagesRoot):
     """
     A site root with one page at C{/NAME} and 404 everywhere else, the root
     itself included.
     """
 
     def __init__(self, name: bytes, page: IResource) -> None:
-        super().__init__()
-        self._name = name
-        self._page = page
-
-    def getChild(self, path: bytes, request: Request) -> IResource:
-        if path == self._name and not request.postpath:
-            return self._page
-        return NotFound()
-
-    def render(self, request: Request) -> bytes:
-        return NotFound().render(request)
+        super().__init__({name: page})
 
 
 class QuietSite(Site):

@@ -23,6 +23,7 @@ from typing import Iterable, Mapping, Sequence
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface, implementer
 
+from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import PASSWORD_ALGORITHM_MD5, PASSWORD_ALGORITHM_SHA256
 from turnrelay.stun.credentials import longTermKey, opaqueString, userHash
 
@@ -61,6 +62,53 @@ class ICredentialStore(Interface):
             hash.
         @see: RFC 8489 section 14.4.
         """
+
+
+class IClientCredentialStore(ICredentialStore):
+    """
+    A credential store that wants to know who is asking: an embedding
+    application's own user database may give a user keys only from its
+    network, or only over TLS.
+
+    The authenticator calls L{keysForClient} instead of C{keysFor} on a
+    store that provides this; other stores keep working unchanged.
+    """
+
+    def keysForClient(
+        username: str,
+        realm: str,
+        algorithm: int,
+        clientAddress: TransportAddress,
+        transport: str | None,
+    ) -> list[bytes]:
+        """
+        The keys C{username} may be using from C{clientAddress}.
+
+        @param clientAddress: the request's source (IPv4-mapped addresses
+            already turned into IPv4).
+        @param transport: C{"udp"}, C{"tcp"} or C{"tls"}, or L{None} when
+            the caller does not say.
+        @return: as L{ICredentialStore.keysFor}; empty to refuse (401).
+        """
+
+
+def keysForClient(
+    store: ICredentialStore,
+    username: str,
+    realm: str,
+    algorithm: int,
+    clientAddress: TransportAddress,
+    transport: str | None,
+) -> list[bytes]:
+    """
+    Ask any store for keys: L{IClientCredentialStore.keysForClient} when it
+    provides it, else L{ICredentialStore.keysFor}.
+    """
+    if IClientCredentialStore.providedBy(store):
+        return IClientCredentialStore(store).keysForClient(
+            username, realm, algorithm, clientAddress, transport
+        )
+    return store.keysFor(username, realm, algorithm)
 
 
 class IExpiringCredentials(Interface):
@@ -302,11 +350,12 @@ class RESTSecrets:
         return None
 
 
-@implementer(ICredentialStore, IExpiringCredentials)
+@implementer(IClientCredentialStore, IExpiringCredentials)
 class ChainedCredentials:
     """
     Several credential stores consulted as one, for example a static
-    administrator account next to REST API users.
+    administrator account next to REST API users.  Stores that provide
+    L{IClientCredentialStore} are told the client's address and transport.
 
     @ivar stores: the stores, in the order they are asked.
     """
@@ -325,6 +374,24 @@ class ChainedCredentials:
         keys: list[bytes] = []
         for store in self.stores:
             keys.extend(store.keysFor(username, realm, algorithm))
+        return keys
+
+    def keysForClient(
+        self,
+        username: str,
+        realm: str,
+        algorithm: int,
+        clientAddress: TransportAddress,
+        transport: str | None,
+    ) -> list[bytes]:
+        """
+        @return: every store's candidate keys for this client, in store
+            order.
+        @see: L{IClientCredentialStore.keysForClient}
+        """
+        keys: list[bytes] = []
+        for store in self.stores:
+            keys.extend(keysForClient(store, username, realm, algorithm, clientAddress, transport))
         return keys
 
     def usernameForHash(self, userhash: bytes, realm: str) -> str | None:

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import attr
 
-from turnrelay.auth.credentials import ICredentialStore, IExpiringCredentials, sameRealm
+from turnrelay.auth.credentials import (
+    ICredentialStore,
+    IExpiringCredentials,
+    keysForClient,
+    sameRealm,
+)
 from turnrelay.auth.nonce import NonceMinter
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import (
@@ -182,13 +187,22 @@ class LongTermAuthenticator:
             return "expired"
         return "unknown-user"
 
-    def authenticate(self, request: STUNMessage, clientAddress: TransportAddress) -> AuthResult:
+    def authenticate(
+        self,
+        request: STUNMessage,
+        clientAddress: TransportAddress,
+        transport: str | None = None,
+    ) -> AuthResult:
         """
         Authenticate one request.
 
         @param request: a decoded request (L{decodeMessage}'s, so that its
             integrity can be checked).
-        @param clientAddress: its source, which the nonce is bound to.
+        @param clientAddress: its source, which the nonce is bound to, and
+            which a store providing L{IClientCredentialStore
+            <turnrelay.auth.credentials.IClientCredentialStore>} is told.
+        @param transport: C{"udp"}, C{"tcp"} or C{"tls"}, told to such a
+            store too.
         @return: the outcome; see L{AuthResult}.
         @see: RFC 8489 section 9.2.4.
         """
@@ -217,7 +231,9 @@ class LongTermAuthenticator:
             if username is None:
                 return _failure(401, "unknown-user", self.challenge(clientAddress))
 
-        keys = self.credentials.keysFor(username, self.realm, algorithm)
+        keys = keysForClient(
+            self.credentials, username, self.realm, algorithm, clientAddress, transport
+        )
         if not keys:
             return _failure(401, self._unknownUser(username), self.challenge(clientAddress))
 

@@ -13,6 +13,7 @@ old one in service.
 from __future__ import annotations
 
 import datetime
+import errno
 import ipaddress
 from typing import Any, Optional, Tuple
 
@@ -58,7 +59,13 @@ def loadCertificateOptions(
         try:
             return path.getContent()
         except OSError as e:
-            raise ValueError(f"{what} {path.path}: {e.strerror}") from None
+            if e.errno == errno.EACCES:
+                fix = "make it readable by the user the relay runs as (the unit's User=)"
+            elif e.errno == errno.ENOENT:
+                fix = "give the path of an existing PEM file"
+            else:
+                fix = "give a readable PEM file"
+            raise ValueError(f"{what} {path.path}: {e.strerror}; {fix}") from None
 
     certData = read(certPath, "certificate")
     keyData = read(keyPath, "private key")
@@ -109,7 +116,10 @@ class ReloadingTLSOptions:
     Server TLS options that follow their certificate files.
 
     @ivar certificate: the certificate new handshakes get.
-    @ivar reloads: how many times new files were put in service.
+    @ivar reloads: how many times new files were put in service (files
+        read again with the same certificate, key and chain do not count).
+    @ivar reloadFailures: how many times files were read that could not be
+        used (the old certificate stayed in service).
     """
 
     log = Logger()
@@ -136,10 +146,23 @@ class ReloadingTLSOptions:
             None if chainPath is None else FilePath(chainPath),
         )
         self._options, self.certificate = loadCertificateOptions(*self._paths)
+        self._contents = self._read()
         self._stamps = self._stat()
         self._checkInterval = checkInterval
         self._watcher: Optional[LoopingCall] = None
         self.reloads = 0
+        self.reloadFailures = 0
+
+    def _read(self) -> Tuple[bytes, ...]:
+        # What the files held when they were loaded, to tell a real change.
+        contents = []
+        for path in self._paths:
+            if path is not None:
+                try:
+                    contents.append(path.getContent())
+                except OSError:
+                    contents.append(b"")
+        return tuple(contents)
 
     def _stat(self) -> Tuple[Tuple[float, int], ...]:
         stamps = []
@@ -161,17 +184,26 @@ class ReloadingTLSOptions:
         Re-read the files.  If they are not usable, keep the current
         certificate and log why.
 
-        @return: whether the new files are now in service.
+        @return: whether the files are in service (L{True} too when they
+            did not change, which is not counted as a reload).
         """
+        contents = self._read()
+        if contents == self._contents:
+            self.log.info(
+                "TLS certificate files unchanged, not reloaded: {path}", path=self._paths[0].path
+            )
+            return True
         try:
             options, certificate = loadCertificateOptions(*self._paths)
         except ValueError as e:
+            self.reloadFailures += 1
             self.log.error(
                 "TLS certificate not reloaded, the old one stays in service: {reason}",
                 reason=str(e),
             )
             return False
         self._options, self.certificate = options, certificate
+        self._contents = contents
         self.reloads += 1
         self.log.info(
             "TLS certificate reloaded from {path}: {subject}, SHA-256 {fingerprint}",

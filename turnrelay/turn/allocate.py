@@ -315,4 +315,5 @@ class Allocator:
             username=allocation.username,
             lifetime=lifetime,
         )
+        server.registry.refreshed(allocation, lifetime)
         return request.successResponse([(A.LIFETIME, lifetime)])

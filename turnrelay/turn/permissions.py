@@ -11,6 +11,9 @@ lives on the allocation; the data path reads it.
 
 from __future__ import annotations
 
+from typing import Callable, List, Optional
+
+from turnrelay.logs import Logger
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.channeldata import isChannelNumber
@@ -34,6 +37,44 @@ def checkPeer(policy: PeerPolicy, peer: TransportAddress, withPort: bool) -> Non
         raise Refusal(403, f"peer {peer} refused: {reason}")
 
 
+PeerFilter = Callable[[Allocation, TransportAddress], Optional[str]]
+
+log = Logger()
+
+
+def filterReason(
+    peerFilter: PeerFilter, allocation: Allocation, peer: TransportAddress
+) -> Optional[str]:
+    """
+    Ask the application's peer filter, failing closed: a filter that raises
+    is logged and the peer refused.
+
+    @return: the reason to refuse C{peer}, or L{None}.
+    """
+    try:
+        return peerFilter(allocation, peer)
+    except Exception:
+        log.failure("the application's peer filter failed on {peer}", peer=str(peer))
+        return "the application's peer filter failed"
+
+
+def checkFilter(
+    peerFilter: Optional[PeerFilter], allocation: Allocation, peer: TransportAddress
+) -> None:
+    """
+    Refuse a peer the embedding application's filter refuses (403), after
+    the built-in policy accepted it.
+
+    @param peerFilter: C{peerFilter(allocation, peer)} returns a reason to
+        refuse, or L{None} to let the peer through; or no filter at all.
+    @raise Refusal: 403, with the filter's reason.
+    """
+    if peerFilter is not None:
+        reason = filterReason(peerFilter, allocation, peer)
+        if reason is not None:
+            raise Refusal(403, f"peer {peer} refused by the application: {reason}")
+
+
 def checkFamily(allocation: Allocation, peer: TransportAddress) -> None:
     """
     @raise Refusal: 443, the peer's family is not one the allocation relays.
@@ -43,10 +84,18 @@ def checkFamily(allocation: Allocation, peer: TransportAddress) -> None:
 
 
 def createPermission(
-    request: STUNMessage, allocation: Allocation, policy: PeerPolicy, limits: RelayLimits
+    request: STUNMessage,
+    allocation: Allocation,
+    policy: PeerPolicy,
+    limits: RelayLimits,
+    peerFilter: Optional[PeerFilter] = None,
+    installed: Optional[List[str]] = None,
 ) -> STUNMessage:
     """
     Install or refresh permissions for every XOR-PEER-ADDRESS, or none.
+
+    @param peerFilter: the application's filter, asked after the policy.
+    @param installed: if given, the peer IPs installed are appended to it.
     """
     peers = request.getAll(A.XOR_PEER_ADDRESS)
     if not peers:
@@ -56,19 +105,31 @@ def createPermission(
         checkFamily(allocation, peer)
     for peer in peers:
         checkPeer(policy, peer, withPort=False)
+    for peer in peers:
+        checkFilter(peerFilter, allocation, peer)
     hosts = {peer.host for peer in peers}
     if len(hosts | allocation.permissions.keys()) > limits.maxPermissions:
         raise Refusal(508, "permission limit reached")
     for host in hosts:
         allocation.installPermission(host)
+    if installed is not None:
+        installed.extend(sorted(hosts))
     return request.successResponse()
 
 
 def channelBind(
-    request: STUNMessage, allocation: Allocation, policy: PeerPolicy, limits: RelayLimits
+    request: STUNMessage,
+    allocation: Allocation,
+    policy: PeerPolicy,
+    limits: RelayLimits,
+    peerFilter: Optional[PeerFilter] = None,
+    installed: Optional[List[str]] = None,
 ) -> STUNMessage:
     """
     Bind or refresh a channel to a peer, and the peer's permission with it.
+
+    @param peerFilter: the application's filter, asked after the policy.
+    @param installed: if given, the peer IP is appended to it.
     """
     number = request.get(A.CHANNEL_NUMBER)
     peer = request.get(A.XOR_PEER_ADDRESS)
@@ -82,6 +143,7 @@ def channelBind(
         raise Refusal(400, f"channel 0x{number:04X} or peer {peer} already bound otherwise")
     checkFamily(allocation, peer)
     checkPeer(policy, peer, withPort=True)
+    checkFilter(peerFilter, allocation, peer)
     if number not in allocation.channels and (
         len(allocation.channels) >= limits.maxChannels
         or (
@@ -91,4 +153,6 @@ def channelBind(
     ):
         raise Refusal(508, "channel or permission limit reached")
     allocation.bindChannel(number, peer)
+    if installed is not None:
+        installed.append(peer.host)
     return request.successResponse()

@@ -496,6 +496,7 @@ class PeerPolicy:
         ownAddresses: Iterable[str] = (),
         relayAddresses: Iterable[Tuple[str, range]] = (),
         ownServices: Iterable[TransportAddress] = (),
+        allowLoopbackRelays: bool = False,
     ) -> None:
         """
         @param allow: CIDR networks that override the built-in deny list
@@ -513,12 +514,20 @@ class PeerPolicy:
             L{addRelayAddress}.
         @param ownServices: the addresses of turnrelay's own listening
             sockets; see L{addOwnService}.
+        @param allowLoopbackRelays: let a loopback relay address through,
+            kept to its relay ports as any relay address is, and nothing else
+            of loopback: clients of a relay that relays on loopback (the demo
+            page's two peer connections) reach each other through their
+            relayed addresses.  Only the plain spelling (C{127.0.0.1},
+            C{::1}) is let through.
         @raise ValueError: naming the first entry or address that does not
             parse.
         """
         self._allowEntries = _parseEntries(allow, "allow")
         self._denyEntries = _parseEntries(deny, "deny")
         self._allowLoopback = bool(allowLoopback)
+        self._allowLoopbackRelays = bool(allowLoopbackRelays)
+        self._loopbackRelays: FrozenSet[int] = frozenset()
         self._allowTable = _RangeTable.build(b for _, bs in self._allowEntries for b in bs)
         self._denyTable = _RangeTable.build(b for _, bs in self._denyEntries for b in bs)
         self._builtinTable = _BUILTIN[self._allowLoopback]
@@ -624,6 +633,7 @@ class PeerPolicy:
             ownAddresses=self.ownAddresses if ownAddresses is None else ownAddresses,
             relayAddresses=self.relayAddresses,
             ownServices=self.ownServices,
+            allowLoopbackRelays=self._allowLoopbackRelays,
         )
 
     def addRelayAddress(self, host: str, ports: range) -> None:
@@ -712,6 +722,9 @@ class PeerPolicy:
         self._relayPorts = {
             key: ports for key, ports in self._relays.values() if not self._explicitlyAllowed(key)
         }
+        self._loopbackRelays = frozenset(
+            key for key in relayKeys if self._allowLoopbackRelays and _isLoopbackKey(key)
+        )
         self._judge.cache_clear()
 
     def isAllowed(self, host: str) -> bool:
@@ -815,6 +828,9 @@ class PeerPolicy:
             if key in self._ownSet:
                 return "own address"
             reason = self._builtinTable.lookup(key)
+            if reason == LOOPBACK and len(keys) == 1 and key in self._loopbackRelays:
+                # Kept to its relay ports by peerDenialReason.
+                continue
             if reason is not None:
                 return reason
         return None
@@ -844,6 +860,8 @@ class PeerPolicy:
         for cidr, reason in DEFAULT_DENY:
             if self._allowLoopback and reason == LOOPBACK:
                 reason += " (lifted: allowLoopback)"
+            elif self._allowLoopbackRelays and reason == LOOPBACK:
+                reason += " (but loopback relay addresses on relay ports: allowLoopbackRelays)"
             lines.append(f"       {cidr:<{width}}  {reason}")
         lines.append(
             "  IPv4 embedded in IPv6 (mapped, translated, compatible, NAT64, 6to4, Teredo)"

@@ -6,10 +6,11 @@ on, and the totals of those that ended.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Set
+from typing import Callable, Dict, Iterator, List, Optional, Set
 
 from twisted.internet.defer import Deferred, succeed
 
+from turnrelay.interfaces import IAllocationObserver
 from turnrelay.logs import Logger
 from turnrelay.turn.allocation import TRAFFIC_COUNTERS, Allocation, FiveTuple
 
@@ -43,6 +44,9 @@ class AllocationRegistry:
     allocation, so that the data path finds it with one attribute read.
     Removing releases the allocation's timers and relay socket and logs its
     usage.
+
+    @ivar observers: the L{IAllocationObserver}s told of every allocation's
+        creation, refreshes, permissions and end, whatever the log level.
     """
 
     log = Logger()
@@ -51,6 +55,7 @@ class AllocationRegistry:
         self._allocations: Dict[FiveTuple, Allocation] = {}
         self._byUser: Dict[str, Set[Allocation]] = {}
         self._emptyWaiters: List[Deferred[None]] = []
+        self.observers: List[IAllocationObserver] = []
         # Totals of ended allocations, by client transport.
         self.ended: Dict[str, UsageTotals] = {}
 
@@ -90,6 +95,69 @@ class AllocationRegistry:
         """
         return list(self._byUser.get(username, ()))
 
+    def addObserver(self, observer: IAllocationObserver) -> None:
+        """
+        Tell C{observer} of allocations' lifecycle events from now on.
+        """
+        self.observers.append(observer)
+
+    def removeObserver(self, observer: IAllocationObserver) -> None:
+        """
+        Stop telling C{observer}.
+        """
+        self.observers.remove(observer)
+
+    def _notify(self, event: str, *args: object) -> None:
+        for observer in list(self.observers):
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                self.log.failure("allocation observer {observer!r} failed", observer=observer)
+
+    def refreshed(self, allocation: Allocation, lifetime: float) -> None:
+        """
+        Tell observers that C{allocation} was refreshed for C{lifetime} s.
+        """
+        if self.observers:
+            self._notify("allocationRefreshed", allocation, lifetime)
+
+    def permissionAdded(self, allocation: Allocation, host: str) -> None:
+        """
+        Tell observers that a permission for C{host} was installed on
+        C{allocation}.
+        """
+        if self.observers:
+            self._notify("allocationPermissionAdded", allocation, host)
+
+    def endAllocations(
+        self,
+        username: Optional[str] = None,
+        predicate: Optional[Callable[[Allocation], bool]] = None,
+        reason: str = "ended by the application",
+    ) -> int:
+        """
+        End the allocations of a user, or those a predicate picks (a call's,
+        say), or both conditions at once; their clients are told nothing
+        (as for an expiry) and later requests on them get 437.
+
+        @param username: end only this user's allocations.
+        @param predicate: end only the allocations it returns true for.
+        @param reason: for the log and the observers.
+        @return: how many allocations were ended.
+        @raise ValueError: neither C{username} nor C{predicate} is given
+            (ending everything is L{TURNServer.stop
+            <turnrelay.turn.server.TURNServer.stop>}'s business).
+        """
+        if username is None and predicate is None:
+            raise ValueError("endAllocations needs a username or a predicate")
+        candidates = self.forUser(username) if username is not None else list(self)
+        ended = 0
+        for allocation in candidates:
+            if predicate is None or predicate(allocation):
+                self.remove(allocation, reason)
+                ended += 1
+        return ended
+
     def add(self, allocation: Allocation) -> None:
         """
         Register a new allocation and point its client's link at it.
@@ -104,6 +172,8 @@ class AllocationRegistry:
             client=str(allocation.fiveTuple),
             lifetime=allocation.lifetime,
         )
+        if self.observers:
+            self._notify("allocationCreated", allocation)
 
     def remove(self, allocation: Allocation, reason: str) -> None:
         """
@@ -120,13 +190,16 @@ class AllocationRegistry:
             del self._byUser[allocation.username]
         allocation.link.detach(allocation)
         allocation.release()
+        usage = allocation.usage()
         self.log.info(
             "allocation {relayed} {reason}: {username} on {client}, {duration} s, "
             "{packetsToPeer} packets ({bytesToPeer} bytes) to peers, "
             "{packetsFromPeer} packets ({bytesFromPeer} bytes) from peers, {dropped} dropped",
             reason=reason,
-            **allocation.usage(),
+            **usage,
         )
+        if self.observers:
+            self._notify("allocationEnded", allocation, reason, usage)
         transport = allocation.fiveTuple.transportProtocol
         self.ended.setdefault(transport, UsageTotals()).add(allocation)
         if not self._allocations:

@@ -23,7 +23,7 @@ each concept has a module of its own:
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 from typing import Counter as CounterType
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -73,7 +73,7 @@ UNDERSTOOD_ATTRIBUTES: FrozenSet[int] = frozenset(A.ATTRIBUTE_CODECS) - {
 
 # The authentication failures every client meets on its way in (the first
 # 401, a 438 when its nonce ages): counted in authFailures, not refusals.
-_CHALLENGES = frozenset({"no-integrity", "stale-nonce"})
+CHALLENGES = frozenset({"no-integrity", "stale-nonce"})
 
 RequestHandler = Callable[[STUNMessage, IClientLink, AuthResult], Optional[STUNMessage]]
 
@@ -111,6 +111,11 @@ class TURNServer:
     @ivar sourceLimit: the per-source limit on unauthenticated answers over
         UDP, or L{None} for none.
     @ivar descriptors: the process's descriptor budget, or L{None}.
+    @ivar peerFilter: the embedding application's own check of peers,
+        asked after the built-in peer policy for CreatePermission,
+        ChannelBind, Connect and every Send indication:
+        C{peerFilter(allocation, peer)} returns a reason to refuse (403;
+        Send indications are dropped) or L{None}.  L{None} for no filter.
     """
 
     log = Logger()
@@ -169,9 +174,29 @@ class TURNServer:
 
     def _permissionHandler(self, handler: Callable[..., STUNMessage]) -> RequestHandler:
         def handle(request: STUNMessage, link: IClientLink, auth: AuthResult) -> STUNMessage:
-            return handler(request, link.allocation, self.peerPolicy, self.limits)
+            installed: List[str] = []
+            allocation = link.allocation
+            response = handler(
+                request, allocation, self.peerPolicy, self.limits, self.peerFilter, installed
+            )
+            for host in installed:
+                self.registry.permissionAdded(allocation, host)
+            return response
 
         return handle
+
+    @property
+    def peerFilter(self) -> Optional[Callable[[Allocation, TransportAddress], Optional[str]]]:
+        """
+        The application's peer filter, or L{None}; see the class docstring.
+        """
+        return self.dataPath.peerFilter
+
+    @peerFilter.setter
+    def peerFilter(
+        self, peerFilter: Optional[Callable[[Allocation, TransportAddress], Optional[str]]]
+    ) -> None:
+        self.dataPath.peerFilter = peerFilter
 
     # What the metrics, the console and embedders read ----------------------------
 
@@ -402,7 +427,7 @@ class TURNServer:
     # Authenticated requests ------------------------------------------------------
 
     def _request(self, request: STUNMessage, link: IClientLink, size: int) -> None:
-        auth = self.authenticator.authenticate(request, link.clientAddress)
+        auth = self.authenticator.authenticate(request, link.clientAddress, link.transportProtocol)
         if not auth.ok:
             self._authFailed(request, link, auth, size)
             return
@@ -455,7 +480,7 @@ class TURNServer:
         code = auth.errorCode
         assert code is not None
         self.authFailures[auth.reason] += 1
-        if auth.reason not in _CHALLENGES:
+        if auth.reason not in CHALLENGES:
             self.refusalLog.refused(auth.reason)
         self.log.debug(
             "{method} from {client} over {transport} refused with {code}: {reason}",

@@ -28,7 +28,7 @@ from turnrelay.logs import Logger
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress, unmapIPv4
 from turnrelay.stun.message import MessageClass, Method, STUNMessage
-from turnrelay.turn.permissions import checkFamily, checkPeer
+from turnrelay.turn.permissions import checkFamily, checkFilter, checkPeer
 from turnrelay.turn.refusals import Refusal
 
 if TYPE_CHECKING:
@@ -282,6 +282,7 @@ class TCPRelaying:
             raise Refusal(400, "no XOR-PEER-ADDRESS")
         checkFamily(allocation, peer)
         checkPeer(server.peerPolicy, peer, withPort=True)
+        checkFilter(server.peerFilter, allocation, peer)
         if any(c.peer == peer for c in allocation.peerConnections.values()):
             raise Refusal(446, f"a connection with {peer} exists already")
         if len(allocation.peerConnections) >= server.limits.maxPeerConnections:
