@@ -8,6 +8,7 @@ password would never have been live).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pwd
 import shutil
@@ -140,6 +141,28 @@ class StartupFailureTests(TestCase):
         self.assertIn(f"127.0.0.1:{port}", line)
         self.assertIn("in use", line)
         self.assertIn("choose another port in listen", line)
+
+    async def test_jsonLogFormat(self) -> None:
+        """
+        With log-format json, the one line is a JSON object at level error,
+        as every other line of the log is.
+        """
+        holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        args = turnrelayCommand("--log-format", "json", listen=[f"udp:{port}:interface=127.0.0.1"])
+        child = await within(
+            runToCompletion(self, args, env=pythonEnvironment(), path=self._workingDirectory()),
+            PROMPTLY * 3,
+            "twistd to exit",
+        )
+        self.assertEqual(child.exitCode, 1, (child.output, child.errors))
+        [line] = child.errors.decode("utf-8").splitlines()
+        record = json.loads(line)
+        self.assertEqual(record["level"], "error")
+        self.assertIn(f"127.0.0.1:{port}", record["message"])
+        self.assertTrue(record["message"].startswith("turnrelay: "), record)
 
     async def test_missingCertificate(self) -> None:
         """

@@ -170,7 +170,9 @@ def _demoDefaults(config: RelayConfig, out: TextIO) -> RelayConfig:
     config = _withDemoCertificate(config, out)
     if config.users or config.authSecrets:
         return _withDemoPage(config, out, makeSecret=False)
-    password = secrets.token_urlsafe(12)
+    # Hex digits: never read as a 0x key, never taken for an option when
+    # pasted after -w.
+    password = secrets.token_hex(12)
     listener = config.listeners[0]
     try_ = (
         f"turnutils_peer -L 127.0.0.1 -p 3480 &  turnutils_uclient -u demo -w {password} "
@@ -307,9 +309,11 @@ def exitOnStartupFailure(options: usage.Options, message: str) -> NoReturn:
             # Also in the log file, once logging has begun (it is dropped
             # before, at no loss: the message is on standard error).
             _log.critical("cannot start: {reason}", reason=message)
-        stderr = sys.__stderr__ or sys.stderr
-        stderr.write(f"turnrelay: {message}\n")
-        stderr.flush()
+        # In the format of the log, as the demo banner is: a pipeline
+        # reading JSON lines gets one for this too.
+        config = getattr(options, "config", None)
+        logFormat = getattr(config, "logFormat", "text")
+        printNotice(sys.__stderr__ or sys.stderr, f"turnrelay: {message}", logFormat, "error")
     pidfile = parent.get("pidfile")
     if pidfile:
         try:
