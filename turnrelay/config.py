@@ -320,22 +320,25 @@ def _parseLogLevel(name: str, value: Any) -> str:
         raise ConfigError(f"{name}: {value!r}; expected one of {', '.join(LEVELS)}") from None
 
 
-def _parseLogFormat(name: str, value: Any) -> str:
-    text = str(value).lower()
-    if text not in ("text", "json"):
-        raise ConfigError(
-            f"{name}: {value!r}; expected text (Twisted's lines) or json (one object a line)"
-        )
-    return text
+def _parseChoice(**choices: str) -> Callable[[str, Any], str]:
+    """
+    A parser for one of a few words, case-insensitive.
+
+    @param choices: each word allowed, and what it means (for the error).
+    """
+    allowed = " or ".join(f"{word} ({meaning})" for word, meaning in choices.items())
+
+    def parse(name: str, value: Any) -> str:
+        text = str(value).lower()
+        if text not in choices:
+            raise ConfigError(f"{name}: {value!r}; expected {allowed}")
+        return text
+
+    return parse
 
 
-def _parseChannelNumbers(name: str, value: Any) -> str:
-    text = str(value).lower()
-    if text not in ("rfc5766", "rfc8656"):
-        raise ConfigError(
-            f"{name}: {value!r}; expected rfc5766 (0x4000-0x7FFF) or rfc8656 (0x4000-0x4FFF)"
-        )
-    return text
+_parseLogFormat = _parseChoice(text="Twisted's lines", json="one object a line")
+_parseChannelNumbers = _parseChoice(rfc5766="0x4000-0x7FFF", rfc8656="0x4000-0x4FFF")
 
 
 def _parseAdminListen(name: str, value: Any) -> ListenerConfig:
