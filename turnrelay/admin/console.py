@@ -32,7 +32,7 @@ from turnrelay.logs import LEVELS, Logger, levelName, logLevel, setLogLevel
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import TRANSPORT_TCP
 from turnrelay.transports.tls import fingerprint
-from turnrelay.turn.allocation import Allocation
+from turnrelay.turn.allocation import RELAYED_COUNTERS, Allocation
 from turnrelay.turn.registry import AllocationRegistry
 from turnrelay.turn.server import CHALLENGES
 
@@ -201,10 +201,7 @@ class AdminConsole:
             "lifetime": allocation.lifetime,
             "permissions": len(allocation.permissions),
             "channels": len(allocation.channels),
-            "packetsToPeer": allocation.packetsToPeer,
-            "bytesToPeer": allocation.bytesToPeer,
-            "packetsFromPeer": allocation.packetsFromPeer,
-            "bytesFromPeer": allocation.bytesFromPeer,
+            **{counter: getattr(allocation, counter) for counter in RELAYED_COUNTERS},
             "dropped": allocation.dropped,
         }
 

@@ -397,8 +397,11 @@ class STUNStreamProtocol(Protocol):
             self.closeForLimit("malformed")
             return
         server = self.server
+        # Made once, not per frame: each attribute read of a method makes a
+        # new bound method.
+        receiveFrames = self._receiveFrames
         for index, frame in enumerate(frames):
-            if self._receive != self._receiveFrames:
+            if self._receive != receiveFrames:
                 # Closed, or ConnectionBind succeeded: what follows is the
                 # peer's, raw.
                 rest = b"".join(frames[index:]) + self._framer.takePending()
@@ -412,7 +415,7 @@ class STUNStreamProtocol(Protocol):
                     server.channelDataReceived(frame, self)
             except Exception:
                 self.log.failure("while handling a frame from {client}", client=self.clientAddress)
-        if self._receive != self._receiveFrames and self._framer.pending:
+        if self._receive != receiveFrames and self._framer.pending:
             self._receive(self._framer.takePending())
 
     # Sending -------------------------------------------------------------------

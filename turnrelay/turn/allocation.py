@@ -27,12 +27,8 @@ if TYPE_CHECKING:
 # unbound channel, a short frame); over the bandwidth cap; a full socket
 # buffer or a client reading too slowly.
 DROP_COUNTERS = ("droppedPermission", "droppedInvalid", "droppedBandwidth", "droppedCongestion")
-TRAFFIC_COUNTERS = (
-    "packetsToPeer",
-    "bytesToPeer",
-    "packetsFromPeer",
-    "bytesFromPeer",
-) + DROP_COUNTERS
+RELAYED_COUNTERS = ("packetsToPeer", "bytesToPeer", "packetsFromPeer", "bytesFromPeer")
+TRAFFIC_COUNTERS = RELAYED_COUNTERS + DROP_COUNTERS
 
 PERMISSION_LIFETIME = 300.0
 CHANNEL_LIFETIME = 600.0
