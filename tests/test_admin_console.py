@@ -17,7 +17,6 @@ from tests._logs import LogRecorder
 from tests._relays import CLIENT_HOST, PEER_A, FakeRelay
 from tests._session import TURNClient
 from turnrelay.admin.console import HELPERS, OBJECTS, AdminConsole, ConsoleText
-from turnrelay.logs import logLevel, setLogLevel
 from turnrelay.service import RelayService
 from turnrelay.stun import attributes as A
 from turnrelay.stun.message import Method
@@ -36,7 +35,6 @@ class ConsoleTestCase(TURNTestCase):
         self.reactor = self.fake.reactor
         self.console = AdminConsole(self.relay, self.reactor)
         self.logs = LogRecorder(self, namespace="")
-        self.addCleanup(setLogLevel, "info")
 
     def makeRelay(self, **settings: Any) -> RelayService:
         """
@@ -404,16 +402,16 @@ class RelayHelperTests(ConsoleTestCase):
         """
         self.assertTrue(self.console.loglevel().startswith("log level: info"))
         self.assertEqual(self.console.loglevel("debug"), "log level: debug (was info)")
-        self.assertEqual(logLevel(), "debug")
+        self.assertEqual(self.relay.logLevels.level(), "debug")
         self.assertIn("not one of", self.console.loglevel("loud"))
-        self.assertEqual(logLevel(), "debug")
+        self.assertEqual(self.relay.logLevels.level(), "debug")
 
     def test_loglevelWarning(self) -> None:
         """
         loglevel("warning"), in any case, is the warn level.
         """
         self.assertEqual(self.console.loglevel("warning"), "log level: warn (was info)")
-        self.assertEqual(logLevel(), "warn")
+        self.assertEqual(self.relay.logLevels.level(), "warn")
         self.assertEqual(self.console.loglevel("WARN"), "log level: warn (was warn)")
 
     def test_loglevelSurvivesReload(self) -> None:
@@ -423,9 +421,9 @@ class RelayHelperTests(ConsoleTestCase):
         """
         self.console.loglevel("debug")
         self.relay.reloadConfig(self.fake.configWith())
-        self.assertEqual(logLevel(), "debug")
+        self.assertEqual(self.relay.logLevels.level(), "debug")
         self.relay.reloadConfig(self.fake.configWith(log_level="error"))
-        self.assertEqual(logLevel(), "error")
+        self.assertEqual(self.relay.logLevels.level(), "error")
 
     def test_help(self) -> None:
         """

@@ -30,7 +30,6 @@ from tests._timing import PROMPTLY, reactor, within
 from turnrelay.admin import control
 from turnrelay.admin.control import ControlError, ControlFactory, ControlService, LongText
 from turnrelay.config import ConfigError
-from turnrelay.logs import logLevel, setLogLevel
 from turnrelay.service import makeRelayService
 
 
@@ -42,7 +41,6 @@ class ControlProtocolTests(TURNTestCase):
     def setUp(self) -> None:
         self.fake = FakeRelay().start(self)
         self.relay = self.fake.service
-        self.addCleanup(setLogLevel, "info")
         self.logs = LogRecorder(self)
         factory = ControlFactory(self.relay, self.fake.reactor)
         self.client, self.server, self.pump = connectedServerAndClient(
@@ -203,9 +201,9 @@ class ControlProtocolTests(TURNTestCase):
         self.assertEqual(
             self.call(control.LogLevel, level="debug")["data"], {"level": "debug", "was": "info"}
         )
-        self.assertEqual(logLevel(), "debug")
+        self.assertEqual(self.relay.logLevels.level(), "debug")
         self.assertIn("not one of", self.fails(control.LogLevel, level="loud"))
-        self.assertEqual(logLevel(), "debug")
+        self.assertEqual(self.relay.logLevels.level(), "debug")
 
     def test_longAnswer(self) -> None:
         """
@@ -298,7 +296,7 @@ class ControlSocketTests(TestCase):
             endpoint.connect(Factory.forProtocol(ClosingClient)), PROMPTLY, "connecting"
         )
         answer = await within(client.callRemote(control.LogLevel), PROMPTLY, "loglevel")
-        self.assertEqual(json.loads(answer["data"])["level"], logLevel())
+        self.assertEqual(json.loads(answer["data"])["level"], "info")
         await within(service.stopService(), PROMPTLY, "the service to stop")
         await within(client.closed, PROMPTLY, "the client's connection to close")
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -19,6 +20,7 @@ from tests._relays import CLIENT_HOST, LISTENER, PEER_A, PEER_B, fakeConfig
 from tests._session import TURNClient
 from turnrelay.auth.credentials import IClientCredentialStore, StaticCredentials
 from turnrelay.interfaces import IAllocationObserver
+from turnrelay.logs import logLevel
 from turnrelay.service import RelayService, makeRelayService
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
@@ -343,6 +345,37 @@ class EndAllocationsTests(HooksTestCase):
         Without a username or a predicate it refuses to end everything.
         """
         self.assertRaises(ValueError, self.relay.endAllocations)
+
+
+class LogLevelTests(HooksTestCase):
+    """
+    Each relay has its own log level: two relays in one process, one of
+    them at debug, log as each was set.
+    """
+
+    def test_perRelay(self) -> None:
+        """
+        A debug level set on one relay (as the console's C{loglevel()}
+        does) shows that relay's debug events, not the other's, and leaves
+        the process's level alone.
+        """
+        other = makeRelayService(fakeConfig(realm=REALM), self.reactor)
+        self.relay.logLevels.setLevel("debug")
+        link = FakeClientLink(TransportAddress(CLIENT_HOST, 40000), LISTENER)
+        with capturedLogs() as events:
+            for relay in (self.relay, other):
+                relay.server.stunReceived(b"\x00\x01\x00\x00", link)
+        [event] = [e for e in events if e["log_level"] == LogLevel.debug]
+        self.assertIs(event["log_source"], self.server)
+        self.assertEqual((other.logLevels.level(), logLevel()), ("info", "info"))
+
+    def test_configured(self) -> None:
+        """
+        Each relay starts at its configuration's log-level.
+        """
+        other = makeRelayService(fakeConfig(realm=REALM, log_level="error"), self.reactor)
+        self.assertEqual((self.relay.logLevels.level(), other.logLevels.level()), ("info", "error"))
+        self.assertEqual(logLevel(), "info")
 
 
 class NoReactorTests(SynchronousTestCase):

@@ -21,6 +21,7 @@ from tests._timing import PROMPTLY, poll, within
 from turnrelay.config import ConfigError, buildConfig
 from turnrelay.logs import (
     Logger,
+    LogLevels,
     formatJSONLine,
     jsonLogObserver,
     levelName,
@@ -85,6 +86,72 @@ class LogLevelTests(SynchronousTestCase):
         A module-level logger is named after its module.
         """
         self.assertEqual(Logger().namespace, __name__)
+
+
+class Emitter:
+    """
+    An object logging through the levels in its C{logLevels}, as a relay's
+    objects do.  (Its events' namespace is this module's, which the tests
+    set levels for, since levels set for C{turnrelay} apply to turnrelay's
+    modules.)
+    """
+
+    log = Logger()
+
+    def __init__(self, logLevels: Any) -> None:
+        self.logLevels = logLevels
+
+
+class RelayLevelTests(SynchronousTestCase):
+    """
+    Each relay's L{LogLevels} apply to its own objects' events only.
+    """
+
+    def setUp(self) -> None:
+        self.addCleanup(setLogLevel, "info")
+
+    def test_ownLevels(self) -> None:
+        """
+        An object's events pass its relay's levels: one relay at debug shows
+        its debug events, another relay's and the process's stay hidden.
+        """
+        loud, quiet = LogLevels(), LogLevels()
+        loud.setLevel("debug", __name__)
+        with capturedLogs() as events:
+            Emitter(loud).log.debug("loud relay")
+            Emitter(quiet).log.debug("quiet relay")
+            Logger("turnrelay.test").debug("the process")
+            Emitter(quiet).log.info("quiet relay's info")
+        self.assertEqual([e["log_format"] for e in events], ["loud relay", "quiet relay's info"])
+        self.assertEqual((loud.level(__name__), quiet.level(__name__)), ("debug", "info"))
+        self.assertEqual(logLevel(), "info")
+
+    def test_withoutLevels(self) -> None:
+        """
+        An object without C{logLevels} (or with L{None}) logs through the
+        process's levels, under its class's namespace, as its source.
+        """
+        emitter = Emitter(None)
+        setLogLevel("debug", __name__)
+        self.addCleanup(setLogLevel, "info", __name__)
+        with capturedLogs() as events:
+            emitter.log.debug("shown")
+        [event] = events
+        self.assertEqual(event["log_namespace"], f"{__name__}.Emitter")
+        self.assertIs(event["log_source"], emitter)
+
+    def test_namespaces(self) -> None:
+        """
+        A relay's level may be set for a part of turnrelay alone.
+        """
+        levels = LogLevels()
+        levels.setLevel("debug", "turnrelay.turn")
+        with capturedLogs() as events:
+            levels.logger("turnrelay.turn.server").debug("shown")
+            levels.logger("turnrelay.transports.udp").debug("hidden")
+        self.assertEqual([e["log_format"] for e in events], ["shown"])
+        self.assertEqual(levels.level("turnrelay.turn.server"), "debug")
+        self.assertRaises(ValueError, levels.setLevel, "loud")
 
 
 class JSONLogTests(SynchronousTestCase):

@@ -10,7 +10,6 @@ from typing import Any
 from tests._assertions import TURNTestCase
 from tests._relays import PEER_A, FakeRelay
 from tests._session import TURNClient
-from turnrelay.logs import logLevel, setLogLevel
 from turnrelay.service import RelayService
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
@@ -24,7 +23,6 @@ SETTINGS: dict[str, Any] = {"user": ["alice:alice-password"]}
 class OperationsTestCase(TURNTestCase):
     def setUp(self) -> None:
         self.relay = self.makeRelay(SETTINGS)
-        self.addCleanup(setLogLevel, "info")
 
     def makeRelay(self, settings: dict[str, Any]) -> RelayService:
         if hasattr(self, "relay"):
@@ -180,7 +178,7 @@ class ReloadConfigTests(OperationsTestCase):
         The log level changes on reload.
         """
         self.relay.reloadConfig(self.fake.configWith(log_level="warn"))
-        self.assertEqual(logLevel(), "warn")
+        self.assertEqual(self.relay.logLevels.level(), "warn")
 
     def test_restartNeeded(self) -> None:
         """

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from turnrelay import tap
 from turnrelay.config import SETTINGS, ListenerConfig, RelayConfig
-from turnrelay.logs import setLogLevel
+from turnrelay.logs import logLevel, setLogLevel
 from turnrelay.service import ListenerService, RelayService, makeRelayService
 from turnrelay.testing import FakeUDPReactor
 
@@ -193,6 +193,7 @@ class SignalTests(SynchronousTestCase):
         self.deliver(signal.SIGHUP)
         self.assertEqual([name for name, _ in self.relay.config.users], ["bob"])
         self.assertEqual(self.relay.config.logLevel, "warn")
+        self.assertEqual(logLevel(), "warn")
         setLogLevel("info")
 
     def test_sighupKeepsOldOnError(self) -> None:

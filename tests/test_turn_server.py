@@ -13,7 +13,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from turnrelay.interfaces import IClientLink
-from turnrelay.logs import setLogLevel
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import ErrorCode
@@ -175,8 +174,7 @@ class BindingTests(SynchronousTestCase):
         """
         A dropped message is logged at debug level with the client and the reason.
         """
-        setLogLevel("debug")
-        self.addCleanup(setLogLevel, "info")
+        self.server.logLevels.setLevel("debug")
         with capturedLogs() as events:
             self.server.stunReceived(b"\x00\x01\x00\x00", self.link)
         [event] = events

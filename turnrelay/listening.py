@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 
+from turnrelay.logs import LogLevels
 from turnrelay.stun.address import TransportAddress
 
 # The services named otherwise than the setting that configures them.
@@ -76,6 +77,13 @@ class ListeningService(Service):
     """
 
     port: Optional[IListeningPort] = None
+
+    @property
+    def logLevels(self) -> Optional[LogLevels]:
+        """
+        The log levels of the relay it is part of: its parent's.
+        """
+        return getattr(self.parent, "logLevels", None)
 
     def listen(self) -> IListeningPort:
         """

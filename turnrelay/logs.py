@@ -1,12 +1,13 @@
 # -*- test-case-name: tests.test_logs -*-
 """
-turnrelay's own log level.
+turnrelay's log levels, one set per relay.
 
 turnrelay logs through Twisted's global log publisher, like any Twisted
 library, but filters its own events first, so that its debug events (one per
 dropped datagram or refused request) cost nothing and show nowhere unless
-asked for.  This installs no observer: embedders' logging is untouched, and
-only the C{turnrelay} namespace is affected.
+asked for.  Each relay filters with its own L{LogLevels}, so that two relays
+in one process, or a relay and its application, are set apart.  This
+installs no observer: embedders' logging is untouched.
 
 It also holds the two formats twistd's log is written in (C{log-format}):
 Twisted's text lines, or one JSON object per line for log pipelines
@@ -46,34 +47,103 @@ _JSON_KEYS = ("time", "level", "message", "namespace", "traceback")
 # What events of the legacy log (twisted.python.log, print()) carry besides.
 _LEGACY_KEYS = ("format", "message", "isError", "system", "time", "failure", "why")
 
-_levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-_observer = FilteringLogObserver(globalLogPublisher, [_levels])
 
-
-def Logger(namespace: Optional[str] = None) -> _TwistedLogger:
+class LogLevels:
     """
-    A L{twisted.logger.Logger} whose events pass turnrelay's level filter.
+    The level filter of one relay's log events, and the observer they pass
+    through on their way to Twisted's global log publisher.
 
-    Use it like Twisted's: as a class attribute (the namespace is the
-    class's) or at module level (the namespace is the module's).
+    Each relay built by L{makeRelayService
+    <turnrelay.service.makeRelayService>} has its own, so that two relays in
+    one process (or a relay and the application embedding it) are set apart:
+    turning one relay's log to debug leaves the other's at its level.  Under
+    twistd the relay is the process, and uses L{processLevels}.
+
+    Objects log through their relay's levels by having a C{logLevels}
+    attribute beside a L{Logger} class attribute.
+
+    @ivar observer: where the relay's loggers send their events.
     """
-    if namespace is None:
-        namespace = sys._getframe(1).f_globals["__name__"]
-    return _TwistedLogger(namespace, observer=_observer)
+
+    def __init__(self, publisher: ILogObserver = globalLogPublisher) -> None:
+        self._predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+        self.observer: ILogObserver = FilteringLogObserver(publisher, [self._predicate])
+
+    def setLevel(self, level: Union[str, LogLevel], namespace: str = "turnrelay") -> None:
+        """
+        Set the lowest level of events that pass.
+
+        @param level: a L{LogLevel}, one of L{LEVELS} or an alias of one
+            (L{LEVEL_ALIASES}: C{"warning"} is C{"warn"}).
+        @param namespace: C{"turnrelay"}, or a module or class within it.
+        @raise ValueError: an unknown level.
+        """
+        if isinstance(level, str):
+            level = LogLevel.levelWithName(levelName(level))
+        self._predicate.setLogLevelForNamespace(namespace, level)
+
+    def level(self, namespace: str = "turnrelay") -> str:
+        """
+        @return: the name of the level in force for C{namespace}.
+        """
+        return self._predicate.logLevelForNamespace(namespace).name
+
+    def logger(self, namespace: str, source: object = None) -> _TwistedLogger:
+        """
+        A logger sending through these levels, for code outside a class.
+        """
+        return _TwistedLogger(namespace, source, observer=self.observer)
+
+
+processLevels = LogLevels()
+"""
+The levels of everything not part of a relay (twistd's start-up, systemd
+notification), and of the relay twistd runs.
+"""
+
+
+class Logger(_TwistedLogger):
+    """
+    A L{twisted.logger.Logger} whose events pass a relay's level filter.
+
+    Use it like Twisted's, as a class attribute: an instance's events pass
+    through the L{LogLevels} in its C{logLevels} attribute, or
+    L{processLevels} if it has none.  At module level it logs through
+    L{processLevels}.
+    """
+
+    def __init__(
+        self,
+        namespace: Optional[str] = None,
+        source: object = None,
+        observer: Optional[ILogObserver] = None,
+    ) -> None:
+        if namespace is None:
+            namespace = sys._getframe(1).f_globals["__name__"]
+        super().__init__(namespace, source, observer or processLevels.observer)
+
+    def __get__(self, instance: object, owner: Optional[type] = None) -> _TwistedLogger:
+        assert owner is not None
+        levels = getattr(instance, "logLevels", None)
+        return _TwistedLogger(
+            f"{owner.__module__}.{owner.__name__}",
+            owner if instance is None else instance,
+            observer=self.observer if levels is None else levels.observer,
+        )
 
 
 def setLogLevel(level: Union[str, LogLevel], namespace: str = "turnrelay") -> None:
     """
-    Set the lowest level of turnrelay events that reach the log.
-
-    @param level: a L{LogLevel}, one of L{LEVELS} or an alias of one
-        (L{LEVEL_ALIASES}: C{"warning"} is C{"warn"}).
-    @param namespace: C{"turnrelay"}, or a module or class within it.
-    @raise ValueError: an unknown level.
+    Set a level in L{processLevels}: see L{LogLevels.setLevel}.
     """
-    if isinstance(level, str):
-        level = LogLevel.levelWithName(levelName(level))
-    _levels.setLogLevelForNamespace(namespace, level)
+    processLevels.setLevel(level, namespace)
+
+
+def logLevel(namespace: str = "turnrelay") -> str:
+    """
+    @return: the level L{processLevels} has for C{namespace}.
+    """
+    return processLevels.level(namespace)
 
 
 def levelName(text: str) -> str:
@@ -88,13 +158,6 @@ def levelName(text: str) -> str:
     if name not in LEVELS:
         raise ValueError(f"log level {text!r}; expected one of {', '.join(LEVELS)}")
     return name
-
-
-def logLevel(namespace: str = "turnrelay") -> str:
-    """
-    @return: the name of the level in force for C{namespace}.
-    """
-    return _levels.logLevelForNamespace(namespace).name
 
 
 def formatJSONLine(event: LogEvent) -> str:

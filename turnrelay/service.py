@@ -35,7 +35,7 @@ from turnrelay.auth.nonce import NonceMinter
 from turnrelay.config import SETTINGS, ConfigError, ListenerConfig, RelayConfig
 from turnrelay.interfaces import IAllocationObserver
 from turnrelay.listening import ListeningService
-from turnrelay.logs import Logger, setLogLevel
+from turnrelay.logs import Logger, LogLevels
 from turnrelay.stun.address import FAMILY_IPV6, TransportAddress
 from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX, CHANNEL_NUMBER_MAX_RFC5766
 from turnrelay.transports.proxy import PROXYHeaderFactory
@@ -52,9 +52,6 @@ from turnrelay.turn.relay import MAX_DATAGRAM, RelayPortPool
 from turnrelay.turn.server import TURNServer
 from turnrelay.turn.sources import SourceRateLimiter
 
-log = Logger()
-
-# What reloadConfig cannot change in a running relay.
 # What reloadConfig cannot change in a running relay: the sockets and what
 # they were made with.
 _RESTART_SETTINGS = frozenset(
@@ -125,7 +122,7 @@ class ListenerService(ListeningService):
         if listener.proxy:
             # A load balancer's PROXY header comes first, before any TLS.
             factory = PROXYHeaderFactory(
-                factory, stream.limits, listener.transport, self._proxyFrom
+                factory, stream.limits, listener.transport, self._proxyFrom, self._server.logLevels
             )
         port = self._reactor.listenTCP(listener.port, factory, interface=listener.interface)
         # Stop accepting while descriptors are short (see DescriptorBudget).
@@ -165,6 +162,9 @@ class RelayService(MultiService):
 
     @ivar config: the configuration it was built from.
     @ivar server: the controller all listeners share.
+    @ivar logLevels: the relay's own log levels (C{log-level}, the
+        console's C{loglevel()}): C{relay.logLevels.setLevel("debug")}
+        shows this relay's debug events, and no other relay's.
     @ivar configSource: what re-reads the configuration for a reload
         without a signal (the control socket's C{reload}): twistd's relay
         reads its file and command line again; L{None}, as for embedders,
@@ -183,6 +183,7 @@ class RelayService(MultiService):
         super().__init__()
         self.config = config
         self.server = server
+        self.logLevels = server.logLevels
         self.tlsOptions = tlsOptions
         self._reactor = reactor if reactor is not None else server.clock
         self.startedAt = self._reactor.seconds()
@@ -364,7 +365,7 @@ class RelayService(MultiService):
             _updateStreamLimits(self.streamLimits, config)
         if config.logLevel != old.logLevel:
             # Otherwise a level set from the admin console stays in force.
-            setLogLevel(config.logLevel)
+            self.logLevels.setLevel(config.logLevel)
         if self.tlsOptions is not None:
             self.tlsOptions.reload()
         needRestart = [
@@ -466,13 +467,21 @@ def _limits(config: RelayConfig) -> RelayLimits:
     )
 
 
-def makeTURNServer(config: RelayConfig, reactor: Any) -> TURNServer:
+def makeTURNServer(
+    config: RelayConfig, reactor: Any, logLevels: Optional[LogLevels] = None
+) -> TURNServer:
     """
     Build the controller and everything it owns from a configuration.
+
+    @param logLevels: the relay's log levels; by default its own, at
+        C{log-level}.
     """
+    if logLevels is None:
+        logLevels = LogLevels()
+        logLevels.setLevel(config.logLevel)
     relayIP = config.effectiveRelayIP()
     if relayIP is None:
-        log.error(
+        logLevels.logger(__name__).error(
             "no relay-ip is set and no listener has a specific IPv4 address: "
             "every Allocate will be refused with 508; set relay-ip to relay"
         )
@@ -488,13 +497,18 @@ def makeTURNServer(config: RelayConfig, reactor: Any) -> TURNServer:
         authenticator=authenticator,
         peerPolicy=_peerPolicy(config),
         relayPorts=(
-            RelayPortPool(reactor, relayIP, config.minPort, config.maxPort) if relayIP else None
+            RelayPortPool(reactor, relayIP, config.minPort, config.maxPort, logLevels=logLevels)
+            if relayIP
+            else None
         ),
         relayPorts6=(
-            RelayPortPool(reactor, relayIP6, config.minPort, config.maxPort) if relayIP6 else None
+            RelayPortPool(reactor, relayIP6, config.minPort, config.maxPort, logLevels=logLevels)
+            if relayIP6
+            else None
         ),
         limits=_limits(config),
         externalIP=config.externalIP,
+        logLevels=logLevels,
     )
     server.alternateServers = config.alternateServers
     server.sourceLimit = SourceRateLimiter(
@@ -511,6 +525,7 @@ def makeRelayService(
     credentials: Optional[ICredentialStore] = None,
     observers: Sequence[IAllocationObserver] = (),
     peerFilter: Optional[PeerFilter] = None,
+    logLevels: Optional[LogLevels] = None,
 ) -> RelayService:
     """
     Build a relay from a configuration.
@@ -530,16 +545,23 @@ def makeRelayService(
     @param peerFilter: C{peerFilter(allocation, peer)}, asked after the
         built-in peer policy, returns a reason to refuse the peer or
         L{None} (see L{TURNServer<turnrelay.turn.server.TURNServer>}).
+    @param logLevels: the relay's log levels (L{RelayService.logLevels}):
+        by default its own, so that another relay in the process, or the
+        application, keeps its own level; set to C{log-level} here.
     @return: a service to start, or to attach to a parent service.
     """
-    setLogLevel(config.logLevel)
-    server = makeTURNServer(config, reactor)
+    if logLevels is None:
+        logLevels = LogLevels()
+    logLevels.setLevel(config.logLevel)
+    server = makeTURNServer(config, reactor, logLevels)
     if credentials is not None:
         server.authenticator.credentials = _credentials(config, reactor, credentials)
     for observer in observers:
         server.registry.addObserver(observer)
     server.peerFilter = peerFilter
-    server.descriptors = DescriptorBudget(reactor, reserve=config.descriptorReserve)
+    server.descriptors = DescriptorBudget(
+        reactor, reserve=config.descriptorReserve, logLevels=logLevels
+    )
     for pool in (server.relayPorts, server.relayPorts6):
         if pool is not None:
             pool.descriptors = server.descriptors
@@ -552,7 +574,12 @@ def makeRelayService(
             )
         try:
             tlsOptions = ReloadingTLSOptions(
-                reactor, config.tlsCert, config.tlsKey, config.tlsChain, config.tlsCheckInterval
+                reactor,
+                config.tlsCert,
+                config.tlsKey,
+                config.tlsChain,
+                config.tlsCheckInterval,
+                logLevels,
             )
         except ValueError as e:
             raise ConfigError(f"tls-cert: {e}") from None

@@ -39,7 +39,7 @@ from twisted.python.logfile import LogFile
 
 from turnrelay import __version__
 from turnrelay.config import SETTINGS, ConfigError, RelayConfig, buildConfig, loadConfigFile
-from turnrelay.logs import Logger, makeLogObserver, printNotice
+from turnrelay.logs import Logger, makeLogObserver, printNotice, processLevels
 from turnrelay.service import RelayService, makeRelayService
 from turnrelay.systemd import notifySystemd
 from turnrelay.transports.tls import fingerprint, loadCertificateOptions, makeSelfSignedCertificate
@@ -433,7 +433,9 @@ def makeService(
     notices = io.StringIO()
     try:
         config = _demoDefaults(options.config, notices)
-        relay = makeRelayService(config, reactor, TwistdRelayService)
+        # Under twistd the relay is the process: its levels are the
+        # process's, those of start-up and systemd notification too.
+        relay = makeRelayService(config, reactor, TwistdRelayService, logLevels=processLevels)
     except (ConfigError, ValueError, OSError) as e:
         message = startupErrorMessage(e, options.config)
         if message is None:

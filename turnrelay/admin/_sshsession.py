@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from turnrelay.admin.console import AdminConsole
 from turnrelay.admin.manhole import BANNER, NO_COMMANDS, _printable, keyFingerprint
-from turnrelay.logs import Logger
+from turnrelay.logs import Logger, LogLevels
 from turnrelay.stun.address import TransportAddress
 
 
@@ -328,6 +328,7 @@ class ConsoleRealm:
 
     def __init__(self, console: AdminConsole, clock: IReactorTime) -> None:
         self.console = console
+        self.logLevels = console.logLevels
         self._clock = clock
 
     def terminal(self) -> ServerProtocol:
@@ -370,8 +371,12 @@ class ConsoleUserAuth(SSHUserAuthServer):
     loginTimeout = 120
     attemptsBeforeDisconnect = 10
     log = Logger()
-    # Conch's own events (each attempt, at debug) obey turnrelay's level.
+    # Conch's own events (each attempt, at debug) obey the relay's level.
     _log = Logger()
+
+    @property
+    def logLevels(self) -> Optional[LogLevels]:
+        return _logLevelsOf(self.transport)
 
     def serviceStarted(self) -> None:
         transport: Any = self.transport
@@ -422,10 +427,19 @@ class ConsoleUserAuth(SSHUserAuthServer):
 class ConsoleConnection(SSHConnection):
     """
     The channels of one console connection; conch's events about them
-    (each channel opened, each request) obey turnrelay's log level.
+    (each channel opened, each request) obey the relay's log level.
     """
 
     _log = Logger()
+
+    @property
+    def logLevels(self) -> Optional[LogLevels]:
+        return _logLevelsOf(self.transport)
+
+
+def _logLevelsOf(transport: Any) -> Optional[LogLevels]:
+    # An SSH service's relay, through its connection's factory.
+    return getattr(getattr(transport, "factory", None), "logLevels", None)
 
 
 class ConsoleServerTransport(SSHServerTransport):
@@ -433,13 +447,17 @@ class ConsoleServerTransport(SSHServerTransport):
     The server side of one SSH connection, known to its factory while it
     is open.
 
-    Conch's own events about it go through turnrelay's log level, so its
+    Conch's own events about it go through the relay's log level, so its
     per-connection debug events (key exchange, ciphers) stay out of the
     log unless asked for.
     """
 
     _log = Logger()
     factory: ConsoleSSHFactory
+
+    @property
+    def logLevels(self) -> Optional[LogLevels]:
+        return _logLevelsOf(self)
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
@@ -479,9 +497,16 @@ class ConsoleSSHFactory(ConchFactory):
     noisy = False
     _log = Logger()
 
-    def __init__(self, portal: Portal, hostKey: Key, reactor: Any) -> None:
+    def __init__(
+        self, portal: Portal, hostKey: Key, reactor: Any, logLevels: Optional[LogLevels] = None
+    ) -> None:
+        """
+        @param logLevels: the relay's log levels, which its connections'
+            events (conch's among them) go through.
+        """
         super().__init__(portal)
         self.reactor = reactor
+        self.logLevels = logLevels
         # New dictionaries: ConchFactory's class attributes are shared.  (It
         # annotates them as holding bytes; SSHFactory reads Keys from them.)
         self.publicKeys = {hostKey.sshType(): hostKey.public()}

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 
-from turnrelay.logs import LEVELS, Logger, levelName, logLevel, setLogLevel
+from turnrelay.logs import LEVELS, Logger, levelName
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.attributes import TRANSPORT_TCP
 from turnrelay.transports.tls import fingerprint
@@ -94,6 +94,7 @@ class AdminConsole:
         @param clock: the relay's clock, for ages and expiry times.
         """
         self.relay = relay
+        self.logLevels = relay.logLevels
         self._clock = clock
 
     @property
@@ -425,7 +426,7 @@ class AdminConsole:
 
     def loglevel(self, level: Any = None) -> ConsoleText:
         """
-        Show turnrelay's log level, or set it.
+        Show this relay's log level, or set it.
 
         The levels: debug, info, warn (or warning), error, critical.  The
         level stays in force across a reload (SIGHUP) unless the reloaded
@@ -433,7 +434,7 @@ class AdminConsole:
 
         @param level: the new level; L{None} to show the current one.
         """
-        current = logLevel()
+        current = self.logLevels.level()
         if level is None:
             return ConsoleText(f"log level: {current} (one of {', '.join(LEVELS)})")
         try:
@@ -448,7 +449,7 @@ class AdminConsole:
             newLevel=name,
             was=current,
         )
-        setLogLevel(name)
+        self.logLevels.setLevel(name)
         return ConsoleText(f"log level: {name} (was {current})")
 
     def help(self, topic: Any = None) -> ConsoleText:

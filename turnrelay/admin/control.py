@@ -35,11 +35,9 @@ from twisted.python.failure import Failure
 from turnrelay.admin.console import AdminConsole, ConsoleFailure, credentialText
 from turnrelay.config import ConfigError, RelayConfig
 from turnrelay.listening import ListeningService
-from turnrelay.logs import Logger, logLevel
+from turnrelay.logs import Logger
 from turnrelay.stun.address import TransportAddress
 from turnrelay.transports.tls import fingerprint
-
-log = Logger()
 
 # AMP carries at most 65,535 bytes in one value; longer text is cut into
 # numbered keys (text, text.2, text.3, ...).
@@ -159,7 +157,7 @@ class Mint(amp.Command):
 
 class LogLevel(amp.Command):
     """
-    Show turnrelay's log level, or set it.
+    Show the relay's log level, or set it.
     """
 
     arguments = [(b"level", amp.Unicode(optional=True))]
@@ -213,6 +211,8 @@ class ControlProtocol(amp.AMP):
     one relay.
     """
 
+    log = Logger()
+
     def __init__(
         self,
         relay: Any,
@@ -227,6 +227,7 @@ class ControlProtocol(amp.AMP):
         """
         super().__init__()
         self._relay = relay
+        self.logLevels = relay.logLevels
         self._console = console
         self._connections = [] if connections is None else connections
         self.closed: Deferred[None] = Deferred()
@@ -238,7 +239,7 @@ class ControlProtocol(amp.AMP):
         self.peerUID = _peerUID(self.transport)
 
     def _logCommand(self, command: str, **fields: Any) -> None:
-        log.info(
+        self.log.info(
             "control socket: {command} (uid {uid})", command=command, uid=self.peerUID, **fields
         )
 
@@ -341,9 +342,9 @@ class ControlProtocol(amp.AMP):
         """
         L{LogLevel}: the console's C{loglevel()}.
         """
-        was = logLevel()
+        was = self.logLevels.level()
         text = self._console.loglevel(level)
-        return _answer(text, {"level": logLevel(), "was": was})
+        return _answer(text, {"level": self.logLevels.level(), "was": was})
 
 
 class ControlFactory(Factory):
@@ -375,13 +376,18 @@ class ControlService(ListeningService):
     @ivar path: the socket's file name.
     """
 
+    log = Logger()
+
     def __init__(self, reactor: Any, path: str, factory: ControlFactory) -> None:
         self._reactor = reactor
         self.path = path
         self._factory = factory
 
     def listen(self) -> IListeningPort:
-        _removeStaleSocket(self.path)
+        # A relay that did not stop cleanly left its socket file.
+        if checkSocketPath(self.path):
+            self.log.info("control socket: removing the stale socket file {path}", path=self.path)
+            os.unlink(self.path)
         port: IListeningPort = self._reactor.listenUNIX(
             self.path, self._factory, mode=0o600, wantPID=False
         )
@@ -391,7 +397,7 @@ class ControlService(ListeningService):
 
     def startService(self) -> None:
         super().startService()
-        log.info("control socket listening on {path}", path=self.path)
+        self.log.info("control socket listening on {path}", path=self.path)
 
     @property
     def address(self) -> Optional[TransportAddress]:
@@ -406,18 +412,6 @@ class ControlService(ListeningService):
             closing.append(protocol.closed)
             protocol.transport.loseConnection()  # type: ignore[union-attr]
         return closing
-
-
-def _removeStaleSocket(path: str) -> None:
-    """
-    Remove a socket file a relay that did not stop cleanly left at C{path};
-    refuse to touch anything else.
-
-    @raise ConfigError: as L{checkSocketPath}.
-    """
-    if checkSocketPath(path):
-        log.info("control socket: removing the stale socket file {path}", path=path)
-        os.unlink(path)
 
 
 def checkSocketPath(path: str) -> bool:

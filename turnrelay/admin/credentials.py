@@ -175,6 +175,7 @@ class CredentialsPage(Resource):
     def __init__(self, relay: Any) -> None:
         super().__init__()
         self.relay = relay
+        self.logLevels = relay.logLevels
 
     def render_GET(self, request: Request) -> bytes:
         self._allowOrigin(request)

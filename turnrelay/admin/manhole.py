@@ -57,13 +57,14 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger as _TwistedLogger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from turnrelay.admin.console import AdminConsole
 from turnrelay.config import ConfigError, ListenerConfig, RelayConfig
 from turnrelay.listening import ListeningService
-from turnrelay.logs import Logger
+from turnrelay.logs import Logger, LogLevels
 
 if TYPE_CHECKING:
     from turnrelay.admin import _sshsession
@@ -79,8 +80,6 @@ NO_COMMANDS = (
 
 # What starts an authorized_keys line that has no options: a key type.
 _KEY_TYPE = re.compile(r"^(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+)$")
-
-log = Logger()
 
 
 def keyFingerprint(key: Key) -> str:
@@ -102,11 +101,12 @@ def _printable(text: bytes, limit: int = 64) -> str:
 # Who may log in --------------------------------------------------------------
 
 
-def _readCredentials(path: FilePath[str], what: str) -> Optional[bytes]:
+def _readCredentials(path: FilePath[str], what: str, log: _TwistedLogger) -> Optional[bytes]:
     """
     Read a file of console credentials, which is read again at each login.
 
     @param what: what it is, for the warning when it cannot be read.
+    @param log: where that warning goes.
     @return: its content, or L{None} (nobody logs in with it then).
     """
     try:
@@ -136,8 +136,12 @@ class AuthorizedKeysFile:
 
     log = Logger()
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, logLevels: Optional[LogLevels] = None) -> None:
+        """
+        @param logLevels: the relay's log levels.
+        """
         self.path = FilePath(path)
+        self.logLevels = logLevels
 
     def getAuthorizedKeys(self, avatarId: bytes) -> List[Key]:
         """
@@ -145,7 +149,7 @@ class AuthorizedKeysFile:
             valid for every username.
         @return: the keys in the file now.
         """
-        content = _readCredentials(self.path, "authorized keys")
+        content = _readCredentials(self.path, "authorized keys", self.log)
         if content is None:
             return []
         keys = []
@@ -187,8 +191,12 @@ class PasswordFile:
     credentialInterfaces = (IUsernamePassword,)
     log = Logger()
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, logLevels: Optional[LogLevels] = None) -> None:
+        """
+        @param logLevels: the relay's log levels.
+        """
         self.path = FilePath(path)
+        self.logLevels = logLevels
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
         """
@@ -205,7 +213,7 @@ class PasswordFile:
         return fail(UnauthorizedLogin("wrong username or password"))
 
     def _passwords(self) -> Dict[bytes, bytes]:
-        content = _readCredentials(self.path, "the password file")
+        content = _readCredentials(self.path, "the password file", self.log)
         if content is None:
             return {}
         passwords = {}
@@ -225,12 +233,13 @@ class PasswordFile:
         return passwords
 
 
-def loadHostKey(directory: FilePath[str]) -> Key:
+def loadHostKey(directory: FilePath[str], log: _TwistedLogger) -> Key:
     """
     The console's SSH host key: read from C{directory}, or made there (an
     ed25519 key, mode 0600, with its C{.pub} beside it) if there is none
     yet.
 
+    @param log: where making it, and a key file others can read, are told.
     @raise ValueError: the key file exists but holds no usable key.
     """
     keyFile = directory.child(HOST_KEY_NAME)
@@ -333,8 +342,8 @@ class ManholeService(ListeningService):
         # the user that reads it.
         from turnrelay.admin._sshsession import ConsoleSSHFactory
 
-        self.hostKey = loadHostKey(self._keyDirectory)
-        self.factory = ConsoleSSHFactory(self.portal, self.hostKey, self._reactor)
+        self.hostKey = loadHostKey(self._keyDirectory, self.log)
+        self.factory = ConsoleSSHFactory(self.portal, self.hostKey, self._reactor, self.logLevels)
         port: IListeningPort = self._reactor.listenTCP(
             self.listener.port, self.factory, interface=self.listener.interface
         )
@@ -363,9 +372,10 @@ def makePortal(relay: Any, config: RelayConfig, reactor: Any) -> Portal:
     realm = ConsoleRealm(AdminConsole(relay, reactor), reactor)
     checkers: List[ICredentialsChecker] = []
     if config.manholeAuthorizedKeys is not None:
-        checkers.append(SSHPublicKeyChecker(AuthorizedKeysFile(config.manholeAuthorizedKeys)))
+        keys = AuthorizedKeysFile(config.manholeAuthorizedKeys, relay.logLevels)
+        checkers.append(SSHPublicKeyChecker(keys))
     if config.manholePasswords is not None:
-        checkers.append(PasswordFile(config.manholePasswords))
+        checkers.append(PasswordFile(config.manholePasswords, relay.logLevels))
     return Portal(realm, checkers)
 
 
@@ -381,6 +391,7 @@ def makeManholeService(relay: Any, config: RelayConfig, reactor: Any) -> Manhole
     """
     if config.manhole is None:
         raise ConfigError("manhole: not configured")
+    log = relay.logLevels.logger(__name__)
     for path in (config.manholeAuthorizedKeys, config.manholePasswords):
         if path is not None and not os.path.exists(path):
             log.warn(

@@ -40,7 +40,7 @@ from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 
-from turnrelay.logs import Logger
+from turnrelay.logs import Logger, LogLevels
 from turnrelay.transports.stream import StreamLimits
 from turnrelay.turn.policy import canonicalIP
 
@@ -120,6 +120,7 @@ class PROXYHeaderReceiver(HAProxyProtocolWrapper):
 
     def __init__(self, factory: PROXYHeaderFactory) -> None:
         super().__init__(factory, _AwaitingHeader())  # type: ignore[arg-type]
+        self.logLevels = factory.logLevels
         self.proxyInfo: Optional[ProxyInfo] = None
         self._headerParser: Union[V1Parser, V2Parser, None] = None
         self._early = b""
@@ -235,11 +236,14 @@ class PROXYHeaderFactory(HAProxyWrappingFactory):
         limits: StreamLimits,
         transportProtocol: str,
         trusted: Sequence[str] = (),
+        logLevels: Optional[LogLevels] = None,
     ) -> None:
         """
         @param trusted: networks such as C{10.0.0.0/24}, or single addresses.
+        @param logLevels: the relay's log levels.
         """
         super().__init__(wrappedFactory)
+        self.logLevels = logLevels
         self.limits = limits
         self.transportProtocol = transportProtocol
         self.trusted = tuple(ipaddress.ip_network(network) for network in trusted)

@@ -170,6 +170,7 @@ class STUNStreamProtocol(Protocol):
         @param transportProtocol: C{"tcp"}, or C{"tls"} when wrapped in TLS.
         """
         self.server = server
+        self.logLevels = server.logLevels
         self.transportProtocol = transportProtocol
         self._limits = limits
         self._framer = StreamFramer()

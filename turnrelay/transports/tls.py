@@ -28,7 +28,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
-from turnrelay.logs import Logger
+from turnrelay.logs import Logger, LogLevels
 
 # RFC 7443: the ALPN label of STUN and TURN over TLS.
 ALPN_STUN_TURN = b"stun.turn"
@@ -131,14 +131,17 @@ class ReloadingTLSOptions:
         keyPath: str,
         chainPath: Optional[str] = None,
         checkInterval: float = 60.0,
+        logLevels: Optional[LogLevels] = None,
     ) -> None:
         """
         Load the files now.
 
         @param checkInterval: seconds between looks at the files' sizes and
             modification times, once L{startWatching} is called.
+        @param logLevels: the relay's log levels.
         @raise ValueError: the files cannot be used, with the reason.
         """
+        self.logLevels = logLevels
         self._clock = clock
         self._paths = (
             FilePath(certPath),

@@ -93,6 +93,7 @@ class STUNDatagramProtocol(DatagramProtocol):
 
     def __init__(self, server: TURNServer) -> None:
         self.server = server
+        self.logLevels = server.logLevels
         self.serverAddress = TransportAddress("0.0.0.0", 0)
         self.clients: Dict[Tuple[str, int], UDPClientLink] = {}
         self.sendto: Callable[[bytes, Tuple[str, int]], object] = self._notListening

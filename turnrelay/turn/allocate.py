@@ -46,6 +46,7 @@ class Allocator:
 
     def __init__(self, server: TURNServer) -> None:
         self._server = server
+        self.logLevels = server.logLevels
         self._reservations: Dict[bytes, Tuple[Any, RelayPortPool, IDelayedCall]] = {}
 
     def stop(self) -> None:

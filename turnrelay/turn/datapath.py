@@ -49,10 +49,10 @@ from turnrelay.interfaces import IClientLink, IDataPath
 from turnrelay.stun import attributes as A
 from turnrelay.stun.channeldata import encodeChannelData, splitChannelData
 from turnrelay.stun.message import STUNMessage, encodeDataIndication
-from turnrelay.turn.permissions import filterReason
 
 if TYPE_CHECKING:
     from turnrelay.turn.allocation import Allocation
+    from turnrelay.turn.permissions import FailClosedFilter
     from turnrelay.turn.policy import PeerPolicy
     from turnrelay.turn.relay import RelayPortPool
 
@@ -110,13 +110,14 @@ class DataPath:
         relay socket when a Send indication asks for it.
     @ivar understood: the comprehension-required attributes a Send
         indication may carry; one it does not understand is dropped.
-    @ivar peerFilter: the embedding application's filter,
+    @ivar peerFilter: the embedding application's filter, failing closed
+        (L{FailClosedFilter<turnrelay.turn.permissions.FailClosedFilter>}):
         C{peerFilter(allocation, peer)} returning a reason to drop, also
         asked about the peer of every Send indication; L{None} (one
         attribute test per packet) when there is none.
     """
 
-    peerFilter: Optional[Callable[[Allocation, Any], Optional[str]]] = None
+    peerFilter: Optional[FailClosedFilter] = None
 
     def __init__(
         self,
@@ -161,10 +162,7 @@ class DataPath:
             or data is None
             or message.unknownComprehensionRequired(self.understood)
             or self.peerPolicy.peerDenialReason(peer) is not None
-            or (
-                self.peerFilter is not None
-                and filterReason(self.peerFilter, allocation, peer) is not None
-            )
+            or (self.peerFilter is not None and self.peerFilter(allocation, peer) is not None)
         ):
             allocation.droppedInvalid += 1
             return

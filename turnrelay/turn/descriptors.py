@@ -31,7 +31,7 @@ from typing import Counter as CounterType
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from turnrelay.logs import Logger
+from turnrelay.logs import Logger, LogLevels
 
 # Seconds between two counts of the open descriptors while the budget is
 # short, and between checks whether paused listeners may accept again.
@@ -133,12 +133,15 @@ class DescriptorBudget:
         reserve: int = 64,
         limit: Optional[int] = None,
         countOpen: Callable[[], Optional[int]] = countOpenDescriptors,
+        logLevels: Optional[LogLevels] = None,
     ) -> None:
         """
         @param limit: the process's limit; by default its C{RLIMIT_NOFILE}.
         @param countOpen: counts the open descriptors now; L{None} from it
             turns the budget off (every request is granted).
+        @param logLevels: the relay's log levels.
         """
+        self.logLevels = logLevels
         self._clock = clock
         self.limit = descriptorLimit() if limit is None else limit
         self.reserve = reserve

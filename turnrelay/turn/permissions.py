@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional
 
-from turnrelay.logs import Logger
+from turnrelay.logs import Logger, LogLevels
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.channeldata import isChannelNumber
@@ -39,23 +39,30 @@ def checkPeer(policy: PeerPolicy, peer: TransportAddress, withPort: bool) -> Non
 
 PeerFilter = Callable[[Allocation, TransportAddress], Optional[str]]
 
-log = Logger()
 
-
-def filterReason(
-    peerFilter: PeerFilter, allocation: Allocation, peer: TransportAddress
-) -> Optional[str]:
+class FailClosedFilter:
     """
-    Ask the application's peer filter, failing closed: a filter that raises
-    is logged and the peer refused.
+    The embedding application's peer filter, failing closed: a filter that
+    raises is logged, in its relay's log, and the peer refused.
 
-    @return: the reason to refuse C{peer}, or L{None}.
+    @ivar applicationFilter: the application's own filter.
     """
-    try:
-        return peerFilter(allocation, peer)
-    except Exception:
-        log.failure("the application's peer filter failed on {peer}", peer=str(peer))
-        return "the application's peer filter failed"
+
+    log = Logger()
+
+    def __init__(self, applicationFilter: PeerFilter, logLevels: Optional[LogLevels]) -> None:
+        self.applicationFilter = applicationFilter
+        self.logLevels = logLevels
+
+    def __call__(self, allocation: Allocation, peer: TransportAddress) -> Optional[str]:
+        """
+        @return: the reason to refuse C{peer}, or L{None}.
+        """
+        try:
+            return self.applicationFilter(allocation, peer)
+        except Exception:
+            self.log.failure("the application's peer filter failed on {peer}", peer=str(peer))
+            return "the application's peer filter failed"
 
 
 def checkFilter(
@@ -70,7 +77,7 @@ def checkFilter(
     @raise Refusal: 403, with the filter's reason.
     """
     if peerFilter is not None:
-        reason = filterReason(peerFilter, allocation, peer)
+        reason = peerFilter(allocation, peer)
         if reason is not None:
             raise Refusal(403, f"peer {peer} refused by the application: {reason}")
 

@@ -19,7 +19,7 @@ from typing import Counter as CounterType
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from turnrelay.logs import Logger
+from turnrelay.logs import Logger, LogLevels
 
 # Refused authenticated requests (quotas, peer policy...) are logged one by
 # one, but at most this many per refusal-summary interval; the rest are
@@ -54,7 +54,13 @@ class RefusalLog:
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, interval: float = 60.0) -> None:
+    def __init__(
+        self, clock: IReactorTime, interval: float = 60.0, logLevels: Optional[LogLevels] = None
+    ) -> None:
+        """
+        @param logLevels: the relay's log levels.
+        """
+        self.logLevels = logLevels
         self._clock = clock
         self.interval = interval
         self.refusals: CounterType[str] = Counter()

@@ -11,7 +11,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Set
 from twisted.internet.defer import Deferred, succeed
 
 from turnrelay.interfaces import IAllocationObserver
-from turnrelay.logs import Logger
+from turnrelay.logs import Logger, LogLevels
 from turnrelay.turn.allocation import TRAFFIC_COUNTERS, Allocation, FiveTuple
 
 
@@ -51,7 +51,11 @@ class AllocationRegistry:
 
     log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, logLevels: Optional[LogLevels] = None) -> None:
+        """
+        @param logLevels: the relay's log levels.
+        """
+        self.logLevels = logLevels
         self._allocations: Dict[FiveTuple, Allocation] = {}
         self._byUser: Dict[str, Set[Allocation]] = {}
         self._emptyWaiters: List[Deferred[None]] = []

@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.tcp import makeBinding
 
-from turnrelay.logs import Logger
+from turnrelay.logs import Logger, LogLevels
 from turnrelay.stun.address import TransportAddress
 from turnrelay.turn.descriptors import OUT_OF_DESCRIPTORS, DescriptorBudget, watchAccepts
 
@@ -49,7 +49,8 @@ class RelayProtocol(DatagramProtocol):
     noisy = False
     log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, logLevels: Optional[LogLevels] = None) -> None:
+        self.logLevels = logLevels
         self.deliver: Optional[Callable[[bytes, Any], None]] = None
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
@@ -89,11 +90,14 @@ class RelayPortPool:
         attempts: int = 64,
         rng: Optional[random.Random] = None,
         descriptors: Optional[DescriptorBudget] = None,
+        logLevels: Optional[LogLevels] = None,
     ) -> None:
         """
         @param descriptors: told when the system runs out of descriptors.
+        @param logLevels: the relay's log levels.
         """
         self._reactor = reactor
+        self.logLevels = logLevels
         self.descriptors = descriptors
         self.relayIP = relayIP
         self.minPort = minPort
@@ -144,7 +148,7 @@ class RelayPortPool:
                 continue
             if reserveNext and (port + 1 > self.maxPort or port + 1 in self._inUse):
                 continue
-            protocol = RelayProtocol()
+            protocol = RelayProtocol(self.logLevels)
             try:
                 listening = self._listen(port, protocol)
             except CannotListenError as e:
@@ -153,7 +157,7 @@ class RelayPortPool:
             if not reserveNext:
                 return listening, None
             try:
-                reserved = self._listen(port + 1, RelayProtocol())
+                reserved = self._listen(port + 1, RelayProtocol(self.logLevels))
             except CannotListenError as e:
                 self.close(listening)
                 self._unlessOutOfDescriptors(e)

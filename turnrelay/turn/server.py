@@ -33,7 +33,7 @@ from turnrelay.auth.credentials import ChainedCredentials
 from turnrelay.auth.longterm import AuthResult, LongTermAuthenticator
 from turnrelay.auth.nonce import NonceMinter
 from turnrelay.interfaces import IClientLink
-from turnrelay.logs import Logger
+from turnrelay.logs import Logger, LogLevels
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
 from turnrelay.stun.message import (
@@ -49,7 +49,7 @@ from turnrelay.turn.allocation import Allocation
 from turnrelay.turn.datapath import DataPath
 from turnrelay.turn.descriptors import DescriptorBudget
 from turnrelay.turn.limits import RelayLimits
-from turnrelay.turn.permissions import channelBind, createPermission
+from turnrelay.turn.permissions import FailClosedFilter, channelBind, createPermission
 from turnrelay.turn.policy import PeerPolicy
 from turnrelay.turn.refusals import Refusal, RefusalLog
 from turnrelay.turn.registry import AllocationRegistry
@@ -136,13 +136,15 @@ class TURNServer:
         limits: RelayLimits = RelayLimits(),
         externalIP: Optional[str] = None,
         relayPorts6: Optional[RelayPortPool] = None,
+        logLevels: Optional[LogLevels] = None,
     ) -> None:
+        self.logLevels = LogLevels() if logLevels is None else logLevels
         self.clock = clock
         self.software = software
         self.authenticator = authenticator or LongTermAuthenticator(
             "turnrelay", ChainedCredentials([]), NonceMinter(clock)
         )
-        self.registry = registry if registry is not None else AllocationRegistry()
+        self.registry = registry if registry is not None else AllocationRegistry(self.logLevels)
         self.peerPolicy = peerPolicy if peerPolicy is not None else PeerPolicy()
         self.relayPorts = relayPorts
         self.relayPorts6 = relayPorts6
@@ -150,7 +152,7 @@ class TURNServer:
         self.alternateServers: Tuple[TransportAddress, ...] = ()
         self.requests: CounterType[Tuple[str, str]] = Counter()
         self.authFailures: CounterType[str] = Counter()
-        self.refusalLog = RefusalLog(clock)
+        self.refusalLog = RefusalLog(clock, logLevels=self.logLevels)
         self.limits = limits
         self.externalIP = externalIP
         self.pools: Dict[int, RelayPortPool] = {
@@ -177,7 +179,12 @@ class TURNServer:
             installed: List[str] = []
             allocation = link.allocation
             response = handler(
-                request, allocation, self.peerPolicy, self.limits, self.peerFilter, installed
+                request,
+                allocation,
+                self.peerPolicy,
+                self.limits,
+                self.dataPath.peerFilter,
+                installed,
             )
             for host in installed:
                 self.registry.permissionAdded(allocation, host)
@@ -190,13 +197,16 @@ class TURNServer:
         """
         The application's peer filter, or L{None}; see the class docstring.
         """
-        return self.dataPath.peerFilter
+        failClosed = self.dataPath.peerFilter
+        return None if failClosed is None else failClosed.applicationFilter
 
     @peerFilter.setter
     def peerFilter(
         self, peerFilter: Optional[Callable[[Allocation, TransportAddress], Optional[str]]]
     ) -> None:
-        self.dataPath.peerFilter = peerFilter
+        self.dataPath.peerFilter = (
+            None if peerFilter is None else FailClosedFilter(peerFilter, self.logLevels)
+        )
 
     # What the metrics, the console and embedders read ----------------------------
 

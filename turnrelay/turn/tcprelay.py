@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 
 from turnrelay.auth.longterm import AuthResult
 from turnrelay.interfaces import IClientLink
-from turnrelay.logs import Logger
+from turnrelay.logs import Logger, LogLevels
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress, unmapIPv4
 from turnrelay.stun.message import MessageClass, Method, STUNMessage
@@ -62,6 +62,7 @@ class PeerConnection(Protocol):
 
     def __init__(
         self,
+        logLevels: Optional[LogLevels],
         clock: IReactorTime,
         allocation: Any,
         peer: TransportAddress,
@@ -75,6 +76,7 @@ class PeerConnection(Protocol):
         @param onClosed: called once when the connection is gone, whatever
             the reason, including a failed connect.
         """
+        self.logLevels = logLevels
         self._clock = clock
         self.allocation = allocation
         self.peer = peer
@@ -234,6 +236,7 @@ class TCPRelaying:
 
     def __init__(self, server: TURNServer) -> None:
         self._server = server
+        self.logLevels = server.logLevels
         self.peerConnections: Dict[int, PeerConnection] = {}
         self.refused: CounterType[str] = Counter()
 
@@ -250,6 +253,7 @@ class TCPRelaying:
         onConnected: Callable[[PeerConnection], None],
     ) -> PeerConnection:
         connection = PeerConnection(
+            self._server.logLevels,
             self._server.clock,
             allocation,
             peer,
@@ -282,7 +286,7 @@ class TCPRelaying:
             raise Refusal(400, "no XOR-PEER-ADDRESS")
         checkFamily(allocation, peer)
         checkPeer(server.peerPolicy, peer, withPort=True)
-        checkFilter(server.peerFilter, allocation, peer)
+        checkFilter(server.dataPath.peerFilter, allocation, peer)
         if any(c.peer == peer for c in allocation.peerConnections.values()):
             raise Refusal(446, f"a connection with {peer} exists already")
         if len(allocation.peerConnections) >= server.limits.maxPeerConnections:
