@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import resource
 import signal
-from typing import Sequence
+from typing import Sequence, cast
 
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
@@ -127,7 +127,7 @@ class MakeServiceTests(SynchronousTestCase):
         options.parseOptions(["--listen", "udp:0", "--listen", "tcp:0:interface=::1"])
         reactor = FakeUDPReactor()
         service = tap.makeService(options, reactor=reactor)
-        self.assertIsInstance(service, RelayService)
+        assert isinstance(service, RelayService)
         children = list(service)
         self.assertEqual(len(children), 2)
         self.assertTrue(all(isinstance(child, ListenerService) for child in children))
@@ -163,7 +163,7 @@ class SignalTests(SynchronousTestCase):
         self.options.parseOptions(["--config", self.configFile])
         self.reactor = FakeUDPReactor()
         self.reactor.callFromThread = lambda f, *a, **kw: f(*a, **kw)  # type: ignore[attr-defined]
-        self.relay = tap.makeService(self.options, reactor=self.reactor)
+        self.relay = cast(RelayService, tap.makeService(self.options, reactor=self.reactor))
 
     def started(self) -> None:
         [(trigger, args, kwargs)] = self.reactor.triggers["after"]["startup"]

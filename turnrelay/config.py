@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import sys
 import textwrap
@@ -42,6 +43,8 @@ class ConfigError(ValueError):
 
 
 TRANSPORTS = ("udp", "tcp", "tls")
+# The most worker processes: far beyond the cores of any one host.
+MAX_WORKERS = 256
 LISTEN_SYNTAX = "TRANSPORT:PORT[:interface=ADDRESS][:proxy=yes] with TRANSPORT one of " + ", ".join(
     TRANSPORTS
 )
@@ -234,6 +237,14 @@ def _parseNumber(low: float, high: float, kind: Callable[[Any], Any] = int) -> P
         return number
 
     return parse
+
+
+def _parseWorkers(name: str, value: Any) -> int:
+    # "auto": one worker per CPU the process may run on.
+    if str(value).strip().lower() == "auto":
+        return max(1, len(os.sched_getaffinity(0)))
+    count: int = _parseNumber(1, MAX_WORKERS)(name, value)
+    return count
 
 
 def _parseIPv4(name: str, value: Any) -> str:
@@ -753,6 +764,21 @@ class RelayConfig:
         _count(1, 10**5),
         100,
     )
+    workers: int = _RESOURCES.setting(
+        """Worker processes relaying, each with its own UDP, TCP and TLS listeners and relay
+        ports, behind the twistd process, which supervises them and holds the console, metrics
+        and quotas; auto is one per CPU. 1 relays in the twistd process itself.""",
+        "workers",
+        Syntax("N|auto", _parseWorkers),
+        1,
+        doc="""Worker processes relaying, each with its own UDP, TCP and TLS listeners and
+        allocations, behind the twistd process (the control process), which supervises them
+        (restarting one that dies), steers every client to the same worker by its address and
+        port, splits the relay port range among them, and holds what is global: quotas, the
+        admin console, metrics, the control socket, the credentials endpoint. auto is one per
+        CPU; 1 relays in the twistd process itself. Embedded relays are single-process.""",
+        example="auto",
+    )
     descriptorReserve: int = _RESOURCES.setting(
         """File descriptors kept free below the process's limit (ulimit -n): within it,
         listeners stop accepting, Allocate and Connect get 508 and peers' connections are
@@ -1207,6 +1233,12 @@ def buildConfig(values: Mapping[str, Any], base: RelayConfig = RelayConfig()) ->
         raise ConfigError(
             f"min-port {config.minPort} is above max-port {config.maxPort}; "
             "min-port must not exceed max-port"
+        )
+    ports = config.maxPort - config.minPort + 1
+    if config.workers > ports:
+        raise ConfigError(
+            f"workers: {config.workers} workers cannot share the {ports} relay ports from "
+            "min-port to max-port; widen the range or run fewer workers"
         )
     if (config.tlsCert is None) != (config.tlsKey is None):
         raise ConfigError("tls-cert and tls-key go together: give both or neither")

@@ -4,9 +4,12 @@ The seams between turnrelay's layers.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any, Dict
 
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 
 class IClientLink(Interface):
@@ -132,4 +135,35 @@ class IAllocationObserver(Interface):
 
         @param usage: what it relayed: L{Allocation.usage
             <turnrelay.turn.allocation.Allocation.usage>}'s fields.
+        """
+
+
+class IAllocationQuota(Interface):
+    """
+    Quotas shared with other relays (the workers of one control process,
+    C{--workers N}): the per-user and total allocation quotas of
+    L{RelayLimits<turnrelay.turn.limits.RelayLimits>} held across all of
+    them, not each on its own.
+
+    Set on L{TURNServer.sharedQuota<turnrelay.turn.server.TURNServer.sharedQuota>}:
+    every Allocate that passes the relay's own checks asks L{reserve} before
+    the allocation is made, and the relay calls L{release} exactly once for
+    every reservation granted, when its allocation ends or could not be
+    made after all.  Only Allocate asks; the data path never does.
+    """
+
+    def reserve(username: str) -> Deferred[bool]:
+        """
+        One more allocation for C{username}.
+
+        @return: a L{Deferred} that fires with C{True} if granted (it is then
+            counted until L{release}), C{False} when a user or total quota is
+            reached; it fails when the answer cannot be had (the relay then
+            answers 508).
+        """
+
+    def release(username: str) -> None:
+        """
+        An allocation L{reserve} granted for C{username} has ended (or was
+        never made).
         """

@@ -16,8 +16,9 @@ Nothing here installs log observers or signal handlers, or picks a reactor.
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -91,12 +92,16 @@ class ListenerService(ListeningService):
         streamLimits: Optional[StreamLimits] = None,
         tlsOptions: Optional[ReloadingTLSOptions] = None,
         proxyFrom: Sequence[str] = (),
+        inherited: Optional[int] = None,
     ) -> None:
         """
         @param streamLimits: the limits shared by TCP and TLS listeners.
         @param tlsOptions: the TLS options of a C{tls} listener.
         @param proxyFrom: the networks of the load balancers that may send
             a C{proxy=yes} listener PROXY headers; empty: any.
+        @param inherited: the descriptor of a socket already bound (and
+            listening, for TCP) to the listener's address, to serve instead
+            of opening one: a worker's, made by its control process.
         """
         self._reactor = reactor
         self.listener = listener
@@ -104,9 +109,15 @@ class ListenerService(ListeningService):
         self._streamLimits = streamLimits
         self._tlsOptions = tlsOptions
         self._proxyFrom = tuple(proxyFrom)
+        self._inherited = inherited
 
     def listen(self) -> Any:
         listener = self.listener
+        family = socket.AF_INET6 if ":" in listener.interface else socket.AF_INET
+        if listener.transport == "udp" and self._inherited is not None:
+            return self._reactor.adoptDatagramPort(
+                self._inherited, family, STUNDatagramProtocol(self._server), MAX_DATAGRAM
+            )
         if listener.transport == "udp":
             return self._reactor.listenUDP(
                 listener.port,
@@ -124,7 +135,10 @@ class ListenerService(ListeningService):
             factory = PROXYHeaderFactory(
                 factory, stream.limits, listener.transport, self._proxyFrom, self._server.logLevels
             )
-        port = self._reactor.listenTCP(listener.port, factory, interface=listener.interface)
+        if self._inherited is not None:
+            port = self._reactor.adoptStreamPort(self._inherited, family, factory)
+        else:
+            port = self._reactor.listenTCP(listener.port, factory, interface=listener.interface)
         # Stop accepting while descriptors are short (see DescriptorBudget).
         descriptors = self._server.descriptors
         if descriptors is not None and hasattr(port, "socket"):
@@ -327,11 +341,30 @@ class RelayService(MultiService):
         @return: C{(username, password)}.
         @raise ValueError: no static-auth-secret is configured.
         """
-        if not self.config.authSecrets:
-            raise ValueError("no static-auth-secret is configured: set one to mint credentials")
-        ttl = min(ttl, self.config.restMaxTTL)
-        secret = self.config.authSecrets[0].encode()
-        return mintRESTCredential(secret, userID, ttl, self._reactor.seconds())
+        return mintFromConfig(self.config, userID, ttl, self._reactor.seconds())
+
+    @property
+    def draining(self) -> bool:
+        """
+        Whether new allocations are turned away (see L{drain}).
+        """
+        return self.server.draining
+
+    def whyNotReady(self) -> Optional[str]:
+        """
+        Whether the relay serves new clients.
+
+        @return: L{None} when it does; else why not, in a few words:
+            C{"not running"}, C{"draining"}, or the listener not bound.
+        """
+        if not self.running:
+            return "not running"
+        if self.server.draining:
+            return "draining"
+        for child in self:
+            if isinstance(child, ListenerService) and child.port is None:
+                return f"{child.listener.transport} listener {child.listener.port} is not bound"
+        return None
 
     def reloadConfig(self, config: RelayConfig) -> List[str]:
         """
@@ -405,6 +438,20 @@ class RelayService(MultiService):
             if isinstance(child, ListenerService) and child.address is not None:
                 addresses.append((child.listener.transport, child.address))
         return addresses
+
+
+def mintFromConfig(config: RelayConfig, userID: str, ttl: float, now: float) -> Tuple[str, str]:
+    """
+    Mint a TURN REST API credential with the first static-auth-secret of
+    C{config}, valid C{ttl} seconds (at most rest-max-ttl) from C{now}.
+
+    @return: C{(username, password)}.
+    @raise ValueError: no static-auth-secret is configured.
+    """
+    if not config.authSecrets:
+        raise ValueError("no static-auth-secret is configured: set one to mint credentials")
+    secret = config.authSecrets[0].encode()
+    return mintRESTCredential(secret, userID, min(ttl, config.restMaxTTL), now)
 
 
 def _credentials(
@@ -526,6 +573,7 @@ def makeRelayService(
     observers: Sequence[IAllocationObserver] = (),
     peerFilter: Optional[PeerFilter] = None,
     logLevels: Optional[LogLevels] = None,
+    inherited: Mapping[int, int] = {},
 ) -> RelayService:
     """
     Build a relay from a configuration.
@@ -548,6 +596,10 @@ def makeRelayService(
     @param logLevels: the relay's log levels (L{RelayService.logLevels}):
         by default its own, so that another relay in the process, or the
         application, keeps its own level; set to C{log-level} here.
+    @param inherited: sockets to serve rather than open, by the index of
+        their listener in C{config.listeners}: descriptors of sockets bound
+        (and listening, for TCP) to its address, as a worker process gets
+        them from its control process.
     @return: a service to start, or to attach to a parent service.
     """
     if logLevels is None:
@@ -588,9 +640,15 @@ def makeRelayService(
     streamLimits = StreamLimits(reactor, descriptors=server.descriptors)
     _updateStreamLimits(streamLimits, config)
     relay.streamLimits = streamLimits
-    for listener in config.listeners:
+    for index, listener in enumerate(config.listeners):
         service = ListenerService(
-            reactor, listener, server, streamLimits, tlsOptions, config.proxyFrom
+            reactor,
+            listener,
+            server,
+            streamLimits,
+            tlsOptions,
+            config.proxyFrom,
+            inherited.get(index),
         )
         service.setServiceParent(relay)
     # The operator's side doors, each only when configured.

@@ -37,17 +37,8 @@ def whyNotReady(relay: Any) -> Optional[str]:
     @return: L{None} when it is ready; else why not, in a few words:
         C{"not running"}, C{"draining"}, or the listener that is not bound.
     """
-    # Imported here: service imports this module's users, not this module.
-    from turnrelay.service import ListenerService
-
-    if not relay.running:
-        return "not running"
-    if relay.server.draining:
-        return "draining"
-    for child in relay:
-        if isinstance(child, ListenerService) and child.port is None:
-            return f"{child.listener.transport} listener {child.listener.port} is not bound"
-    return None
+    reason: Optional[str] = relay.whyNotReady()
+    return reason
 
 
 class SystemdNotifier:

@@ -25,7 +25,7 @@ import secrets
 import signal
 import sys
 from ipaddress import ip_address
-from typing import Any, Dict, List, NoReturn, Optional, Sequence, TextIO
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, TextIO, Union, cast
 
 import attr
 from twisted.application.service import IProcess
@@ -44,6 +44,7 @@ from turnrelay.service import RelayService, makeRelayService
 from turnrelay.systemd import notifySystemd
 from turnrelay.transports.tls import fingerprint, loadCertificateOptions, makeSelfSignedCertificate
 from turnrelay.turn.descriptors import descriptorLimit
+from turnrelay.workers.supervisor import WorkerGroup
 
 # The most descriptors twistd raises its soft limit to.
 MAX_DESCRIPTORS = 1 << 20
@@ -338,9 +339,10 @@ def twistdLogsToStandardOutput(options: Options) -> bool:
     return name == "-" or (not name and bool(parent.get("nodaemon")))
 
 
-class TwistdRelayService(RelayService):
+class TwistdProcess:
     """
-    The relay as twistd runs it.
+    What twistd's relay process does besides relaying, whether it relays
+    itself (L{TwistdRelayService}) or runs workers (L{TwistdWorkerGroup}).
 
     twistd makes the service L{makeService} returns the child of its
     application, then starts logging: to the application's
@@ -355,12 +357,14 @@ class TwistdRelayService(RelayService):
     @ivar logFile: the bounded log file, once the observer is set up.
     """
 
+    config: RelayConfig
     logFileName: Optional[str] = None
     logFile: Optional[LogFile] = None
     logToStandardOutput = False
     notices = ""
     noticesOutput: Optional[TextIO] = None
     twistdOptions: Optional[Options] = None
+    configSource: Optional[Any] = None
 
     def startService(self) -> None:
         """
@@ -370,7 +374,7 @@ class TwistdRelayService(RelayService):
         the process with one line (see L{startupErrorMessage}).
         """
         try:
-            super().startService()
+            super().startService()  # type: ignore[misc]
         except (CannotListenError, ConfigError, OSError) as e:
             message = startupErrorMessage(e, self.config)
             if self.twistdOptions is None or message is None:
@@ -385,7 +389,7 @@ class TwistdRelayService(RelayService):
             observer = self._logObserver()
             if observer is not None:
                 parent.setComponent(ILogObserver, observer)
-        super().setServiceParent(parent)
+        super().setServiceParent(parent)  # type: ignore[misc]
 
     def _logObserver(self) -> Optional[ILogObserver]:
         """
@@ -410,9 +414,21 @@ class TwistdRelayService(RelayService):
         return None
 
 
+class TwistdRelayService(TwistdProcess, RelayService):
+    """
+    The relay as twistd runs it, in its own process (C{workers = 1}).
+    """
+
+
+class TwistdWorkerGroup(TwistdProcess, WorkerGroup):
+    """
+    The control process of C{--workers N} as twistd runs it.
+    """
+
+
 def makeService(
     options: Options, reactor: Optional[Any] = None, out: TextIO = sys.stdout
-) -> RelayService:
+) -> Union[TwistdRelayService, TwistdWorkerGroup]:
     """
     Build the relay twistd runs.
 
@@ -433,9 +449,16 @@ def makeService(
     notices = io.StringIO()
     try:
         config = _demoDefaults(options.config, notices)
-        # Under twistd the relay is the process: its levels are the
-        # process's, those of start-up and systemd notification too.
-        relay = makeRelayService(config, reactor, TwistdRelayService, logLevels=processLevels)
+        relay: Union[TwistdRelayService, TwistdWorkerGroup]
+        if config.workers > 1:
+            relay = TwistdWorkerGroup(config, reactor)
+        else:
+            # Under twistd the relay is the process: its levels are the
+            # process's, those of start-up and systemd notification too.
+            relay = cast(
+                TwistdRelayService,
+                makeRelayService(config, reactor, TwistdRelayService, logLevels=processLevels),
+            )
     except (ConfigError, ValueError, OSError) as e:
         message = startupErrorMessage(e, options.config)
         if message is None:
@@ -445,7 +468,6 @@ def makeService(
         if isinstance(e, OSError):
             raise
         raise usage.UsageError(message) from None
-    assert isinstance(relay, TwistdRelayService)
     relay.notices, relay.noticesOutput = notices.getvalue(), out
     if getattr(options, "parent", None) is not None:
         relay.twistdOptions = options
@@ -458,11 +480,19 @@ def makeService(
     reactor.addSystemEventTrigger("after", "startup", _handleSignals, reactor, relay, options)
     # READY=1 and the watchdog, under systemd's Type=notify: the services,
     # and so the listeners, were started before the reactor runs.
-    reactor.addSystemEventTrigger("during", "startup", notifySystemd, reactor, relay)
+    if isinstance(relay, WorkerGroup):
+        # Ready once every worker serves.
+        reactor.addSystemEventTrigger(
+            "during",
+            "startup",
+            lambda: relay.whenAllReady().addCallback(lambda _: notifySystemd(reactor, relay)),
+        )
+    else:
+        reactor.addSystemEventTrigger("during", "startup", notifySystemd, reactor, relay)
     return relay
 
 
-def raiseDescriptorLimit(relay: RelayService) -> None:
+def raiseDescriptorLimit(relay: Any) -> None:
     """
     Raise the process's soft limit on open descriptors to its hard limit
     (capped at L{MAX_DESCRIPTORS}), as servers that hold a socket per client
@@ -481,12 +511,14 @@ def raiseDescriptorLimit(relay: RelayService) -> None:
             )
         else:
             _log.info("descriptor limit raised from {soft} to {limit}", soft=soft, limit=wanted)
-    descriptors = relay.server.descriptors
+    # Workers inherit the raised limit; a relay in this process sizes its
+    # budget to it.
+    descriptors = getattr(getattr(relay, "server", None), "descriptors", None)
     if descriptors is not None:
         descriptors.limit = descriptorLimit()
 
 
-def reloadedConfig(relay: RelayService, options: Options) -> RelayConfig:
+def reloadedConfig(relay: TwistdProcess, options: Options) -> RelayConfig:
     """
     The configuration a reload puts in force (SIGHUP, and the control
     socket's C{reload} through L{RelayService.configSource}): the file and
@@ -505,7 +537,7 @@ def reloadedConfig(relay: RelayService, options: Options) -> RelayConfig:
     return config
 
 
-def _handleSignals(reactor: Any, relay: RelayService, options: Options) -> None:
+def _handleSignals(reactor: Any, relay: Any, options: Options) -> None:
     """
     SIGHUP: re-read the configuration file and the TLS certificate, and put
     what can change in force.  SIGUSR2: drain, then exit.  (SIGTERM is

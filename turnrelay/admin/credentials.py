@@ -181,7 +181,7 @@ class CredentialsPage(Resource):
         self._allowOrigin(request)
         try:
             self._authorize(request)
-            if self.relay.server.draining:
+            if self.relay.draining:
                 request.setHeader(b"retry-after", b"60")
                 raise _Refusal(503, "the relay is draining: it takes no new allocation")
             body = self._answer(request)

@@ -12,15 +12,18 @@ import os
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from turnrelay.auth.longterm import AuthResult
-from turnrelay.interfaces import IClientLink
+from turnrelay.interfaces import IAllocationObserver, IAllocationQuota, IClientLink
 from turnrelay.logs import Logger
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
 from turnrelay.stun.message import STUNMessage
-from turnrelay.turn.allocation import Allocation, Relay
+from turnrelay.turn.allocation import Allocation, FiveTuple, Relay
 from turnrelay.turn.datapath import TokenBucket
 from turnrelay.turn.refusals import Refusal
 from turnrelay.turn.relay import NoRelayPort, RelayPortPool
@@ -33,13 +36,65 @@ if TYPE_CHECKING:
 RESERVATION_LIFETIME = 30.0
 
 
+class PendingAllocate:
+    """
+    An Allocate waiting for the shared quota's answer.
+
+    @ivar transactionID: its transaction ID, to know its retransmissions.
+    @ivar username: who asked.
+    @ivar link: the client's link, to answer on.
+    @ivar cancelled: whether its link closed or the relay stopped meanwhile:
+        the allocation is then not made.
+    """
+
+    __slots__ = ("transactionID", "username", "link", "cancelled")
+
+    def __init__(self, transactionID: bytes, username: str, link: IClientLink) -> None:
+        self.transactionID = transactionID
+        self.username = username
+        self.link = link
+        self.cancelled = False
+
+
+@implementer(IAllocationObserver)
+class _SharedQuotaReleaser:
+    """
+    The registry observer that tells the L{Allocator} of every allocation's
+    end, the one place every allocation ends (expiry, Refresh 0, the link
+    closed, the relay stopping, the console...).
+    """
+
+    def __init__(self, ended: Callable[[Allocation], None]) -> None:
+        self._ended = ended
+
+    def allocationCreated(self, allocation: Any) -> None:
+        pass
+
+    def allocationRefreshed(self, allocation: Any, lifetime: float) -> None:
+        pass
+
+    def allocationPermissionAdded(self, allocation: Any, host: str) -> None:
+        pass
+
+    def allocationEnded(self, allocation: Any, reason: str, usage: Dict[str, Any]) -> None:
+        self._ended(allocation)
+
+
 class Allocator:
     """
     Answers Allocate and Refresh for the controller, and holds the relay
     ports reserved by EVEN-PORT until a later Allocate claims them.
 
     It reads the controller's live settings (limits, draining, the
-    descriptor budget), which a reload may replace.
+    descriptor budget, the shared quota), which a reload may replace.
+
+    With a shared quota (L{TURNServer.sharedQuota
+    <turnrelay.turn.server.TURNServer.sharedQuota>}), an Allocate that
+    passes every check here waits for the quota's grant before its
+    allocation is made, and is answered then.  Each grant is released
+    exactly once: when the registry removes the allocation it was used for,
+    or at once when none was made (refused after all, link closed, relay
+    stopped).
     """
 
     log = Logger()
@@ -48,11 +103,21 @@ class Allocator:
         self._server = server
         self.logLevels = server.logLevels
         self._reservations: Dict[bytes, Tuple[Any, RelayPortPool, IDelayedCall]] = {}
+        # Allocates waiting for the shared quota, by 5-tuple.
+        self._pending: Dict[FiveTuple, PendingAllocate] = {}
+        # Live allocations the shared quota granted, and the quota that did:
+        # each is released once, when the registry removes the allocation.
+        self._sharedQuotaHeld: Dict[Allocation, IAllocationQuota] = {}
+        self._releaser = _SharedQuotaReleaser(self._sharedQuotaEnded)
 
     def stop(self) -> None:
         """
-        Give back every reserved port.
+        Give back every reserved port, and give up the Allocates waiting for
+        the shared quota (a grant is released when it comes).
         """
+        for pending in self._pending.values():
+            pending.cancelled = True
+        self._pending.clear()
         for token, (relayPort, pool, timer) in list(self._reservations.items()):
             timer.cancel()
             del self._reservations[token]
@@ -60,8 +125,22 @@ class Allocator:
 
     # Allocate (RFC 8656 section 7.2) --------------------------------------------
 
-    def allocate(self, request: STUNMessage, link: IClientLink, auth: AuthResult) -> STUNMessage:
+    def allocate(
+        self, request: STUNMessage, link: IClientLink, auth: AuthResult
+    ) -> Optional[STUNMessage]:
+        """
+        Answer an Allocate on a 5-tuple without an allocation.
+
+        @return: the response, or L{None} when it comes later (a shared
+            quota is asked first, see L{TURNServer.sharedQuota
+            <turnrelay.turn.server.TURNServer.sharedQuota>}) or never (a
+            retransmission of an Allocate still waiting for it).
+        """
         server = self._server
+        pending = self._pending.get(link.fiveTuple)
+        if pending is not None:
+            self._allocatePending(request, auth, pending)
+            return None
         if server.draining:
             self._redirect(link)
         transport = request.get(A.REQUESTED_TRANSPORT)
@@ -108,6 +187,48 @@ class Allocator:
             )
         assert auth.username is not None
         self._checkQuota(auth.username, len(families) + (1 if evenPort else 0))
+        return self._withSharedQuota(
+            request,
+            link,
+            auth,
+            partial(
+                self._allocateUDP,
+                request,
+                link,
+                auth,
+                families,
+                token,
+                evenPort,
+                dontFragment,
+                extra,
+            ),
+        )
+
+    def _allocateUDP(
+        self,
+        request: STUNMessage,
+        link: IClientLink,
+        auth: AuthResult,
+        families: List[int],
+        token: Optional[bytes],
+        evenPort: Any,
+        dontFragment: bool,
+        extra: List[Tuple[int, Any]],
+    ) -> Tuple[Allocation, STUNMessage]:
+        """
+        Make a UDP allocation that passed every check: open its relay
+        sockets (or claim a reserved one) and register it.
+
+        @param families: the address families of its relayed addresses.
+        @param token: the RESERVATION-TOKEN to claim, or L{None}.
+        @param evenPort: the EVEN-PORT attribute, or L{None}.
+        @param dontFragment: whether DONT-FRAGMENT was asked for.
+        @param extra: attributes the success response carries too.
+        @return: the allocation, and the success response.
+        @raise Refusal: it could not be made.
+        """
+        server = self._server
+        pools = server.pools
         relays: List[Relay] = []
         reservationToken = None
         try:
@@ -151,7 +272,7 @@ class Allocator:
         if reservationToken is not None:
             response.add(A.RESERVATION_TOKEN, reservationToken)
         response.attributes.extend(extra)
-        return response
+        return allocation, response
 
     def _redirect(self, link: IClientLink) -> None:
         """
@@ -192,7 +313,7 @@ class Allocator:
 
     def _allocateTCP(
         self, request: STUNMessage, link: IClientLink, auth: AuthResult
-    ) -> STUNMessage:
+    ) -> Optional[STUNMessage]:
         """
         An Allocate for a TCP relayed address (RFC 6062 section 5.1).
         """
@@ -209,6 +330,20 @@ class Allocator:
             raise Refusal(440, f"address family {family} not offered")
         assert auth.username is not None
         self._checkQuota(auth.username)
+        return self._withSharedQuota(
+            request, link, auth, partial(self._allocateTCPRelay, request, link, auth, pool)
+        )
+
+    def _allocateTCPRelay(
+        self, request: STUNMessage, link: IClientLink, auth: AuthResult, pool: RelayPortPool
+    ) -> Tuple[Allocation, STUNMessage]:
+        """
+        Make a TCP allocation that passed every check: listen on a relayed
+        address from C{pool} and register it.
+
+        @return: the allocation, and the success response.
+        @raise Refusal: it could not be made.
+        """
         factory = IncomingPeerFactory()
         try:
             listening = pool.openTCP(factory)
@@ -218,7 +353,171 @@ class Allocator:
         allocation, response = self._register(request, link, auth, [relay], A.TRANSPORT_TCP)
         # Peers' connections are the RFC 6062 side's to take or refuse.
         factory.accept = partial(self._server.tcp.peerConnecting, allocation)
-        return response
+        return allocation, response
+
+    # Quotas shared with other relays (--workers N) ------------------------------
+
+    def _withSharedQuota(
+        self,
+        request: STUNMessage,
+        link: IClientLink,
+        auth: AuthResult,
+        make: Callable[[], Tuple[Allocation, STUNMessage]],
+    ) -> Optional[STUNMessage]:
+        """
+        Make an allocation that passed this relay's own checks: at once
+        without a shared quota, else once the shared quota has granted it.
+
+        @param make: makes it (L{_allocateUDP} or L{_allocateTCPRelay}, its
+            arguments bound).
+        @return: the success response, or L{None} when it is sent later.
+        """
+        quota = self._server.sharedQuota
+        if quota is None:
+            return make()[1]
+        username = auth.username
+        assert username is not None
+        pending = PendingAllocate(request.transactionID, username, link)
+        self._pending[link.fiveTuple] = pending
+        d = maybeDeferred(quota.reserve, username)
+        d.addCallbacks(
+            self._reserved,
+            self._reserveFailed,
+            callbackArgs=(request, link, auth, make, quota, pending),
+            errbackArgs=(request, link, auth, pending),
+        )
+        # Nothing above may raise, but an exception must never be left in
+        # a Deferred nobody waits on.
+        d.addErrback(
+            lambda failure: self.log.failure(
+                "answering the Allocate of {username} failed", failure, username=username
+            )
+        )
+        return None
+
+    def _allocatePending(
+        self, request: STUNMessage, auth: AuthResult, pending: PendingAllocate
+    ) -> None:
+        """
+        An Allocate on a 5-tuple whose Allocate waits for the shared quota:
+        a retransmission of that one is dropped (its answer will come, and
+        later retransmissions get it), anything else gets 437 as it would
+        once the allocation is made (RFC 8656 section 7.2).
+
+        @raise Refusal: it is not a retransmission.
+        """
+        if request.transactionID == pending.transactionID and auth.username == pending.username:
+            self.log.debug(
+                "dropped a retransmitted Allocate of {username}: it waits for the shared quota",
+                username=auth.username,
+            )
+            return
+        raise Refusal(437, "an Allocate on this 5-tuple waits for the shared quota")
+
+    def _donePending(self, link: IClientLink, pending: PendingAllocate) -> bool:
+        """
+        The shared quota answered C{pending}: stop waiting for it.
+
+        @return: whether its Allocate is still to be answered (its link was
+            not closed, nor the relay stopped, meanwhile).
+        """
+        if self._pending.get(link.fiveTuple) is pending:
+            del self._pending[link.fiveTuple]
+        return not pending.cancelled
+
+    def _reserved(
+        self,
+        granted: bool,
+        request: STUNMessage,
+        link: IClientLink,
+        auth: AuthResult,
+        make: Callable[[], Tuple[Allocation, STUNMessage]],
+        quota: IAllocationQuota,
+        pending: PendingAllocate,
+    ) -> None:
+        """
+        The shared quota answered: make the allocation and answer the
+        Allocate, or refuse it with 486.  A grant not used for an
+        allocation is released at once.
+        """
+        server = self._server
+        username = pending.username
+        if not self._donePending(link, pending):
+            if granted:
+                quota.release(username)
+            return
+        if not granted:
+            response = server.refused(
+                request, link, auth, Refusal(486, "allocation quota reached across workers")
+            )
+        else:
+            try:
+                # Draining may have begun while the quota was asked.
+                if server.draining:
+                    self._redirect(link)
+                allocation, response = make()
+            except Refusal as refusal:
+                quota.release(username)
+                response = server.refused(request, link, auth, refusal)
+            except BaseException:
+                quota.release(username)
+                raise
+            else:
+                registry = server.registry
+                if registry.get(allocation.fiveTuple) is not allocation:
+                    # An observer of its creation ended it already.
+                    quota.release(username)
+                else:
+                    self._sharedQuotaHeld[allocation] = quota
+                    # Whatever ends it, the registry tells the releaser.
+                    if self._releaser not in registry.observers:
+                        registry.addObserver(self._releaser)
+        server.answer(request, response, link, auth)
+
+    def _reserveFailed(
+        self,
+        failure: Failure,
+        request: STUNMessage,
+        link: IClientLink,
+        auth: AuthResult,
+        pending: PendingAllocate,
+    ) -> None:
+        """
+        The shared quota could not be asked (the control process is gone,
+        say): 508, as for any other resource the relay lacks.
+        """
+        self.log.failure(
+            "asking the shared quota for an allocation of {username} failed",
+            failure,
+            username=pending.username,
+        )
+        if self._donePending(link, pending):
+            self._server.answer(request, request.errorResponse(508), link, auth)
+
+    def _sharedQuotaEnded(self, allocation: Allocation) -> None:
+        """
+        An allocation ended (the registry removed it): release its
+        reservation, if the shared quota granted it one.
+        """
+        quota = self._sharedQuotaHeld.pop(allocation, None)
+        if quota is not None:
+            quota.release(allocation.username)
+
+    def linkClosed(self, link: IClientLink) -> None:
+        """
+        A client's link is gone: an Allocate of it waiting for the shared
+        quota is not to be made (a grant is released when it comes).
+        """
+        pending = self._pending.pop(link.fiveTuple, None)
+        if pending is not None:
+            pending.cancelled = True
+
+    @property
+    def pendingAllocates(self) -> int:
+        """
+        How many Allocates wait for the shared quota now.
+        """
+        return len(self._pending)
 
     def _register(
         self,

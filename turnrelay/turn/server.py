@@ -32,7 +32,7 @@ from twisted.internet.interfaces import IReactorTime
 from turnrelay.auth.credentials import ChainedCredentials
 from turnrelay.auth.longterm import AuthResult, LongTermAuthenticator
 from turnrelay.auth.nonce import NonceMinter
-from turnrelay.interfaces import IClientLink
+from turnrelay.interfaces import IAllocationQuota, IClientLink
 from turnrelay.logs import Logger, LogLevels
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
@@ -116,6 +116,10 @@ class TURNServer:
         ChannelBind, Connect and every Send indication:
         C{peerFilter(allocation, peer)} returns a reason to refuse (403;
         Send indications are dropped) or L{None}.  L{None} for no filter.
+    @ivar sharedQuota: the quotas shared with other relays (the workers of
+        one control process), asked by every Allocate that passes this
+        relay's own checks before its allocation is made (486 if refused,
+        508 if it cannot answer), or L{None} for this relay's quotas alone.
     """
 
     log = Logger()
@@ -124,6 +128,7 @@ class TURNServer:
     # budgeted and unauthenticated answers are not limited per source.
     descriptors: Optional[DescriptorBudget] = None
     sourceLimit: Optional[SourceRateLimiter] = None
+    sharedQuota: Optional[IAllocationQuota] = None
 
     def __init__(
         self,
@@ -309,10 +314,12 @@ class TURNServer:
     def linkClosed(self, link: IClientLink, reason: str) -> None:
         """
         A client's link is gone for good (a TCP connection closed, a UDP
-        listener stopped): its allocation ends with it.
+        listener stopped): its allocation ends with it, and an Allocate of
+        it still waiting for the shared quota is given up.
 
         @param reason: for the log, such as C{"closed with its connection"}.
         """
+        self.allocator.linkClosed(link)
         allocation = link.allocation
         if allocation is not None:
             self.registry.remove(allocation, reason)
@@ -362,6 +369,35 @@ class TURNServer:
         )
         link.send(data)
         return data
+
+    def answer(
+        self, request: STUNMessage, response: STUNMessage, link: IClientLink, auth: AuthResult
+    ) -> None:
+        """
+        Answer an authenticated request (see L{respond}), now or once a
+        handler has what it waited for.  A successful Allocate's answer is
+        kept on its allocation, for retransmissions of the request.
+        """
+        data = self.respond(request, response, link, auth)
+        if (
+            request.method == Method.ALLOCATE
+            and response.messageClass != MessageClass.ERROR_RESPONSE
+            and link.allocation is not None
+        ):
+            link.allocation.allocateResponse = data
+
+    def refused(
+        self, request: STUNMessage, link: IClientLink, auth: AuthResult, refusal: Refusal
+    ) -> STUNMessage:
+        """
+        Log a refused authenticated request (L{warnRefused}).
+
+        @return: its error response, to L{answer} with.
+        """
+        self.warnRefused(request, link, auth, refusal.code, refusal.reason)
+        response = request.errorResponse(refusal.code)
+        response.attributes.extend(refusal.attributes)
+        return response
 
     def warnRefused(
         self, request: STUNMessage, link: IClientLink, auth: AuthResult, code: int, reason: str
@@ -464,16 +500,8 @@ class TURNServer:
             if response is None:
                 return  # the handler answers, now or later
         except Refusal as refusal:
-            self.warnRefused(request, link, auth, refusal.code, refusal.reason)
-            response = request.errorResponse(refusal.code)
-            response.attributes.extend(refusal.attributes)
-        data = self.respond(request, response, link, auth)
-        if (
-            request.method == Method.ALLOCATE
-            and response.messageClass != MessageClass.ERROR_RESPONSE
-            and link.allocation is not None
-        ):
-            link.allocation.allocateResponse = data
+            response = self.refused(request, link, auth, refusal)
+        self.answer(request, response, link, auth)
 
     def _authFailed(
         self, request: STUNMessage, link: IClientLink, auth: AuthResult, size: int

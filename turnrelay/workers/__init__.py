@@ -1,0 +1,3 @@
+"""
+Worker processes behind one control process (C{--workers N}).
+"""
