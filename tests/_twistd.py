@@ -6,7 +6,8 @@ that need a whole process: its memory, its descriptors, its workers.
 from __future__ import annotations
 
 import os
-from typing import Dict, List
+import re
+from typing import Any, Dict, List, NamedTuple
 
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
@@ -23,8 +24,22 @@ from tests._sockets import (
     udpTURNClient,
 )
 from tests._timing import PROMPTLY, within
+from turnrelay.config import buildConfig
 from turnrelay.stun.address import TransportAddress
 from turnrelay.transports.tls import makeSelfSignedCertificate
+from turnrelay.workers.worker import workerConfig
+
+# The relay port range of L{twistdRelayArgs}.
+MIN_PORT, MAX_PORT = 40000, 40999
+
+# A worker's allocation ending, as the control process logs it.
+WORKER_ENDED = (
+    rb"worker (?P<worker>\d+): allocation (?P<relayed>\S+) (?P<reason>[^:]+): "
+    rb"(?P<username>\S+) on (?P<transport>\w+):(?P<client>\S+)->(?P<server>\S+), \S+ s, "
+    rb"(?P<toPeers>\d+) packets \((?P<bytesToPeers>\d+) bytes\) to peers, "
+    rb"(?P<fromPeers>\d+) packets \((?P<bytesFromPeers>\d+) bytes\) from peers, "
+    rb"(?P<dropped>\d+) dropped"
+)
 
 
 def twistdRelayArgs(directory: FilePath[str], *extra: str) -> List[str]:
@@ -46,9 +61,9 @@ def twistdRelayArgs(directory: FilePath[str], *extra: str) -> List[str]:
         f"{USERNAME}:{PASSWORD}",
         "--allow-loopback-peers",
         "--min-port",
-        "40000",
+        str(MIN_PORT),
         "--max-port",
-        "40999",
+        str(MAX_PORT),
         "--state-dir",
         directory.path,
         *extra,
@@ -73,6 +88,18 @@ class TwistdRelay:
             self.addresses[transport] = TransportAddress("127.0.0.1", int(line.group(1)))
         return self
 
+    async def workersReady(self, count: int) -> None:
+        """
+        Wait until the control process has said that each of C{count}
+        workers serves (C{worker N (pid M) ready}).
+        """
+        for index in range(count):
+            await within(
+                self.child.waitForOutput(rb"worker %d \(pid \d+\) ready" % index),
+                PROMPTLY * 5,
+                f"worker {index} ready",
+            )
+
     def rss(self) -> int:
         """
         @return: the child's resident memory, in bytes.
@@ -85,6 +112,47 @@ class TwistdRelay:
 
     def openDescriptors(self) -> int:
         return len(os.listdir(f"/proc/{self.child.transport.pid}/fd"))  # type: ignore[union-attr]
+
+
+def relayWorker(port: int, count: int) -> int:
+    """
+    The worker of a relay of L{twistdRelayArgs} with C{--workers count}
+    that holds the allocation on relayed port C{port}: each worker has its
+    own slice of the port range.
+    """
+    config = buildConfig({"min-port": MIN_PORT, "max-port": MAX_PORT})
+    for index in range(count):
+        cut = workerConfig(config, index, count)
+        if cut.minPort <= port <= cut.maxPort:
+            return index
+    raise AssertionError(f"relayed port {port} is in no worker's range")
+
+
+class WorkerEnded(NamedTuple):
+    """
+    A worker's allocation ending, as the control process logged it (a match
+    of L{WORKER_ENDED}).
+    """
+
+    worker: int
+    relayed: str
+    reason: str
+    username: str
+    transport: str
+    client: str
+    server: str
+    toPeers: int
+    bytesToPeers: int
+    fromPeers: int
+    bytesFromPeers: int
+    dropped: int
+
+    @classmethod
+    def fromMatch(cls, match: re.Match[bytes]) -> WorkerEnded:
+        fields: Dict[str, Any] = {k: v.decode() for k, v in match.groupdict().items()}
+        for name in ("worker", "toPeers", "bytesToPeers", "fromPeers", "bytesFromPeers", "dropped"):
+            fields[name] = int(fields[name])
+        return cls(**fields)
 
 
 async def allEnter(testCase: TURNTestCase, relay: TwistdRelay) -> None:

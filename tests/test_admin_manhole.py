@@ -34,12 +34,14 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from tests._logs import LogRecorder
-from tests._processes import ChildProcess, requireTool, spawn
+from tests._processes import ChildProcess, freePortPair, requireTool, spawn
 from tests._relays import FakeRelay, fakeConfig, startRelay
 from tests._timing import PROMPTLY, within
+from tests._twistd import TwistdRelay, twistdRelayArgs
 from turnrelay.admin.manhole import (
     HOST_KEY_NAME,
     ConsoleManhole,
@@ -694,9 +696,10 @@ class ManholeServiceTests(SynchronousTestCase):
         self.assertTrue(self.logs.logged("password file .* is readable by others", "warn"))
 
 
-class OpenSSHTests(TestCase):
+class OpenSSHClient(TestCase):
     """
-    The real OpenSSH client against a relay's console on 127.0.0.1.
+    The real OpenSSH client, its key and its arguments, for tests of a
+    console on 127.0.0.1 at C{self.port}.
     """
 
     timeout = 60
@@ -772,6 +775,12 @@ class OpenSSHTests(TestCase):
         """
         environment = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
         return spawn(self, arguments, env=environment, input=script, usePTY=usePTY)
+
+
+class OpenSSHTests(OpenSSHClient):
+    """
+    The real OpenSSH client against a relay's console on 127.0.0.1.
+    """
 
     def assertLoggedIn(self) -> None:
         logins = self.logs.logged(
@@ -874,3 +883,48 @@ class OpenSSHTests(TestCase):
         self.assertEqual(child.exitCode, 1, child.output + child.errors)
         self.assertIn(b"runs no commands; pipe them in instead", child.output + child.errors)
         self.logs.assertClean(self)
+
+
+class WorkersConsoleTests(OpenSSHClient):
+    """
+    The real OpenSSH client against the console of a control process
+    (C{--workers 2}), whose helpers ask every worker.
+    """
+
+    async def startConsole(self) -> None:
+        self.identity = await self.makeIdentity("id")
+        with open(self.keysFile, "w") as f:
+            with open(self.identity + ".pub") as pub:
+                f.write(pub.read())
+        self.port = freePortPair()
+        args = twistdRelayArgs(
+            FilePath(self.directory),
+            "--workers",
+            "2",
+            "--manhole",
+            f"tcp:{self.port}:interface=127.0.0.1",
+            "--manhole-authorized-keys",
+            self.keysFile,
+        )
+        relay = await TwistdRelay(self, args).started()
+        await within(
+            relay.child.waitForOutput(rb"admin console listening"), PROMPTLY, "the console"
+        )
+
+    async def test_helpers(self) -> None:
+        """
+        The helpers answer for every worker: allocations() once all have
+        answered, stats() with a line per worker.
+        """
+        await self.startConsole()
+        child = self.spawnSSH(self.sshArguments("-tt"), usePTY=True)
+        await within(child.waitForOutput(rb">>> "), PROMPTLY, "the console's prompt")
+        transport: Any = child.transport
+        transport.write(b"allocations()\n")
+        # Shown when every worker has answered, above a new prompt.
+        await within(child.waitForOutput(rb"no allocations\r\n>>> "), PROMPTLY, "allocations")
+        transport.write(b"stats()\n")
+        await within(child.waitForOutput(rb"worker 1: pid \d+, serving"), PROMPTLY, "stats")
+        transport.write(b"\x04")
+        await within(child.whenEnded(), PROMPTLY, "the end of the session")
+        self.assertNotIn(b"Traceback", child.output)

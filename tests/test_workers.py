@@ -6,16 +6,22 @@ restarted while the other's clients go on relaying.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
+import tempfile
 import time
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
+from urllib.request import urlopen
 
+from twisted.internet.threads import deferToThread
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
 from tests._assertions import TURNTestCase
+from tests._processes import freePortPair, runToCompletion
 from tests._sockets import (
     SocketTURNSession,
     UnverifiedClient,
@@ -27,6 +33,8 @@ from tests._sockets import (
 )
 from tests._timing import PROMPTLY, poll, reactor, within
 from tests._twistd import TwistdRelay, twistdRelayArgs
+from tests.test_admin_metrics import parseScrape, value
+from tests.test_ctl import controlScript
 from turnrelay.auth.credentials import mintRESTCredential
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
@@ -184,3 +192,73 @@ class RestartTests(WorkersTestCase):
             relayed = await bindChannel(self, session, peer.address)
             self.assertEqual(workerOf(relayed), 0)
             await roundTrip(self, session, peer, relayed, b"again")
+
+
+class AdminTests(WorkersTestCase):
+    """
+    One control socket and one metrics endpoint see every worker.
+    """
+
+    async def test_controlAndMetrics(self) -> None:
+        """
+        C{turnrelayctl} lists the allocations of both workers, kills a user's
+        on whichever worker holds them, adds up the figures with a line per
+        worker, and drains all; C{/metrics} adds the workers' metrics up and
+        counts each worker's allocations.
+        """
+        # Not under trial's temporary directory: a Unix socket's path must
+        # fit in 108 bytes.
+        directory = tempfile.mkdtemp(prefix="turnrelay-workers-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        socketPath = os.path.join(directory, "control.sock")
+        metricsPort = freePortPair()
+        relay = await self.startRelay(
+            "--control-socket",
+            socketPath,
+            "--metrics",
+            f"tcp:{metricsPort}:interface=127.0.0.1",
+        )
+        peer = datagramClient(self, "127.0.0.1")
+        workers: Dict[str, int] = {}
+        for number in range(12):
+            username, password = self.credential(f"user{number}")
+            relayed = await bindChannel(self, self.client(relay, username, password), peer.address)
+            workers[username] = workerOf(relayed)
+        self.assertEqual(set(workers.values()), {0, 1})
+
+        async def ctl(*argv: str) -> Any:
+            child = await within(
+                runToCompletion(self, [controlScript(), "--socket", socketPath, "--json", *argv]),
+                PROMPTLY,
+                f"turnrelayctl {' '.join(argv)}",
+            )
+            self.assertEqual(child.exitCode, 0, child.errors)
+            return json.loads(child.output)
+
+        records = await ctl("allocations")
+        self.assertEqual(sorted((r["user"], r["worker"]) for r in records), sorted(workers.items()))
+        victim = next(user for user, worker in workers.items() if worker == 1)
+        self.assertEqual((await ctl("kill", victim))["killed"], 1)
+        status = await ctl("status")
+        self.assertEqual(status["allocations"], 11)
+        self.assertEqual([w["worker"] for w in status["workers"]], [0, 1])
+        self.assertEqual(sum(w["allocations"] for w in status["workers"]), 11)
+
+        scrape = await deferToThread(
+            lambda: urlopen(f"http://127.0.0.1:{metricsPort}/metrics", timeout=5).read()
+        )
+        families = parseScrape(scrape.decode())
+        self.assertEqual(
+            value(families, "turnrelay_allocations", transport="udp", family="ipv4"), 11
+        )
+        self.assertEqual(
+            value(families, "turnrelay_worker_allocations", worker="0")
+            + value(families, "turnrelay_worker_allocations", worker="1"),
+            11,
+        )
+        self.assertEqual(value(families, "turnrelay_workers_serving"), 2)
+
+        drained = await ctl("drain", "--timeout", "0")
+        self.assertTrue(drained["draining"])
+        session = self.client(relay, *self.credential("late"))
+        self.assertErrorCode(await within(session.allocate(), PROMPTLY, "Allocate"), 403)

@@ -343,6 +343,31 @@ class RelayService(MultiService):
         """
         return mintFromConfig(self.config, userID, ttl, self._reactor.seconds())
 
+    def adminConsole(self, clock: Any) -> Any:
+        """
+        @return: the admin console's helpers for this relay (the SSH
+            console's and the control socket's).
+        """
+        from turnrelay.admin.console import AdminConsole
+
+        return AdminConsole(self, clock)
+
+    def controlFactory(self, clock: Any) -> Any:
+        """
+        @return: the factory of the control socket's connections.
+        """
+        from turnrelay.admin.control import ControlFactory
+
+        return ControlFactory(self, clock)
+
+    def metricsPage(self) -> Any:
+        """
+        @return: the C{/metrics} page.
+        """
+        from turnrelay.admin.metrics import MetricsPage, makeMetricsRegistry
+
+        return MetricsPage(makeMetricsRegistry(self))
+
     @property
     def draining(self) -> bool:
         """
@@ -651,7 +676,20 @@ def makeRelayService(
             inherited.get(index),
         )
         service.setServiceParent(relay)
-    # The operator's side doors, each only when configured.
+    attachSideDoors(relay, config, reactor)
+    return relay
+
+
+def attachSideDoors(relay: Any, config: RelayConfig, reactor: Any) -> None:
+    """
+    Attach the operator's side doors that C{config} asks for to C{relay}:
+    the admin console, metrics, the credentials endpoint, the demo page,
+    the control socket.
+
+    @param relay: a L{RelayService}, or the control process of workers:
+        either says how it is administered (C{adminConsole},
+        C{controlFactory}, C{metricsPage}).
+    """
     if config.manhole is not None:
         from turnrelay.admin.manhole import makeManholeService
 
@@ -672,4 +710,3 @@ def makeRelayService(
         from turnrelay.admin.control import makeControlService
 
         makeControlService(relay, config, reactor).setServiceParent(relay)
-    return relay

@@ -35,7 +35,7 @@ from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from turnrelay.admin.console import AdminConsole
+from turnrelay.admin.console import AdminConsole, ConsoleText
 from turnrelay.admin.manhole import BANNER, NO_COMMANDS, _printable, keyFingerprint
 from turnrelay.logs import Logger, LogLevels
 from turnrelay.stun.address import TransportAddress
@@ -84,6 +84,20 @@ class ConsoleInterpreter(ManholeInterpreter):
             super().runcode(*args, **kwargs)
         except SystemExit:
             self.handler.leaving = True
+
+    def displayhook(self, obj: Any) -> None:
+        # The helpers of a control process (--workers) answer when every
+        # worker has: their text is shown as it is, as the others' is.
+        if isinstance(obj, Deferred) and isinstance(getattr(obj, "result", None), ConsoleText):
+            obj = obj.result
+        super().displayhook(obj)
+
+    def _cbDisplayDeferred(self, result: Any, k: int, obj: Any) -> Any:
+        if not isinstance(result, ConsoleText):
+            return super()._cbDisplayDeferred(result, k, obj)
+        self.write(repr(result), True)
+        del self._pendingDeferreds[id(obj)]
+        return result
 
 
 class ConsoleManhole(ColoredManhole):

@@ -138,33 +138,9 @@ class AdminConsole:
         @param address: only the allocations whose client, relayed or peer
             address is this one: C{"ip"} or C{"ip:port"} (C{"[ip6]:port"}).
         """
-        registry = self.registry
         chosen = self.selectAllocations(user, address)
-        if not chosen:
-            if user is None and address is None:
-                return ConsoleText("no allocations")
-            return ConsoleText(f"no allocation matches{_describeFilter(user, address)}")
-        now = self._clock.seconds()
-        header = (
-            "USER",
-            "CLIENT",
-            "TRANSPORT",
-            "RELAYED",
-            "AGE",
-            "LEFT",
-            "PERMS",
-            "CHANNELS",
-            "TO PEERS",
-            "FROM PEERS",
-            "DROPPED",
-        )
-        rows = [_allocationRow(allocation, now) for allocation in chosen]
-        table = _table(header, rows, rightAligned={4, 5, 6, 7, 10})
-        total = len(registry)
-        count = f"{len(rows)} allocation{'s' if len(rows) != 1 else ''}"
-        if len(rows) != total:
-            count += f" of {total}{_describeFilter(user, address, ' matching')}"
-        return ConsoleText(f"{table}\n{count}")
+        records = [self.allocationRecord(allocation) for allocation in chosen]
+        return allocationsText(records, len(self.registry), user, address)
 
     def selectAllocations(
         self, user: Optional[str] = None, address: Any = None
@@ -274,60 +250,7 @@ class AdminConsole:
         Uptime, allocations, permissions, channels, what was relayed,
         requests answered, refused authentications.
         """
-        figures = dict(self.relay.stats())
-        lines: List[Tuple[str, str]] = []
-
-        def take(key: str, label: str, render: Callable[[Any], str] = str) -> None:
-            if key in figures:
-                lines.append((label, render(figures.pop(key))))
-
-        take("uptime", "uptime", lambda seconds: _duration(seconds))
-        take("draining", "draining", lambda draining: "yes" if draining else "no")
-        take("allocations", "allocations")
-        take(
-            "allocationsByTransportAndFamily",
-            "  by transport",
-            lambda counts: _counts({f"{t}/{f}": n for (t, f), n in counts.items()}),
-        )
-        take("permissions", "permissions")
-        take("channels", "channels")
-        take("tcpPeerConnections", "TCP peer connections")
-        relayed = figures.pop("relayed", {})
-        take(
-            "requests",
-            "requests answered",
-            lambda counts: _counts({f"{m} {o}": n for (m, o), n in counts.items()}),
-        )
-        failures = figures.pop("authFailures", {})
-        lines.append(
-            (
-                "refused authentications",
-                _counts({k: n for k, n in failures.items() if k not in CHALLENGES}),
-            )
-        )
-        lines.append(
-            (
-                "challenges (first 401, 438)",
-                _counts({k: n for k, n in failures.items() if k in CHALLENGES}),
-            )
-        )
-        take("refusals", "refused unauthenticated", _counts)
-        take("tlsReloads", "TLS certificate reloads")
-        for key, value in sorted(figures.items()):
-            lines.append((key, str(value)))
-        width = max(len(label) for label, _ in lines) if lines else 0
-        text = [f"{label:<{width}}  {value}" for label, value in lines]
-        text.append("relayed (live and ended allocations), by client transport:")
-        if not relayed:
-            text.append("  nothing yet")
-        for transport, counts in sorted(relayed.items()):
-            dropped = sum(n for field, n in counts.items() if field.startswith("dropped"))
-            toPeers = _traffic(counts.get("packetsToPeer", 0), counts.get("bytesToPeer", 0))
-            fromPeers = _traffic(counts.get("packetsFromPeer", 0), counts.get("bytesFromPeer", 0))
-            text.append(
-                f"  {transport}: to peers {toPeers}; from peers {fromPeers}; {dropped} dropped"
-            )
-        return ConsoleText("\n".join(text))
+        return statsText(self.relay.stats())
 
     def drain(self, timeout: Optional[float] = None) -> ConsoleText:
         """
@@ -491,6 +414,73 @@ class AdminConsole:
 # Formatting ----------------------------------------------------------------
 
 
+def statsText(stats: Dict[Any, Any]) -> ConsoleText:
+    """
+    How L{AdminConsole.stats} shows a relay's figures (L{RelayService.stats
+    <turnrelay.service.RelayService.stats>}, or their sum over the workers
+    of a control process, whose pairs are C{"udp/ipv4"} text).
+    """
+    figures = dict(stats)
+    lines: List[Tuple[str, str]] = []
+
+    def take(key: str, label: str, render: Callable[[Any], str] = str) -> None:
+        if key in figures:
+            lines.append((label, render(figures.pop(key))))
+
+    take("uptime", "uptime", lambda seconds: _duration(seconds))
+    take("draining", "draining", lambda draining: "yes" if draining else "no")
+    take("allocations", "allocations")
+    take(
+        "allocationsByTransportAndFamily",
+        "  by transport",
+        lambda counts: _counts({_pair(key, "/"): n for key, n in counts.items()}),
+    )
+    take("permissions", "permissions")
+    take("channels", "channels")
+    take("tcpPeerConnections", "TCP peer connections")
+    relayed = figures.pop("relayed", {})
+    take(
+        "requests",
+        "requests answered",
+        lambda counts: _counts({_pair(key, " "): n for key, n in counts.items()}),
+    )
+    failures = figures.pop("authFailures", {})
+    lines.append(
+        (
+            "refused authentications",
+            _counts({k: n for k, n in failures.items() if k not in CHALLENGES}),
+        )
+    )
+    lines.append(
+        (
+            "challenges (first 401, 438)",
+            _counts({k: n for k, n in failures.items() if k in CHALLENGES}),
+        )
+    )
+    take("refusals", "refused unauthenticated", _counts)
+    take("tlsReloads", "TLS certificate reloads")
+    for key, value in sorted(figures.items()):
+        lines.append((key, str(value)))
+    width = max(len(label) for label, _ in lines) if lines else 0
+    text = [f"{label:<{width}}  {value}" for label, value in lines]
+    text.append("relayed (live and ended allocations), by client transport:")
+    if not relayed:
+        text.append("  nothing yet")
+    for transport, counts in sorted(relayed.items()):
+        dropped = sum(n for field, n in counts.items() if field.startswith("dropped"))
+        toPeers = _traffic(counts.get("packetsToPeer", 0), counts.get("bytesToPeer", 0))
+        fromPeers = _traffic(counts.get("packetsFromPeer", 0), counts.get("bytesFromPeer", 0))
+        text.append(f"  {transport}: to peers {toPeers}; from peers {fromPeers}; {dropped} dropped")
+    return ConsoleText("\n".join(text))
+
+
+def _pair(key: Any, separator: str) -> str:
+    # A pair of names, as a tuple or already joined by "/" (in JSON).
+    if isinstance(key, tuple):
+        return separator.join(map(str, key))
+    return str(key).replace("/", separator)
+
+
 def credentialText(record: Dict[str, Any]) -> ConsoleText:
     """
     How L{AdminConsole.mint} shows a credential L{AdminConsole.mintRecord}
@@ -591,23 +581,55 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], rightAligned: s
     return "\n".join(line(cells) for cells in (header, *rows))
 
 
-def _allocationRow(allocation: Allocation, now: float) -> List[str]:
-    fiveTuple = allocation.fiveTuple
-    transport = fiveTuple.transportProtocol
-    if allocation.transport == TRANSPORT_TCP:
-        transport += ", tcp relay"
+def allocationsText(
+    records: Sequence[Dict[str, Any]], total: int, user: Optional[str], address: Any
+) -> ConsoleText:
+    """
+    The table L{AdminConsole.allocations} shows, from the allocations'
+    records (L{AdminConsole.allocationRecord}; the control process of
+    workers gathers them from every worker).
+
+    @param total: how many allocations there are, matching or not.
+    """
+    if not records:
+        if user is None and address is None:
+            return ConsoleText("no allocations")
+        return ConsoleText(f"no allocation matches{_describeFilter(user, address)}")
+    header = (
+        "USER",
+        "CLIENT",
+        "TRANSPORT",
+        "RELAYED",
+        "AGE",
+        "LEFT",
+        "PERMS",
+        "CHANNELS",
+        "TO PEERS",
+        "FROM PEERS",
+        "DROPPED",
+    )
+    rows = [_recordRow(record) for record in records]
+    table = _table(header, rows, rightAligned={4, 5, 6, 7, 10})
+    count = f"{len(rows)} allocation{'s' if len(rows) != 1 else ''}"
+    if len(rows) != total:
+        count += f" of {total}{_describeFilter(user, address, ' matching')}"
+    return ConsoleText(f"{table}\n{count}")
+
+
+def _recordRow(record: Dict[str, Any]) -> List[str]:
+    transport = record["transport"] + (", tcp relay" if record["tcpRelay"] else "")
     return [
-        allocation.username,
-        f"{fiveTuple.clientAddress}->{fiveTuple.serverAddress}",
+        record["user"],
+        f"{record['client']}->{record['server']}",
         transport,
-        ", ".join(str(address) for address in allocation.relayedAddresses),
-        _duration(now - allocation.createdAt),
-        _duration(allocation.lifetime),
-        str(len(allocation.permissions)),
-        str(len(allocation.channels)),
-        _traffic(allocation.packetsToPeer, allocation.bytesToPeer),
-        _traffic(allocation.packetsFromPeer, allocation.bytesFromPeer),
-        str(allocation.dropped),
+        ", ".join(record["relayed"]),
+        _duration(record["age"]),
+        _duration(record["lifetime"]),
+        str(record["permissions"]),
+        str(record["channels"]),
+        _traffic(record["packetsToPeer"], record["bytesToPeer"]),
+        _traffic(record["packetsFromPeer"], record["bytesFromPeer"]),
+        str(record["dropped"]),
     ]
 
 

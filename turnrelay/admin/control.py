@@ -199,16 +199,21 @@ def _peerUID(transport: Any) -> Optional[int]:
     return uid
 
 
-def _answer(text: str, data: Any) -> Dict[str, str]:
+def answerWith(text: str, data: Any) -> Dict[str, str]:
+    """
+    A command's answer: the console's C{text} and the same as JSON C{data};
+    a L{ConsoleFailure} is raised as a L{ControlError}.
+    """
     if isinstance(text, ConsoleFailure):
         raise ControlError(str(text).replace("\n", "; "))
     return {"text": str(text), "data": json.dumps(_jsonable(data), sort_keys=True)}
 
 
-class ControlProtocol(amp.AMP):
+class ControlConnection(amp.AMP):
     """
-    One connection to the control socket: answers the commands above for
-    one relay.
+    One connection to the control socket, whatever answers its commands:
+    it logs them with the caller's user id, and is known to its factory
+    while open.
     """
 
     log = Logger()
@@ -216,8 +221,8 @@ class ControlProtocol(amp.AMP):
     def __init__(
         self,
         relay: Any,
-        console: AdminConsole,
-        connections: Optional[List[ControlProtocol]] = None,
+        console: Any,
+        connections: Optional[List[ControlConnection]] = None,
     ) -> None:
         """
         @param relay: the relay to act on.
@@ -249,12 +254,21 @@ class ControlProtocol(amp.AMP):
             self._connections.remove(self)
         self.closed.callback(None)
 
+
+class ControlProtocol(ControlConnection):
+    """
+    One connection to the control socket: answers the commands above for
+    one relay.
+    """
+
+    _console: AdminConsole
+
     @Status.responder
     def status(self) -> Dict[str, str]:
         """
         L{Status}: the console's C{stats()} and L{RelayService.stats}.
         """
-        return _answer(self._console.stats(), self._relay.stats())
+        return answerWith(self._console.stats(), self._relay.stats())
 
     @Allocations.responder
     def allocations(
@@ -267,7 +281,7 @@ class ControlProtocol(amp.AMP):
         console = self._console
         chosen = console.selectAllocations(user, address)
         records = [console.allocationRecord(allocation) for allocation in chosen]
-        return _answer(console.allocations(user, address), records)
+        return answerWith(console.allocations(user, address), records)
 
     @Kill.responder
     def kill(self, target: str) -> Dict[str, str]:
@@ -278,7 +292,7 @@ class ControlProtocol(amp.AMP):
         before = len(self._console.registry)
         text = self._console.kill(target)
         killed = before - len(self._console.registry)
-        return _answer(text, {"killed": killed})
+        return answerWith(text, {"killed": killed})
 
     @Drain.responder
     def drain(self, timeout: Optional[float] = None) -> Dict[str, str]:
@@ -287,7 +301,7 @@ class ControlProtocol(amp.AMP):
         """
         self._logCommand("drain")
         text = self._console.drain(timeout)
-        return _answer(text, {"draining": True, "allocationsLeft": len(self._console.registry)})
+        return answerWith(text, {"draining": True, "allocationsLeft": len(self._console.registry)})
 
     @Reload.responder
     def reload(self) -> Dict[str, str]:
@@ -310,7 +324,7 @@ class ControlProtocol(amp.AMP):
         text = "configuration reloaded; needing a restart to apply: " + (
             ", ".join(needRestart) or "nothing"
         )
-        return _answer(text, {"reloaded": True, "needRestart": needRestart})
+        return answerWith(text, {"reloaded": True, "needRestart": needRestart})
 
     @ReloadTLS.responder
     def reloadTLS(self) -> Dict[str, str]:
@@ -324,7 +338,7 @@ class ControlProtocol(amp.AMP):
         if not isinstance(text, ConsoleFailure) and options is not None:
             data["subject"] = options.certificate.subject.rfc4514_string()
             data["sha256"] = fingerprint(options.certificate)
-        return _answer(text, data)
+        return answerWith(text, data)
 
     @Mint.responder
     def mint(self, userID: str, ttl: Optional[float] = None) -> Dict[str, str]:
@@ -335,7 +349,7 @@ class ControlProtocol(amp.AMP):
             record = self._console.mintRecord(userID, 86400 if ttl is None else ttl)
         except ValueError as e:
             raise ControlError(f"cannot mint a credential: {e}") from None
-        return _answer(credentialText(record), record)
+        return answerWith(credentialText(record), record)
 
     @LogLevel.responder
     def loglevel(self, level: Optional[str] = None) -> Dict[str, str]:
@@ -344,7 +358,7 @@ class ControlProtocol(amp.AMP):
         """
         was = self.logLevels.level()
         text = self._console.loglevel(level)
-        return _answer(text, {"level": self.logLevels.level(), "was": was})
+        return answerWith(text, {"level": self.logLevels.level(), "was": was})
 
 
 class ControlFactory(Factory):
@@ -360,9 +374,9 @@ class ControlFactory(Factory):
     def __init__(self, relay: Any, clock: Any) -> None:
         self._relay = relay
         self._console = AdminConsole(relay, clock)
-        self.connections: List[ControlProtocol] = []
+        self.connections: List[ControlConnection] = []
 
-    def buildProtocol(self, addr: Any) -> ControlProtocol:
+    def buildProtocol(self, addr: Any) -> ControlConnection:
         protocol = ControlProtocol(self._relay, self._console, self.connections)
         protocol.factory = self
         return protocol
@@ -472,6 +486,6 @@ def makeControlService(relay: Any, config: RelayConfig, reactor: Any) -> Control
         raise ConfigError("control-socket: not configured")
     # Said now, as one line, rather than as a traceback when twistd starts.
     checkSocketPath(config.controlSocket)
-    service = ControlService(reactor, config.controlSocket, ControlFactory(relay, reactor))
+    service = ControlService(reactor, config.controlSocket, relay.controlFactory(reactor))
     service.setName("control")
     return service

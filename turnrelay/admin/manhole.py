@@ -61,7 +61,6 @@ from twisted.logger import Logger as _TwistedLogger
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
-from turnrelay.admin.console import AdminConsole
 from turnrelay.config import ConfigError, ListenerConfig, RelayConfig
 from turnrelay.listening import ListeningService
 from turnrelay.logs import Logger, LogLevels
@@ -369,7 +368,7 @@ def makePortal(relay: Any, config: RelayConfig, reactor: Any) -> Portal:
     """
     from turnrelay.admin._sshsession import ConsoleRealm
 
-    realm = ConsoleRealm(AdminConsole(relay, reactor), reactor)
+    realm = ConsoleRealm(relay.adminConsole(reactor), reactor)
     checkers: List[ICredentialsChecker] = []
     if config.manholeAuthorizedKeys is not None:
         keys = AuthorizedKeysFile(config.manholeAuthorizedKeys, relay.logLevels)

@@ -467,7 +467,6 @@ def makeMetricsService(relay: Any, config: RelayConfig, reactor: Any) -> AdminWe
         C{"metrics"}, to attach to the relay.
     """
     assert config.metrics is not None, "metrics is not configured"
-    page = MetricsPage(makeMetricsRegistry(relay))
-    root = PagesRoot({b"metrics": page, b"healthz": HealthPage(relay)})
+    root = PagesRoot({b"metrics": relay.metricsPage(), b"healthz": HealthPage(relay)})
     site = QuietSite(root, reactor=reactor)
     return AdminWebService(reactor, config.metrics, site, "metrics")

@@ -43,7 +43,7 @@ import turnrelay
 from turnrelay.config import ConfigError, RelayConfig
 from turnrelay.listening import ListenFailure
 from turnrelay.logs import Logger, LogLevels, processLevels
-from turnrelay.service import makeRelayService, mintFromConfig
+from turnrelay.service import attachSideDoors, makeRelayService, mintFromConfig
 from turnrelay.stun.address import TransportAddress
 from turnrelay.workers.ledger import QuotaLedger
 from turnrelay.workers.protocol import (
@@ -181,6 +181,7 @@ class WorkerGroup(MultiService):
         # (an unreadable certificate, a bad setting) stops this process
         # first, with one line.
         makeRelayService(workerConfig(config, 0, config.workers), reactor, logLevels=LogLevels())
+        attachSideDoors(self, config, reactor)
 
     # Starting and stopping -------------------------------------------------------
 
@@ -374,6 +375,21 @@ class WorkerGroup(MultiService):
         if waiting:
             return f"worker {', '.join(waiting)} not ready"
         return None
+
+    def adminConsole(self, clock: Any) -> Any:
+        from turnrelay.workers.admin import GroupConsole
+
+        return GroupConsole(self, clock)
+
+    def controlFactory(self, clock: Any) -> Any:
+        from turnrelay.workers.admin import GroupControlFactory
+
+        return GroupControlFactory(self, clock)
+
+    def metricsPage(self) -> Any:
+        from turnrelay.workers.admin import GroupMetricsPage
+
+        return GroupMetricsPage(self)
 
     def listeningAddresses(self) -> List[Tuple[str, TransportAddress]]:
         addresses = []
