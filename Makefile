@@ -38,8 +38,8 @@ system-deps:
 	tools/install-system-deps
 
 lint: $(BIN)/.installed-test
-	$(BIN)/ruff check turnrelay tests twisted examples
-	$(BIN)/ruff format --check turnrelay tests twisted examples
+	$(BIN)/ruff check turnrelay tests twisted examples bench
+	$(BIN)/ruff format --check turnrelay tests twisted examples bench
 	$(BIN)/mypy
 
 # -rs: pytest says why each skipped test was skipped (a missing tool, no root).

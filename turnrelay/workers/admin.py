@@ -406,11 +406,17 @@ def _groupFamilies(group: WorkerGroup) -> List[Metric]:
         "Live allocations of each worker (as the quotas count them).",
         labels=["worker"],
     )
+    lost = CounterMetricFamily(
+        "turnrelay_worker_allocations_lost",
+        "Allocations ended because their worker died (its own counters died with it).",
+        labels=["worker"],
+    )
     byWorker = group.ledger.byWorker()
     for index in range(len(group.workers)):
         restarts.add_metric([str(index)], group.restarts[index])
         allocations.add_metric([str(index)], byWorker.get(index, 0))
-    return [workers, restarts, allocations]
+        lost.add_metric([str(index)], group.lost[index])
+    return [workers, restarts, allocations, lost]
 
 
 class GroupMetricsPage(Resource):

@@ -145,6 +145,7 @@ class WorkerGroup(MultiService):
     @ivar ledger: the quotas of all workers.
     @ivar workers: the current worker of each index.
     @ivar restarts: how many times a worker was restarted, by index.
+    @ivar lost: allocations ended by their worker's death, by index.
     @ivar draining: whether new allocations are turned away.
     """
 
@@ -168,6 +169,7 @@ class WorkerGroup(MultiService):
         self.ledger = QuotaLedger(config.userQuota, config.totalQuota)
         self.workers: List[Optional[Worker]] = [None] * config.workers
         self.restarts = [0] * config.workers
+        self.lost = [0] * config.workers
         self._delays = [0.0] * config.workers
         self._restartTimers: Dict[int, IDelayedCall] = {}
         self._sockets: List[List[socket.socket]] = []
@@ -303,6 +305,7 @@ class WorkerGroup(MultiService):
         if lived < QUICK_DEATH:
             self._delays[worker.index] = min(max(0.5, delay * 2), RESTART_DELAY_MAX)
         self.restarts[worker.index] += 1
+        self.lost[worker.index] += ended
         self.log.error(
             "worker {worker} (pid {pid}) {how} after {lived:.1f} s: its {ended} allocations "
             "ended; restarting it{when}",

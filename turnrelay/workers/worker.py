@@ -165,10 +165,18 @@ def main() -> None:
     globalLogBeginner.beginLoggingTo(
         [FileLogObserver(sys.stdout, formatJSONLine)], redirectStandardIO=False
     )
-    from twisted.internet import reactor
+    from twisted.internet import reactor as globalReactor
 
+    reactor: Any = globalReactor
     run(spec, reactor)
-    reactor.run()
+    # The control process decides when a worker stops (SIGTERM from it, or
+    # its channel closing): Ctrl-C in a terminal reaches every process of
+    # the group, and the control process must see its workers stop as
+    # asked, not die.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda number, frame: reactor.callFromThread(reactor.stop))
+    reactor.run(installSignalHandlers=False)
 
 
 def _dieWithParent() -> None:
