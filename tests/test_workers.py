@@ -258,6 +258,14 @@ class AdminTests(WorkersTestCase):
         )
         self.assertEqual(value(families, "turnrelay_workers_serving"), 2)
 
+        reloaded = await ctl("reload-tls")
+        self.assertEqual(reloaded["reloaded"], True)
+        self.assertEqual((await ctl("reload"))["needRestart"], [])
+        self.assertEqual((await ctl("loglevel", "debug"))["level"], "debug")
+        await within(
+            relay.child.waitForOutput(rb"worker 1: log level set to debug"), PROMPTLY, "worker 1"
+        )
+
         drained = await ctl("drain", "--timeout", "0")
         self.assertTrue(drained["draining"])
         session = self.client(relay, *self.credential("late"))

@@ -340,7 +340,7 @@ class GroupControlFactory(ControlFactory):
 _LOWEST = ("_timestamp_seconds", "start_time_seconds", "turnrelay_ready", "_max_fds", "_info")
 
 
-class _Families(Collector):
+class Families(Collector):
     """
     Metric families put together beforehand, for one scrape.
     """
@@ -438,7 +438,7 @@ class GroupMetricsPage(Resource):
             texts = [a["text"] for _, a in answers if not isinstance(a, Failure)]
             own = list(self._process.collect())
             registry = CollectorRegistry()
-            registry.register(_Families(addUpMetrics(texts, own) + _groupFamilies(self._group)))
+            registry.register(Families(addUpMetrics(texts, own) + _groupFamilies(self._group)))
             encode, contentType = choose_encoder(
                 (request.getHeader(b"accept") or b"").decode("latin-1")
             )
