@@ -13,7 +13,13 @@ PYTEST_ARGS ?=
 # "Use it from a web page"); DEMO_PAGE= turns it off.
 DEMO_PAGE ?= tcp:8478:interface=127.0.0.1
 
-.PHONY: run test lint system-deps clean
+.PHONY: run test lint system-deps clean offload
+
+# The kernel fast path (turnrelay/offload): clang compiles it for BPF
+# against libbpf's headers (Debian packages clang and libbpf-dev, which
+# `make system-deps` installs).  The asm headers are the host's.
+BPF_OBJECT := turnrelay/offload/channeldata.bpf.o
+BPF_ARCH_INCLUDE := /usr/include/$(shell uname -m)-linux-gnu
 
 # An editable install in "compat" mode puts this checkout on sys.path, so
 # twistd finds twisted/plugins/turnrelay_plugin.py; the default editable mode
@@ -30,7 +36,13 @@ $(BIN)/.installed-test: $(BIN)/.installed-run
 		--config-settings editable_mode=compat -e '.[test]'
 	touch $@
 
-run: $(BIN)/.installed-run
+$(BPF_OBJECT): turnrelay/offload/channeldata.bpf.c
+	@command -v clang >/dev/null 2>&1 || { echo "make: clang is missing: run make system-deps (or install clang and libbpf-dev) to build $@" >&2; exit 1; }
+	clang -O2 -g -target bpf -I$(BPF_ARCH_INCLUDE) -c $< -o $@
+
+offload: $(BPF_OBJECT)
+
+run: $(BIN)/.installed-run $(BPF_OBJECT)
 	$(BIN)/twistd --nodaemon --pidfile= turnrelay \
 		$(if $(DEMO_PAGE),--demo-page $(DEMO_PAGE)) $(ARGS)
 
@@ -43,8 +55,8 @@ lint: $(BIN)/.installed-test
 	$(BIN)/mypy
 
 # -rs: pytest says why each skipped test was skipped (a missing tool, no root).
-test: system-deps lint
+test: system-deps lint $(BPF_OBJECT)
 	$(BIN)/python -m pytest -rs $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache _trial_temp*
+	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache _trial_temp* $(BPF_OBJECT)

@@ -1,8 +1,9 @@
 """
 Child processes of the tests: collecting their output, waiting for a line
 or their end, killing what still runs at cleanup; the twistd of this
-Python; and the external tools some tests drive (coturn's
-C{turnutils_peer} and C{turnutils_uclient}).
+Python; and the independent clients some tests drive (coturn's
+C{turnutils_peer} and C{turnutils_uclient}, and aioice's TURN client in the
+scripts of C{tests/interop/}).
 
 Each helper that starts a process registers its own cleanup with the test
 case, and that cleanup waits until the process has ended, so trial never
@@ -12,12 +13,13 @@ finds a dirty reactor.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
 import socket
 import sys
-from typing import Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
@@ -33,6 +35,12 @@ from turnrelay.stun.address import TransportAddress
 # The checkout (or installation) turnrelay is imported from: a child Python
 # process given this on PYTHONPATH finds turnrelay and its twistd plugin.
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(turnrelay.__file__)))
+
+# The independent clients' scripts, run by a child Python (see
+# L{aioiceTURNArgs} and L{aioiceStreamArgs}).
+INTEROP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interop")
+AIOICE_TURN = os.path.join(INTEROP, "aioice_turn.py")
+AIOICE_STREAM = os.path.join(INTEROP, "aioice_stream.py")
 
 
 # Child processes -------------------------------------------------------------
@@ -220,6 +228,28 @@ async def runToCompletion(
     return child
 
 
+def describe(child: ChildProcess) -> str:
+    """
+    What a child printed, for failure messages.
+    """
+    return (
+        f"exit {child.endStatus}\n--- stdout:\n{child.output.decode('utf-8', 'replace')}"
+        f"\n--- stderr:\n{child.errors.decode('utf-8', 'replace')}"
+    )
+
+
+def finalReport(testCase: SynchronousTestCase, child: ChildProcess) -> Dict[str, Any]:
+    """
+    @return: the JSON object on the last line a script printed.
+    """
+    lines = child.output.decode("utf-8", "replace").splitlines()
+    try:
+        report: Dict[str, Any] = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        testCase.fail(f"the script printed no report\n{describe(child)}")
+    return report
+
+
 def pythonEnvironment() -> dict[str, str]:
     """
     @return: our environment with L{SOURCE_ROOT} first on C{PYTHONPATH}, so
@@ -340,6 +370,46 @@ async def startEchoPeer(testCase: SynchronousTestCase) -> Tuple[TransportAddress
     return TransportAddress(HOST, port), peer
 
 
+def uclientArgs(
+    testCase: SynchronousTestCase,
+    server: TransportAddress,
+    peer: TransportAddress,
+    *options: str,
+    clients: int = 1,
+    messages: int = 10,
+    size: int = 200,
+) -> List[str]:
+    """
+    The command line of C{turnutils_uclient} relaying to C{peer} through the
+    relay at C{server}, sending one message every 5 ms.
+
+    @param options: its other options (C{-t}, C{-S}, C{-c}, credentials).
+    @param clients: how many clients it runs at once (C{-m}), each from a
+        socket of its own.
+    @param messages: how many messages each client sends (C{-n}).
+    @param size: their size in bytes (C{-l}).
+    """
+    return [
+        requireTool(testCase, "turnutils_uclient"),
+        *options,
+        "-m",
+        str(clients),
+        "-n",
+        str(messages),
+        "-l",
+        str(size),
+        "-z",
+        "5",
+        "-p",
+        str(server.port),
+        "-e",
+        peer.host,
+        "-r",
+        str(peer.port),
+        server.host,
+    ]
+
+
 def uclientCounters(output: bytes) -> Optional[Dict[str, int]]:
     """
     Read the final counters C{turnutils_uclient} prints::
@@ -360,3 +430,66 @@ def uclientCounters(output: bytes) -> Optional[Dict[str, int]]:
         "lost": int(lost.group(1)),
         "sendDropped": int(lost.group(2)),
     }
+
+
+# aioice ----------------------------------------------------------------------
+
+
+def aioiceTURNArgs(
+    testCase: SynchronousTestCase,
+    server: TransportAddress,
+    username: str,
+    password: str,
+    *options: str,
+) -> List[str]:
+    """
+    The command line of C{tests/interop/aioice_turn.py} (aioice's TURN
+    client over UDP) against the relay at C{server}.
+
+    @param options: the script's other options (C{--round-trips}).
+    """
+    requireModule(testCase, "aioice")
+    return [
+        sys.executable,
+        AIOICE_TURN,
+        "--username",
+        username,
+        "--password",
+        password,
+        *options,
+        server.host,
+        str(server.port),
+    ]
+
+
+def aioiceStreamArgs(
+    testCase: SynchronousTestCase,
+    server: TransportAddress,
+    transport: str,
+    cafile: Optional[str],
+    username: str,
+    password: str,
+    *options: str,
+) -> List[str]:
+    """
+    The command line of C{tests/interop/aioice_stream.py} (aioice's TURN
+    client over C{transport}) against the relay at C{server}.
+
+    @param cafile: the PEM certificate it trusts, for C{tls}.
+    @param options: the script's other options (C{--round-trips}, C{--hold}).
+    """
+    requireModule(testCase, "aioice")
+    return [
+        sys.executable,
+        AIOICE_STREAM,
+        "--transport",
+        transport,
+        *(["--cafile", cafile] if cafile is not None else []),
+        "--username",
+        username,
+        "--password",
+        password,
+        *options,
+        server.host,
+        str(server.port),
+    ]

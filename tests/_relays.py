@@ -79,6 +79,9 @@ FAKE_SETTINGS: Mapping[str, Any] = {
     "allow-peer": ALLOWED,
     "min-port": 50000,
     "max-port": 50099,
+    # The kernel path relays real packets on the host's interfaces: a fake
+    # reactor has none (tests.test_offload_kernelpath fakes the program).
+    "offload": "off",
 }
 
 
@@ -209,6 +212,8 @@ LOOPBACK_SETTINGS: Mapping[str, Any] = {
     "allow-loopback-peers": True,
     "min-port": MIN_RELAY_PORT,
     "max-port": MAX_RELAY_PORT,
+    # Never attach an eBPF program to the host's interfaces from a test.
+    "offload": "off",
 }
 
 

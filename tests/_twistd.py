@@ -27,19 +27,26 @@ from tests._timing import PROMPTLY, within
 from turnrelay.config import buildConfig
 from turnrelay.stun.address import TransportAddress
 from turnrelay.transports.tls import makeSelfSignedCertificate
-from turnrelay.workers.worker import workerConfig
+from turnrelay.workers.worker import relayPortSlice
 
 # The relay port range of L{twistdRelayArgs}.
 MIN_PORT, MAX_PORT = 40000, 40999
 
-# A worker's allocation ending, as the control process logs it.
-WORKER_ENDED = (
-    rb"worker (?P<worker>\d+): allocation (?P<relayed>\S+) (?P<reason>[^:]+): "
-    rb"(?P<username>\S+) on (?P<transport>\w+):(?P<client>\S+)->(?P<server>\S+), \S+ s, "
-    rb"(?P<toPeers>\d+) packets \((?P<bytesToPeers>\d+) bytes\) to peers, "
-    rb"(?P<fromPeers>\d+) packets \((?P<bytesFromPeers>\d+) bytes\) from peers, "
-    rb"(?P<dropped>\d+) dropped"
-)
+
+def workerEndedPattern(relayed: str = "") -> bytes:
+    """
+    @param relayed: a relayed address, C{HOST:PORT}; any by default.
+    @return: a pattern for a worker's allocation (on C{relayed}) ending, as
+        the control process logs it; L{WorkerEnded.fromMatch} reads a match.
+    """
+    address = re.escape(relayed.encode()) if relayed else rb"\S+"
+    return (
+        rb"worker (?P<worker>\d+): allocation (?P<relayed>" + address + rb") (?P<reason>[^:]+): "
+        rb"(?P<username>\S+) on (?P<transport>\w+):(?P<client>\S+)->(?P<server>\S+), \S+ s, "
+        rb"(?P<toPeers>\d+) packets \((?P<bytesToPeers>\d+) bytes\) to peers, "
+        rb"(?P<fromPeers>\d+) packets \((?P<bytesFromPeers>\d+) bytes\) from peers, "
+        rb"(?P<dropped>\d+) dropped"
+    )
 
 
 def twistdRelayArgs(directory: FilePath[str], *extra: str) -> List[str]:
@@ -100,6 +107,28 @@ class TwistdRelay:
                 f"worker {index} ready",
             )
 
+    async def ended(self, relayed: str = "", start: int = 0) -> re.Match[bytes]:
+        """
+        Wait for a worker to log the end of an allocation (on C{relayed}),
+        in the output from C{start} on.
+
+        @return: the match of L{workerEndedPattern}: see
+            L{WorkerEnded.fromMatch}.
+        """
+        return await within(
+            self.child.waitForOutput(workerEndedPattern(relayed), start),
+            PROMPTLY,
+            f"the end of allocation {relayed or 'any'}",
+        )
+
+    async def stop(self) -> None:
+        """
+        Stop the relay as an operator does, with SIGTERM, and wait until it
+        has stopped its workers and exited.
+        """
+        self.child.signal("TERM")
+        await within(self.child.whenEnded(), PROMPTLY * 3, "twistd to exit on SIGTERM")
+
     def rss(self) -> int:
         """
         @return: the child's resident memory, in bytes.
@@ -122,8 +151,8 @@ def relayWorker(port: int, count: int) -> int:
     """
     config = buildConfig({"min-port": MIN_PORT, "max-port": MAX_PORT})
     for index in range(count):
-        cut = workerConfig(config, index, count)
-        if cut.minPort <= port <= cut.maxPort:
+        low, high = relayPortSlice(config, index, count)
+        if low <= port <= high:
             return index
     raise AssertionError(f"relayed port {port} is in no worker's range")
 
@@ -131,7 +160,7 @@ def relayWorker(port: int, count: int) -> int:
 class WorkerEnded(NamedTuple):
     """
     A worker's allocation ending, as the control process logged it (a match
-    of L{WORKER_ENDED}).
+    of L{workerEndedPattern}).
     """
 
     worker: int

@@ -318,6 +318,7 @@ class BuildConfigTests(SynchronousTestCase):
                 "alternate-server",
                 "credentials-cors-origins",
                 "proxy-from",
+                "offload-interfaces",
             },
         )
 

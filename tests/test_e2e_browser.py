@@ -15,7 +15,8 @@ side selected, what the data channel carried and how many video frames
 were decoded; the server's log says which allocations it made, over which
 transport, and that the browser deleted them.  Credentials the relay must
 refuse, and a certificate the browser must refuse, leave the browser
-without a relay candidate.
+without a relay candidate.  The calls over each transport run again with
+the relay's C{--workers 2}, whose workers make and relay the allocations.
 
 For C{turns:} the browser's own NSS database trusts the test's
 self-signed certificate as a CA (C{certutil}, Debian's libnss3-tools):
@@ -258,6 +259,7 @@ def vethPair(first: Namespace, firstName: str, second: Namespace, secondName: st
 # The relay: twistd in a namespace ----------------------------------------------
 
 CREATED = re.compile(
+    rb"(?:worker (?P<worker>\d+): )?"
     rb"allocation (?P<relayed>\S+) created for (?P<username>\S+) on "
     rb"(?P<transport>udp|tcp|tls):(?P<client>\S+)->(?P<server>\S+), lifetime"
 )
@@ -300,16 +302,19 @@ class RelayProcess:
         allowPeer: str,
         workdir: str,
         certifiedFor: Optional[str] = None,
+        workers: int = 0,
     ) -> RelayProcess:
         """
         Start twistd on C{host} (UDP and TCP on 3478, TLS on 5349 with a
         certificate written to C{workdir}), with a static user and a REST
         secret, relaying to C{allowPeer} (private addresses are denied by
         default); it is killed at cleanup.  Returns once every listener is
-        up.
+        up, and every worker serves.
 
         @param certifiedFor: the address the certificate is for; C{host} by
             default.
+        @param workers: run this many worker processes (C{--workers}); 0
+            for none, the relay in one process.
         """
         certificate = os.path.join(workdir, "relay-cert.pem")
         key = os.path.join(workdir, "relay-key.pem")
@@ -333,6 +338,7 @@ class RelayProcess:
             # debug level only (at info, a summary once a minute).
             "--log-level",
             "debug",
+            *(["--workers", str(workers)] if workers else []),
             listen=[
                 f"udp:{TURN_PORT}:interface={host}",
                 f"tcp:{TURN_PORT}:interface={host}",
@@ -342,14 +348,17 @@ class RelayProcess:
         )
         process = spawn(testCase, namespace.command(args), env=pythonEnvironment(), path=workdir)
         await process.waitForOutput(rb"listening for tls on " + re.escape(host.encode()))
+        for index in range(workers):
+            await process.waitForOutput(rb"worker %d \(pid \d+\) ready" % index)
         return cls(process, host, certificate)
 
     def created(self) -> List[Dict[str, str]]:
         """
-        @return: the allocations logged as created so far.
+        @return: the allocations logged as created so far, with the worker
+            that made each (C{"worker"}) if the relay has workers.
         """
         return [
-            {key: value.decode() for key, value in match.groupdict().items()}
+            {key: value.decode() for key, value in match.groupdict().items() if value is not None}
             for match in CREATED.finditer(self.process.output)
         ]
 
@@ -520,6 +529,8 @@ class _BrowserTestCase(TestCase):
     # A safety net: every wait ends on an event (a line printed, a page
     # function resolving, a process ending), and the page bounds its own.
     timeout = 120
+    # The relay's worker processes (--workers); 0 for none.
+    workers = 0
 
     def setUp(self) -> None:
         requireTestbed()
@@ -541,7 +552,13 @@ class _BrowserTestCase(TestCase):
         """
         await sweepAbandonedNamespaces()
         self.relay = await RelayProcess.start(
-            self, self.namespace, self.host, f"{self.subnet}.0/24", self.workdir, certifiedFor
+            self,
+            self.namespace,
+            self.host,
+            f"{self.subnet}.0/24",
+            self.workdir,
+            certifiedFor,
+            self.workers,
         )
         return self.relay
 
@@ -558,11 +575,10 @@ class _BrowserTestCase(TestCase):
         )
 
 
-class RelayedCallTests(_BrowserTestCase):
+class _CallTestCase(_BrowserTestCase):
     """
     Two C{RTCPeerConnection}s limited to relay candidates call each other
-    through turnrelay over each TURN transport, with static and REST
-    credentials.
+    through turnrelay.
     """
 
     async def _call(self, url: str, username: str, credential: str, protocol: str) -> None:
@@ -638,6 +654,13 @@ class RelayedCallTests(_BrowserTestCase):
         self.relay.assertHealthy(self)
         await browser.quit()
 
+
+class RelayedCallTests(_CallTestCase):
+    """
+    The call through turnrelay over each TURN transport, with static and
+    REST credentials.
+    """
+
     async def test_udpStatic(self) -> None:
         """
         Over C{turn:...?transport=udp} with a static user, both sides
@@ -682,6 +705,50 @@ class RelayedCallTests(_BrowserTestCase):
         """
         username, password = restCredential(600)
         await self._call(f"turns:{self.host}:{TURNS_PORT}?transport=tcp", username, password, "tls")
+
+
+class WorkersRelayedCallTests(_CallTestCase):
+    """
+    The call through turnrelay with C{--workers 2} over each TURN transport:
+    the workers share the listening sockets, each allocation is made and
+    relayed by one of them.
+    """
+
+    workers = 2
+
+    async def _workersCall(self, url: str, protocol: str) -> None:
+        """
+        Make the call with a static user, and check that workers made every
+        allocation.
+        """
+        await self._call(url, USERNAME, PASSWORD, protocol)
+        created = self.relay.created()
+        self.assertTrue(created)
+        for allocation in created:
+            self.assertIn(allocation.get("worker"), {"0", "1"}, allocation)
+
+    async def test_udpStatic(self) -> None:
+        """
+        Over C{turn:...?transport=udp}, both sides connect through UDP
+        allocations that workers made, and the call carries its data and
+        video.
+        """
+        await self._workersCall(f"turn:{self.host}:{TURN_PORT}?transport=udp", "udp")
+
+    async def test_tcpStatic(self) -> None:
+        """
+        Over C{turn:...?transport=tcp}, both sides connect through
+        allocations made by workers on TCP connections.
+        """
+        await self._workersCall(f"turn:{self.host}:{TURN_PORT}?transport=tcp", "tcp")
+
+    async def test_tlsStatic(self) -> None:
+        """
+        Over C{turns:}, both sides connect through allocations made by
+        workers on TLS connections, the browser having verified the
+        certificate each worker serves.
+        """
+        await self._workersCall(f"turns:{self.host}:{TURNS_PORT}?transport=tcp", "tls")
 
 
 class RefusedTests(_BrowserTestCase):

@@ -41,11 +41,15 @@ from twisted.trial.unittest import TestCase
 from tests._logs import isCreated, isEnded, isRefused
 from tests._processes import (
     ChildProcess,
+    aioiceStreamArgs,
+    describe,
+    finalReport,
     requireModule,
     requireTool,
     runToCompletion,
     spawn,
     startEchoPeer,
+    uclientArgs,
     uclientCounters,
 )
 from tests._relays import (
@@ -65,7 +69,6 @@ from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-AIOICE_STREAM = os.path.join(HERE, "interop", "aioice_stream.py")
 RFC6062_CLIENT = os.path.join(HERE, "interop", "rfc6062_client.py")
 
 # turnutils_uclient sends this many messages of this size, one every 5 ms.
@@ -208,28 +211,6 @@ def closedPort(testCase: TestCase) -> TransportAddress:
 # Child processes -------------------------------------------------------------
 
 
-def describe(child: ChildProcess) -> str:
-    """
-    What a child printed, for failure messages.
-    """
-    return (
-        f"exit {child.endStatus}\n--- stdout:\n{child.output.decode('utf-8', 'replace')}"
-        f"\n--- stderr:\n{child.errors.decode('utf-8', 'replace')}"
-    )
-
-
-def finalReport(testCase: TestCase, child: ChildProcess) -> Dict[str, Any]:
-    """
-    @return: the JSON object on the last line a script printed.
-    """
-    lines = child.output.decode("utf-8", "replace").splitlines()
-    try:
-        report: Dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        testCase.fail(f"the script printed no report\n{describe(child)}")
-    return report
-
-
 async def progress(child: ChildProcess, event: str) -> Dict[str, Any]:
     """
     Wait for a script's progress line C{{"event": event, ...}}.
@@ -242,6 +223,7 @@ async def progress(child: ChildProcess, event: str) -> Dict[str, Any]:
 
 
 def aioiceArgs(
+    testCase: TestCase,
     relay: LoopbackRelay,
     transport: str,
     *options: str,
@@ -251,23 +233,16 @@ def aioiceArgs(
     """
     The command line of C{aioice_stream.py} against C{relay}.
     """
-    address = relay.address(transport)
     assert relay.certificate is not None
-    return [
-        sys.executable,
-        AIOICE_STREAM,
-        "--transport",
+    return aioiceStreamArgs(
+        testCase,
+        relay.address(transport),
         transport,
-        "--cafile",
         relay.certificate,
-        "--username",
         username,
-        "--password",
         password,
         *options,
-        address.host,
-        str(address.port),
-    ]
+    )
 
 
 def rfc6062Args(relay: LoopbackRelay, *options: str) -> List[str]:
@@ -313,14 +288,13 @@ class CoturnStreamTests(TestCase):
         @return: the relay, its event of the allocation's end, and what the
             client printed.
         """
-        uclient = requireTool(self, "turnutils_uclient")
+        requireTool(self, "turnutils_uclient")
         relay = startStreamRelay(self)
         peer, _ = await startEchoPeer(self)
         address = relay.address(transport)
-        args = [uclient, "-t", *(["-S"] if transport == "tls" else []), "-c", "-v"]
-        args += ["-m", "1", "-n", str(MESSAGES), "-l", str(MESSAGE_SIZE), "-z", "5"]
-        args += ["-p", str(address.port), "-e", peer.host, "-r", str(peer.port)]
-        child = await runToCompletion(self, [*args, *options, address.host])
+        flags = ["-t", *(["-S"] if transport == "tls" else []), "-c", "-v", *options]
+        args = uclientArgs(self, address, peer, *flags, messages=MESSAGES, size=MESSAGE_SIZE)
+        child = await runToCompletion(self, args)
         self.assertEqual(child.exitCode, 0, describe(child))
         self.assertEqual(
             uclientCounters(child.output),
@@ -495,7 +469,7 @@ class AioiceStreamTests(TestCase):
         @return: the process and its report.
         """
         requireModule(self, "aioice")
-        command = aioiceArgs(relay, transport, *args, **credentials)
+        command = aioiceArgs(self, relay, transport, *args, **credentials)
         child = await runToCompletion(self, command)
         return child, finalReport(self, child)
 
@@ -587,7 +561,9 @@ class OneRegistryTests(TestCase):
         requireModule(self, "aioice")
         relay = startStreamRelay(self)
         transports = ("udp", "tcp", "tls")
-        held = {t: spawn(self, aioiceArgs(relay, t, "--hold"), input=None) for t in transports}
+        held = {
+            t: spawn(self, aioiceArgs(self, relay, t, "--hold"), input=None) for t in transports
+        }
         tcpRelay = spawn(self, rfc6062Args(relay, "--accept-from", HOST, "--greeting", "hi"))
         allocated = {t: await progress(child, "allocated") for t, child in held.items()}
         permitted = await progress(tcpRelay, "permitted")

@@ -14,9 +14,7 @@ the tests' timeouts are only a safety net.
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 from typing import Any, Dict, Tuple
 
 from twisted.trial.unittest import SkipTest, TestCase
@@ -24,10 +22,10 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests._logs import isCreated, isEnded, isRefreshed
 from tests._processes import (
     ChildProcess,
-    requireModule,
-    requireTool,
+    aioiceTURNArgs,
     runToCompletion,
     startEchoPeer,
+    uclientArgs,
     uclientCounters,
 )
 from tests._relays import (
@@ -43,9 +41,6 @@ from tests._sockets import HOST
 from tests._timing import reactor
 from turnrelay.auth.credentials import mintRESTCredential, restPassword
 from turnrelay.stun.address import TransportAddress
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-AIOICE_CLIENT = os.path.join(HERE, "interop", "aioice_turn.py")
 
 # turnutils_uclient sends this many messages of this size, one every 5 ms.
 MESSAGES = 10
@@ -75,27 +70,15 @@ class CoturnUclientTests(TestCase):
         @param rtcp: make an RTCP allocation next to the RTP one (without
             C{-c}), the pair reserved with EVEN-PORT.
         """
-        uclient = requireTool(self, "turnutils_uclient")
-        args = [
-            uclient,
+        args = uclientArgs(
+            self,
+            relay.address(),
+            peer,
             *([] if rtcp else ["-c"]),
-            "-m",
-            "1",
-            "-n",
-            str(MESSAGES),
-            "-l",
-            str(MESSAGE_SIZE),
-            "-z",
-            "5",
-            "-p",
-            str(relay.address().port),
-            "-e",
-            peer.host,
-            "-r",
-            str(peer.port),
             *options,
-            relay.address().host,
-        ]
+            messages=MESSAGES,
+            size=MESSAGE_SIZE,
+        )
         return await runToCompletion(self, args)
 
     async def _relays(self, *options: str) -> Tuple[LoopbackRelay, Dict[str, Any], bytes]:
@@ -242,20 +225,15 @@ class AioiceTURNTests(TestCase):
     async def _aioice(
         self, relay: LoopbackRelay, username: str, password: str, *options: str
     ) -> Tuple[ChildProcess, Dict[str, Any]]:
-        requireModule(self, "aioice")
-        args = [
-            sys.executable,
-            AIOICE_CLIENT,
-            "--username",
+        args = aioiceTURNArgs(
+            self,
+            relay.address(),
             username,
-            "--password",
             password,
             "--round-trips",
             str(self.roundTrips),
             *options,
-            relay.address().host,
-            str(relay.address().port),
-        ]
+        )
         child = await runToCompletion(self, args)
         lines = child.output.decode("utf-8").splitlines()
         self.assertEqual(len(lines), 1, (child.output, child.errors))

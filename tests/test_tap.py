@@ -17,6 +17,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from turnrelay import tap
 from turnrelay.config import SETTINGS, ListenerConfig, RelayConfig
 from turnrelay.logs import logLevel, setLogLevel
+from turnrelay.offload.kernelpath import KernelPathService
 from turnrelay.service import ListenerService, RelayService, makeRelayService
 from turnrelay.testing import FakeUDPReactor
 
@@ -121,7 +122,8 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_serviceTree(self) -> None:
         """
-        makeService builds a relay with one listener service per --listen.
+        makeService builds a relay with one listener service per --listen,
+        and its kernel path.
         """
         options = tap.Options()
         options.parseOptions(["--listen", "udp:0", "--listen", "tcp:0:interface=::1"])
@@ -129,8 +131,10 @@ class MakeServiceTests(SynchronousTestCase):
         service = tap.makeService(options, reactor=reactor)
         assert isinstance(service, RelayService)
         children = list(service)
-        self.assertEqual(len(children), 2)
-        self.assertTrue(all(isinstance(child, ListenerService) for child in children))
+        self.assertEqual(
+            [type(child) for child in children],
+            [KernelPathService, ListenerService, ListenerService],
+        )
         service.startService()
         self.assertEqual(len(reactor.udpPorts), 1)
         self.assertEqual(len(reactor.tcpServers), 1)

@@ -32,34 +32,23 @@ from tests._sockets import (
     udpTURNClient,
 )
 from tests._timing import PROMPTLY, poll, reactor, within
-from tests._twistd import TwistdRelay, twistdRelayArgs
+from tests._twistd import TwistdRelay, relayWorker, twistdRelayArgs
 from tests.test_admin_metrics import parseScrape, value
 from tests.test_ctl import controlScript
 from turnrelay.auth.credentials import mintRESTCredential
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import Method
-from turnrelay.workers.worker import workerConfig
 
 SECRET = "worker-tests-shared-secret"
-# twistdRelayArgs's relay ports, which the two workers share out.
-MIN_PORT, MAX_PORT = 40000, 40999
 READY = rb"worker (\d) \(pid (\d+)\) ready"
 
 
 def workerOf(relayed: TransportAddress) -> int:
     """
-    The worker that holds an allocation, known by its relayed port: each
-    worker has its own slice of the range.
+    The worker that holds an allocation, known by its relayed port.
     """
-    from turnrelay.config import buildConfig
-
-    config = buildConfig({"min-port": MIN_PORT, "max-port": MAX_PORT})
-    for index in range(2):
-        cut = workerConfig(config, index, 2)
-        if cut.minPort <= relayed.port <= cut.maxPort:
-            return index
-    raise AssertionError(f"{relayed} is in no worker's range")
+    return relayWorker(relayed.port, 2)
 
 
 class WorkersTestCase(TURNTestCase, TestCase):

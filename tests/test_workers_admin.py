@@ -11,13 +11,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.test_admin_metrics import parseScrape, value
 from turnrelay.config import buildConfig
 from turnrelay.workers.admin import Families, addUp, addUpMetrics
-from turnrelay.workers.worker import workerConfig
+from turnrelay.workers.worker import relayPortSlice, workerConfig
 
 
 class WorkerConfigTests(SynchronousTestCase):
     """
-    L{workerConfig} cuts the relay port range into one slice per worker and
-    leaves the control process's services out.
+    L{relayPortSlice} cuts the relay port range into one slice per worker;
+    L{workerConfig} leaves the control process's services out.
     """
 
     def test_slices(self) -> None:
@@ -27,8 +27,8 @@ class WorkerConfigTests(SynchronousTestCase):
         """
         config = buildConfig({"min-port": 40000, "max-port": 40010})
         for count in (1, 2, 3, 7, 11):
-            slices = [workerConfig(config, i, count) for i in range(count)]
-            ports = [p for cut in slices for p in range(cut.minPort, cut.maxPort + 1)]
+            slices = [relayPortSlice(config, i, count) for i in range(count)]
+            ports = [p for low, high in slices for p in range(low, high + 1)]
             self.assertEqual(ports, list(range(40000, 40011)), count)
 
     def test_noSideDoors(self) -> None:
@@ -43,7 +43,7 @@ class WorkerConfigTests(SynchronousTestCase):
                 "control-socket": "/run/turnrelay.sock",
             }
         )
-        cut = workerConfig(config, 1, 2)
+        cut = workerConfig(config)
         self.assertEqual((cut.workers, cut.metrics, cut.controlSocket), (1, None, None))
         self.assertEqual(cut.listeners, config.listeners)
 

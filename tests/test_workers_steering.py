@@ -11,7 +11,7 @@ import select
 import socket
 import time
 from collections import Counter
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -108,7 +108,9 @@ class SocketsTestCase(SynchronousTestCase):
                     arrivals[address[:2]] = group.index(sock)
         return arrivals
 
-    def assertSteered(self, arrivals: Arrivals, count: int, share: float) -> None:
+    def assertSteered(
+        self, arrivals: Arrivals, count: int, share: float, byPort: bool = True
+    ) -> None:
         """
         Each arrival is on the predicted socket, and each socket of the
         group has at least C{share} of them.
@@ -116,7 +118,7 @@ class SocketsTestCase(SynchronousTestCase):
         wrong = {
             client: index
             for client, index in arrivals.items()
-            if index != steeringIndex(client[0], client[1], count)
+            if index != steeringIndex(client[0], client[1], count, byPort)
         }
         self.assertEqual(wrong, {}, f"{len(wrong)} of {len(arrivals)} on another socket")
         perSocket = Counter(arrivals.values())
@@ -343,15 +345,18 @@ class TCPSteeringTests(SocketsTestCase):
 
     def test_connections(self) -> None:
         """
-        Each connection is accepted on the predicted listening socket.
+        Each connection is accepted on the socket predicted by its source
+        address alone: every connection of a client host reaches the same
+        socket (RFC 6062's data connections come from new ports).
         """
         group = self.group("tcp", "127.0.0.1", 2)
         address = group[0].getsockname()
-        for _ in range(CONNECTIONS):
-            client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self.addCleanup(client.close)
-            client.settimeout(PROMPTLY)
-            client.connect(address)
+        for number in range(CONNECTIONS):
+            connecting = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.addCleanup(connecting.close)
+            connecting.settimeout(PROMPTLY)
+            connecting.bind((f"127.0.0.{2 + number % 40}", 0))
+            connecting.connect(address)
         arrivals: Arrivals = {}
         deadline = time.monotonic() + PROMPTLY
         while len(arrivals) < CONNECTIONS:
@@ -367,4 +372,8 @@ class TCPSteeringTests(SocketsTestCase):
                         break
                     self.addCleanup(connection.close)
                     arrivals[client] = group.index(listener)
-        self.assertSteered(arrivals, 2, 0.3)
+        self.assertSteered(arrivals, 2, 0.3, byPort=False)
+        byHost: Dict[str, Set[int]] = {}
+        for source, index in arrivals.items():
+            byHost.setdefault(source[0], set()).add(index)
+        self.assertEqual({len(indexes) for indexes in byHost.values()}, {1})

@@ -350,6 +350,26 @@ def _parseChoice(**choices: str) -> Callable[[str, Any], str]:
 
 _parseLogFormat = _parseChoice(text="Twisted's lines", json="one object a line")
 _parseChannelNumbers = _parseChoice(rfc5766="0x4000-0x7FFF", rfc8656="0x4000-0x4FFF")
+_parseOffload = _parseChoice(
+    auto="the kernel path where it loads, else user space",
+    off="user space only",
+    tc="the kernel path at TC, warning when it cannot load",
+    xdp="the kernel path at XDP",
+)
+
+# Linux interface names: at most IFNAMSIZ - 1 characters, none of them a
+# slash, a colon or a blank (dev_valid_name()).
+_INTERFACE_NAME = re.compile(r"[^/:\s]{1,15}")
+
+
+def _parseInterfaceName(name: str, value: Any) -> str:
+    text = str(value)
+    if not _INTERFACE_NAME.fullmatch(text) or text in (".", ".."):
+        raise ConfigError(
+            f"{name}: {value!r} is not a network interface name (1 to 15 characters, "
+            "no slash, colon or blank)"
+        )
+    return text
 
 
 def _parseAdminListen(name: str, value: Any) -> ListenerConfig:
@@ -778,6 +798,32 @@ class RelayConfig:
         admin console, metrics, the control socket, the credentials endpoint. auto is one per
         CPU; 1 relays in the twistd process itself. Embedded relays are single-process.""",
         example="auto",
+    )
+    offload: str = _RESOURCES.setting(
+        """Relay UDP ChannelData in the kernel (an eBPF program) rather than in this process:
+        auto where it can be loaded, off, or tc (and say why when it cannot); xdp is not
+        available yet and falls back likewise.""",
+        "offload",
+        Syntax("auto|off|tc|xdp", _parseOffload),
+        "auto",
+        doc="""The kernel fast path: an eBPF program on the host's interfaces relays ChannelData
+        between UDP clients and their peers without the packets reaching this process, while
+        turnrelay keeps deciding which channels may pass and reads back what they carried (so
+        usage logs, quotas and metrics are the same whichever path relayed). Only channels of
+        UDP clients on UDP allocations without a bandwidth cap or DONT-FRAGMENT, with a peer of
+        the client's family, are offloaded; everything else stays in user space. auto uses it
+        where the program loads (Linux, CAP_BPF and CAP_NET_ADMIN) and relays in user space
+        otherwise, with one log line saying why; tc asks for it and warns when it cannot be had;
+        xdp is not available yet and falls back the same way; off never loads it.""",
+    )
+    offloadInterfaces: Tuple[str, ...] = _RESOURCES.setting(
+        """Network interfaces the kernel path (offload) is attached to, ingress and egress:
+        those clients' and peers' packets arrive on.""",
+        "offload-interfaces",
+        Syntax("NAME", _parseInterfaceName),
+        (),
+        defaultText="every interface that is up, but loopback",
+        example=["eth0"],
     )
     descriptorReserve: int = _RESOURCES.setting(
         """File descriptors kept free below the process's limit (ulimit -n): within it,

@@ -167,3 +167,37 @@ class IAllocationQuota(Interface):
         An allocation L{reserve} granted for C{username} has ended (or was
         never made).
         """
+
+
+class IKernelPath(Interface):
+    """
+    The control plane of a kernel fast path for ChannelData
+    (L{KernelPath<turnrelay.offload.kernelpath.KernelPath>}): what the
+    controller tells it when what may be relayed changes, so that the
+    kernel relays exactly what the user-space data path would.
+
+    Set on L{TURNServer.kernelPath<turnrelay.turn.server.TURNServer.kernelPath>};
+    every allocation made meanwhile calls it from
+    L{Allocation<turnrelay.turn.allocation.Allocation>}'s own changes.
+    Calls are synchronous, on the reactor thread, and never raise.
+    """
+
+    def allocationChanged(allocation: Any) -> None:
+        """
+        A permission or channel binding of C{allocation} was installed,
+        refreshed into being, or expired: bring the kernel's entries for it
+        in line.
+        """
+
+    def allocationEnded(allocation: Any) -> None:
+        """
+        C{allocation} is ending: fold what the kernel relayed for it into
+        its counters, then remove its entries.  Called before its usage is
+        read for the log and the totals.
+        """
+
+    def policyChanged() -> None:
+        """
+        The peer policy or the application's peer filter changed: bring
+        every allocation's entries in line with it.
+        """

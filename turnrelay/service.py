@@ -37,6 +37,7 @@ from turnrelay.config import SETTINGS, ConfigError, ListenerConfig, RelayConfig
 from turnrelay.interfaces import IAllocationObserver
 from turnrelay.listening import ListeningService
 from turnrelay.logs import Logger, LogLevels
+from turnrelay.offload.kernelpath import KernelPathService
 from turnrelay.stun.address import FAMILY_IPV6, TransportAddress
 from turnrelay.stun.channeldata import CHANNEL_NUMBER_MAX, CHANNEL_NUMBER_MAX_RFC5766
 from turnrelay.transports.proxy import PROXYHeaderFactory
@@ -206,6 +207,9 @@ class RelayService(MultiService):
         # The embedding application's credential store, asked first and
         # kept across configuration reloads.
         self.applicationCredentials: Optional[ICredentialStore] = None
+        # The kernel fast path for UDP ChannelData (offload), a child
+        # service; makeRelayService sets it.
+        self.offload: Optional[KernelPathService] = None
 
     def startService(self) -> None:
         super().startService()
@@ -224,7 +228,9 @@ class RelayService(MultiService):
         if self.tlsOptions is not None:
             self.tlsOptions.stopWatching()
         # Allocations first, while their clients can still be told nothing
-        # more; then the listeners.  Done when every socket is closed.
+        # more (what the kernel path relayed for them is counted as they
+        # end); then the listeners and the kernel path, its entries removed
+        # and its program detached.  Done when every socket is closed.
         relaysClosed = self.server.stop()
         if self.server.descriptors is not None:
             self.server.descriptors.stop()
@@ -283,7 +289,9 @@ class RelayService(MultiService):
         channels, TCP peer connections, what was relayed (live and ended
         allocations together), requests, refused authentications, and
         refused requests from unauthenticated sources by reason (with how
-        many sources the per-source limit remembers).
+        many sources the per-source limit remembers), and the kernel path
+        (C{offload}: the path in use, C{"tc"} or C{"off"}, why, and the
+        packets the kernel relayed each way; those are in C{relayed} too).
         """
         server = self.server
         allocations: Counter[Tuple[str, str]] = Counter()
@@ -320,7 +328,13 @@ class RelayService(MultiService):
             "streams": self._streamStats(),
             "descriptors": (None if server.descriptors is None else server.descriptors.stats()),
             "peerConnectionsRefused": dict(server.peerConnectionsRefused),
+            "offload": self._offloadStats(),
         }
+
+    def _offloadStats(self) -> Dict[str, Any]:
+        if self.offload is None:
+            return {"mode": "off", "reason": "not built", "packetsToPeer": 0, "packetsFromPeer": 0}
+        return self.offload.stats()
 
     def _streamStats(self) -> Dict[str, Any]:
         limits = self.streamLimits
@@ -540,13 +554,18 @@ def _limits(config: RelayConfig) -> RelayLimits:
 
 
 def makeTURNServer(
-    config: RelayConfig, reactor: Any, logLevels: Optional[LogLevels] = None
+    config: RelayConfig,
+    reactor: Any,
+    logLevels: Optional[LogLevels] = None,
+    relayPorts: Optional[Tuple[int, int]] = None,
 ) -> TURNServer:
     """
     Build the controller and everything it owns from a configuration.
 
     @param logLevels: the relay's log levels; by default its own, at
         C{log-level}.
+    @param relayPorts: the first and last relay port this relay binds, when
+        it is one worker's slice of C{min-port}-C{max-port}.
     """
     if logLevels is None:
         logLevels = LogLevels()
@@ -569,14 +588,10 @@ def makeTURNServer(
         authenticator=authenticator,
         peerPolicy=_peerPolicy(config),
         relayPorts=(
-            RelayPortPool(reactor, relayIP, config.minPort, config.maxPort, logLevels=logLevels)
-            if relayIP
-            else None
+            _relayPorts(reactor, relayIP, config, relayPorts, logLevels) if relayIP else None
         ),
         relayPorts6=(
-            RelayPortPool(reactor, relayIP6, config.minPort, config.maxPort, logLevels=logLevels)
-            if relayIP6
-            else None
+            _relayPorts(reactor, relayIP6, config, relayPorts, logLevels) if relayIP6 else None
         ),
         limits=_limits(config),
         externalIP=config.externalIP,
@@ -590,6 +605,19 @@ def makeTURNServer(
     return server
 
 
+def _relayPorts(
+    reactor: Any,
+    relayIP: str,
+    config: RelayConfig,
+    relayPorts: Optional[Tuple[int, int]],
+    logLevels: LogLevels,
+) -> RelayPortPool:
+    low, high = relayPorts or (config.minPort, config.maxPort)
+    pool = RelayPortPool(reactor, relayIP, low, high, logLevels=logLevels)
+    pool.groupPorts = range(config.minPort, config.maxPort + 1)
+    return pool
+
+
 def makeRelayService(
     config: RelayConfig,
     reactor: Any,
@@ -599,6 +627,7 @@ def makeRelayService(
     peerFilter: Optional[PeerFilter] = None,
     logLevels: Optional[LogLevels] = None,
     inherited: Mapping[int, int] = {},
+    relayPorts: Optional[Tuple[int, int]] = None,
 ) -> RelayService:
     """
     Build a relay from a configuration.
@@ -625,12 +654,15 @@ def makeRelayService(
         their listener in C{config.listeners}: descriptors of sockets bound
         (and listening, for TCP) to its address, as a worker process gets
         them from its control process.
+    @param relayPorts: the first and last relay port to bind, when this
+        relay is one worker's slice of C{min-port}-C{max-port} (the whole
+        range is still the relay's, for the peer policy).
     @return: a service to start, or to attach to a parent service.
     """
     if logLevels is None:
         logLevels = LogLevels()
     logLevels.setLevel(config.logLevel)
-    server = makeTURNServer(config, reactor, logLevels)
+    server = makeTURNServer(config, reactor, logLevels, relayPorts)
     if credentials is not None:
         server.authenticator.credentials = _credentials(config, reactor, credentials)
     for observer in observers:
@@ -665,6 +697,18 @@ def makeRelayService(
     streamLimits = StreamLimits(reactor, descriptors=server.descriptors)
     _updateStreamLimits(streamLimits, config)
     relay.streamLimits = streamLimits
+    # The kernel path loads (or says why not) when the relay starts, so
+    # that a relay built only to check a configuration loads nothing.
+    relay.offload = KernelPathService(
+        server,
+        reactor,
+        config.offload,
+        config.offloadInterfaces,
+        logLevels,
+        addresses=[listener.interface for listener in config.listeners]
+        + [pool.relayIP for pool in server.pools.values()],
+    )
+    relay.offload.setServiceParent(relay)
     for index, listener in enumerate(config.listeners):
         service = ListenerService(
             reactor,

@@ -255,6 +255,26 @@ class RelayCollector(Collector):
         yield families["packets"]
         yield families["bytes"]
         yield dropped
+        yield from self._offload(stats.get("offload") or {})
+
+    def _offload(self, offload: Dict[str, Any]) -> Iterator[Metric]:
+        # Offloaded packets are in turnrelay_relayed_packets_total already
+        # (the kernel's counters are added to the allocations'): this says
+        # how much of it the kernel carried.
+        yield GaugeMetricFamily(
+            "turnrelay_offload_active",
+            "1 while the kernel fast path relays UDP ChannelData (offload), else 0.",
+            1 if offload.get("mode", "off") != "off" else 0,
+        )
+        offloaded = CounterMetricFamily(
+            "turnrelay_offloaded_packets_total",
+            "Packets the kernel fast path relayed, by direction (also counted in "
+            "turnrelay_relayed_packets_total).",
+            labels=["direction"],
+        )
+        offloaded.add_metric(["to_peer"], offload.get("packetsToPeer", 0))
+        offloaded.add_metric(["from_peer"], offload.get("packetsFromPeer", 0))
+        yield offloaded
 
     def _resources(self, stats: Dict[str, Any]) -> Iterator[Metric]:
         streams = stats["streams"]

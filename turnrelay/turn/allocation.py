@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, NamedTuple, Optiona
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from turnrelay.interfaces import IClientLink
+from turnrelay.interfaces import IClientLink, IKernelPath
 from turnrelay.stun.address import FAMILY_IPV6, TransportAddress
 from turnrelay.stun.attributes import TRANSPORT_UDP
 
@@ -114,6 +114,10 @@ class Allocation:
     @ivar channels: channel number -> L{ChannelBinding}.
     @ivar channelsByPeer: peer address -> L{ChannelBinding}.
     @ivar bucket: the bandwidth cap, or L{None}.
+    @ivar kernelPath: the kernel fast path (an L{IKernelPath}) told when a
+        permission or channel binding comes or goes, and when the allocation
+        ends; L{None} when the relay has none.  The controller sets it when
+        the allocation is registered.
 
     What the data path relays and drops is counted here by
     L{turnrelay.turn.datapath.DataPath}.
@@ -132,6 +136,7 @@ class Allocation:
         "channels",
         "channelsByPeer",
         "bucket",
+        "kernelPath",
         "createdAt",
         "expiresAt",
         *TRAFFIC_COUNTERS,
@@ -171,6 +176,7 @@ class Allocation:
         self.channels: Dict[int, ChannelBinding] = {}
         self.channelsByPeer: Dict[TransportAddress, ChannelBinding] = {}
         self.bucket = bucket
+        self.kernelPath: Optional[IKernelPath] = None
         self.createdAt = clock.seconds()
         self.expiresAt = self.createdAt + lifetime
         # The counters of TRAFFIC_COUNTERS, declared here for the type checker.
@@ -228,6 +234,7 @@ class Allocation:
                 del self.channelsByPeer[binding.peer]
         for host in [h for h in self.permissions if (":" in h) == (family == FAMILY_IPV6)]:
             self.permissions.pop(host).cancel()
+        self._changed()
         relay.close(relay.port)
 
     @property
@@ -244,6 +251,12 @@ class Allocation:
         """
         return max(0, int(self.expiresAt - self._clock.seconds() + 0.5))
 
+    def _changed(self) -> None:
+        # What the kernel path may relay follows permissions and channels.
+        kernelPath = self.kernelPath
+        if kernelPath is not None:
+            kernelPath.allocationChanged(self)
+
     def refresh(self, lifetime: float) -> None:
         """
         Set the time to expiry (RFC 8656 section 8).
@@ -257,16 +270,26 @@ class Allocation:
         """
         Install or refresh a permission for a peer IP; it lasts exactly 300 s.
         """
+        if self._installPermission(host):
+            self._changed()
+
+    def _installPermission(self, host: str) -> bool:
+        """
+        @return: whether the permission is new (a refresh changes nothing
+            the kernel path holds).
+        """
         timer = self.permissions.get(host)
         if timer is None:
             self.permissions[host] = self._clock.callLater(
                 PERMISSION_LIFETIME, self._permissionExpired, host
             )
-        else:
-            timer.reset(PERMISSION_LIFETIME)
+            return True
+        timer.reset(PERMISSION_LIFETIME)
+        return False
 
     def _permissionExpired(self, host: str) -> None:
         del self.permissions[host]
+        self._changed()
 
     # Channels (RFC 8656 section 12) ------------------------------------------
 
@@ -288,6 +311,7 @@ class Allocation:
         The caller has checked L{channelConflict}.
         """
         binding = self.channels.get(number)
+        changed = binding is None
         if binding is None:
             timer = self._clock.callLater(CHANNEL_LIFETIME, self._channelExpired, number)
             binding = ChannelBinding(number, peer, self.relays[peer.family].sendto, timer)
@@ -295,11 +319,13 @@ class Allocation:
             self.channelsByPeer[peer] = binding
         else:
             binding.timer.reset(CHANNEL_LIFETIME)
-        self.installPermission(peer.host)
+        if self._installPermission(peer.host) or changed:
+            self._changed()
 
     def _channelExpired(self, number: int) -> None:
         binding = self.channels.pop(number)
         del self.channelsByPeer[binding.peer]
+        self._changed()
 
     # The end -------------------------------------------------------------------
 
@@ -310,6 +336,11 @@ class Allocation:
         if self._released:
             return
         self._released = True
+        kernelPath, self.kernelPath = self.kernelPath, None
+        if kernelPath is not None:
+            # First, while its entries still hold what the kernel relayed:
+            # the usage read next includes it.
+            kernelPath.allocationEnded(self)
         if self._timer.active():
             self._timer.cancel()
         for timer in self.permissions.values():

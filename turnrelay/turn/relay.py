@@ -102,6 +102,9 @@ class RelayPortPool:
         self.relayIP = relayIP
         self.minPort = minPort
         self.maxPort = maxPort
+        # The relay's whole range when this pool is one worker's slice of
+        # it: its siblings' relayed addresses are the relay's too.
+        self.groupPorts = range(minPort, maxPort + 1)
         self._attempts = attempts
         self._random = rng or random.SystemRandom()
         self._inUse: Set[int] = set()

@@ -28,11 +28,12 @@ from typing import Counter as CounterType
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
 
 from turnrelay.auth.credentials import ChainedCredentials
 from turnrelay.auth.longterm import AuthResult, LongTermAuthenticator
 from turnrelay.auth.nonce import NonceMinter
-from turnrelay.interfaces import IAllocationQuota, IClientLink
+from turnrelay.interfaces import IAllocationObserver, IAllocationQuota, IClientLink, IKernelPath
 from turnrelay.logs import Logger, LogLevels
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
@@ -78,6 +79,30 @@ CHALLENGES = frozenset({"no-integrity", "stale-nonce"})
 RequestHandler = Callable[[STUNMessage, IClientLink, AuthResult], Optional[STUNMessage]]
 
 
+@implementer(IAllocationObserver)
+class _KernelPathAttacher:
+    """
+    The registry observer that hands every new allocation the controller's
+    kernel path, so that the allocation tells it of its permissions and
+    channels from then on.
+    """
+
+    def __init__(self, server: TURNServer) -> None:
+        self._server = server
+
+    def allocationCreated(self, allocation: Any) -> None:
+        allocation.kernelPath = self._server.kernelPath
+
+    def allocationRefreshed(self, allocation: Any, lifetime: float) -> None:
+        pass
+
+    def allocationPermissionAdded(self, allocation: Any, host: str) -> None:
+        pass
+
+    def allocationEnded(self, allocation: Any, reason: str, usage: Dict[str, Any]) -> None:
+        pass
+
+
 class TURNServer:
     """
     Answers STUN and TURN messages from every transport.
@@ -120,6 +145,10 @@ class TURNServer:
         one control process), asked by every Allocate that passes this
         relay's own checks before its allocation is made (486 if refused,
         508 if it cannot answer), or L{None} for this relay's quotas alone.
+    @ivar kernelPath: the kernel fast path for UDP ChannelData (an
+        L{IKernelPath}), told of every allocation's permissions, channels
+        and end, and of policy changes; L{None} (the default) when the data
+        path is user space alone.
     """
 
     log = Logger()
@@ -129,6 +158,8 @@ class TURNServer:
     descriptors: Optional[DescriptorBudget] = None
     sourceLimit: Optional[SourceRateLimiter] = None
     sharedQuota: Optional[IAllocationQuota] = None
+    _kernelPath: Optional[IKernelPath] = None
+    _kernelPathAttacher: Optional[_KernelPathAttacher] = None
 
     def __init__(
         self,
@@ -212,6 +243,27 @@ class TURNServer:
         self.dataPath.peerFilter = (
             None if peerFilter is None else FailClosedFilter(peerFilter, self.logLevels)
         )
+        if self._kernelPath is not None:
+            self._kernelPath.policyChanged()
+
+    @property
+    def kernelPath(self) -> Optional[IKernelPath]:
+        """
+        The kernel fast path, or L{None}; see the class docstring.
+        Allocations made from now on follow the one set here (those already
+        made stay on the user-space path).
+        """
+        return self._kernelPath
+
+    @kernelPath.setter
+    def kernelPath(self, kernelPath: Optional[IKernelPath]) -> None:
+        self._kernelPath = kernelPath
+        if kernelPath is not None and self._kernelPathAttacher is None:
+            self._kernelPathAttacher = _KernelPathAttacher(self)
+            self.registry.addObserver(self._kernelPathAttacher)
+        elif kernelPath is None and self._kernelPathAttacher is not None:
+            self.registry.removeObserver(self._kernelPathAttacher)
+            self._kernelPathAttacher = None
 
     # What the metrics, the console and embedders read ----------------------------
 
@@ -334,14 +386,18 @@ class TURNServer:
         policy in force knew (the sockets do not change on a reload).
         """
         for pool in self.pools.values():
-            policy.addRelayAddress(pool.relayIP, range(pool.minPort, pool.maxPort + 1))
+            policy.addRelayAddress(pool.relayIP, pool.groupPorts)
         if self.externalIP is not None:
             ipv4 = self.relayPorts
-            ports = range(0) if ipv4 is None else range(ipv4.minPort, ipv4.maxPort + 1)
+            ports = range(0) if ipv4 is None else ipv4.groupPorts
             policy.addRelayAddress(self.externalIP, ports)
         for service in self.peerPolicy.ownServices:
             policy.addOwnService(service)
         self.peerPolicy = self.dataPath.peerPolicy = policy
+        if self._kernelPath is not None:
+            # A peer the new policy denies loses its kernel entries now,
+            # as it would lose the user-space path's next Send.
+            self._kernelPath.policyChanged()
 
     # Answering -------------------------------------------------------------------
 

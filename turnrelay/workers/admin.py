@@ -337,7 +337,14 @@ class GroupControlFactory(ControlFactory):
 
 # Families whose workers' values are not added up: the earliest time, the
 # lowest limit, whether all are ready.
-_LOWEST = ("_timestamp_seconds", "start_time_seconds", "turnrelay_ready", "_max_fds", "_info")
+_LOWEST = (
+    "_timestamp_seconds",
+    "start_time_seconds",
+    "turnrelay_ready",
+    "_max_fds",
+    "_info",
+    "_active",
+)
 
 
 class Families(Collector):

@@ -17,7 +17,7 @@ whole (a reload sends the new one with L{Reconfigure}).
 from __future__ import annotations
 
 import pickle
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import attr
 from twisted.protocols import amp
@@ -37,16 +37,19 @@ class WorkerSpec:
     @ivar index: its number, from 0; its relay ports and its sockets in
         each listener's group are chosen by it.
     @ivar count: how many workers there are.
-    @ivar config: its configuration: the relay's, with its share of the
-        relay ports and without the control process's services.
+    @ivar config: its configuration: the relay's, without the control
+        process's services.
     @ivar listeners: the descriptor of its socket for each listener, by
         the listener's index in C{config.listeners}.
+    @ivar relayPorts: the first and last relay port it binds, its slice of
+        C{config}'s range.
     """
 
     index: int
     count: int
     config: RelayConfig
     listeners: Dict[int, int]
+    relayPorts: Tuple[int, int]
 
 
 class PickledConfig(LongText):

@@ -6,9 +6,11 @@ The control process opens every listening socket of the relay, one per
 worker per listener, in one reuseport group, and attaches the classic-BPF
 program of L{steeringProgram}: the kernel then picks the socket by a hash of
 the client's source address and source port, so a client's 5-tuple always
-reaches the same worker. The control process keeps its own copy of each
-socket, so the group (and with it the index of every socket) never changes,
-even while a worker restarts.
+reaches the same worker.  TCP listeners hash the address alone: RFC 6062's
+data connection, which the client opens from a new port, must reach the
+worker that holds its allocation and its peer connection.  The control
+process keeps its own copy of each socket, so the group (and with it the
+index of every socket) never changes, even while a worker restarts.
 
 L{steeringIndex} computes in Python the index the program picks, for tests
 and for a control process that wants to know which worker holds a client.
@@ -71,7 +73,7 @@ class SteeringError(OSError):
     """
 
 
-def steeringIndex(host: str, port: int, count: int) -> int:
+def steeringIndex(host: str, port: int, count: int, byPort: bool = True) -> int:
     """
     The socket of a group of C{count} that the program of
     L{steeringProgram} picks for a client, computed as the kernel does.
@@ -81,6 +83,8 @@ def steeringIndex(host: str, port: int, count: int) -> int:
         form, since the kernel sees an IPv4 packet.
     @param port: the client's port.
     @param count: the number of sockets in the group.
+    @param byPort: whether the program hashes the port too (see
+        L{steeringProgram}).
     @return: an index in C{range(count)}.
     """
     _checkCount(count)
@@ -93,13 +97,14 @@ def steeringIndex(host: str, port: int, count: int) -> int:
         mixed = 0
         for word in struct.unpack("!4I", address.packed):
             mixed ^= word
-    mixed ^= port
+    if byPort:
+        mixed ^= port
     mixed = (mixed * _GOLDEN) & _MASK
     mixed ^= mixed >> 16
     return mixed % count
 
 
-def steeringProgram(count: int) -> bytes:
+def steeringProgram(count: int, byPort: bool = True) -> bytes:
     """
     The classic-BPF reuseport program that picks one of C{count} sockets by
     the client's source address and port.
@@ -108,6 +113,8 @@ def steeringProgram(count: int) -> bytes:
     0x9E3779B1; h ^= h >> 16; return h % count}, in 32-bit arithmetic.
 
     @param count: the number of sockets in the group.
+    @param byPort: hash the source port too; without it every connection
+        of a client host reaches the same socket.
     @return: the packed C{struct sock_filter} array.
     """
     _checkCount(count)
@@ -121,6 +128,8 @@ def steeringProgram(count: int) -> bytes:
         (_LD | _W | _ABS, 0, 0, net + 12),  # A = source address
         (_ALU | _XOR | _X, 0, 0, 0),
     ]
+    if not byPort:
+        ipv4 = [(_LD | _W | _ABS, 0, 0, net + 12)]
     # IPv6: the port is read right after the fixed header, so a packet
     # with extension headers is hashed on other bytes (a fragment, say);
     # UDP and TCP from clients carry none in practice.
@@ -139,6 +148,8 @@ def steeringProgram(count: int) -> bytes:
         (_LD | _H | _ABS, 0, 0, net + 40),
         (_ALU | _XOR | _X, 0, 0, 0),
     ]
+    if not byPort:
+        ipv6 = ipv6[:-3]
     ipv4.append((_JMP | _JA, 0, 0, len(ipv6)))
     program: List[_Instruction] = [
         # Branch on the version nibble rather than on the socket's family:
@@ -171,7 +182,7 @@ class _SockFprog(ctypes.Structure):
     ]
 
 
-def attachSteering(sock: socket.socket, count: int) -> None:
+def attachSteering(sock: socket.socket, count: int, byPort: bool = True) -> None:
     """
     Attach L{steeringProgram} to the reuseport group of C{sock}.
 
@@ -181,9 +192,10 @@ def attachSteering(sock: socket.socket, count: int) -> None:
 
     @param sock: a socket with C{SO_REUSEPORT} set.
     @param count: the number of sockets in the group.
+    @param byPort: see L{steeringProgram}.
     @raise SteeringError: the kernel refused.
     """
-    program = steeringProgram(count)
+    program = steeringProgram(count, byPort)
     instructions = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // _FILTER.size, ctypes.addressof(instructions))
     try:
@@ -211,7 +223,8 @@ def reuseportSockets(
     @param count: the number of sockets.
     @param backlog: the C{listen} backlog of each TCP socket.
     @return: the sockets, non-blocking, in group order: the socket at
-        index I{i} is the one the program picks with index I{i}.
+        index I{i} is the one the program picks with index I{i}.  UDP
+        clients are steered by address and port, TCP clients by address.
     @raise OSError: from C{bind} (with its errno, so that a caller can say
         the port is in use), or L{SteeringError}; no socket is left open.
     """
@@ -237,7 +250,7 @@ def reuseportSockets(
             # when it binds: either way in the order of this list.
             if transport == "tcp":
                 sock.listen(backlog)
-        attachSteering(sockets[0], count)
+        attachSteering(sockets[0], count, byPort=transport == "udp")
     except BaseException:
         for sock in sockets:
             sock.close()

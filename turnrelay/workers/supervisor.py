@@ -55,7 +55,7 @@ from turnrelay.workers.protocol import (
     WorkerSpec,
 )
 from turnrelay.workers.steering import reuseportSockets
-from turnrelay.workers.worker import workerConfig
+from turnrelay.workers.worker import relayPortSlice, workerConfig
 
 # A worker that dies this soon after it started is failing at start-up:
 # wait before the next attempt, longer each time, up to RESTART_DELAY_MAX.
@@ -182,7 +182,7 @@ class WorkerGroup(MultiService):
         # Built and thrown away: what would stop a worker from starting
         # (an unreadable certificate, a bad setting) stops this process
         # first, with one line.
-        makeRelayService(workerConfig(config, 0, config.workers), reactor, logLevels=LogLevels())
+        makeRelayService(workerConfig(config), reactor, logLevels=LogLevels())
         attachSideDoors(self, config, reactor)
 
     # Starting and stopping -------------------------------------------------------
@@ -228,7 +228,11 @@ class WorkerGroup(MultiService):
         childFDs[CHANNEL_FD] = theirs.fileno()
         worker = Worker(self, index, self._reactor.seconds())
         spec = WorkerSpec(
-            index, len(self.workers), workerConfig(self.config, index, len(self.workers)), inherited
+            index,
+            len(self.workers),
+            workerConfig(self.config),
+            inherited,
+            relayPortSlice(self.config, index, len(self.workers)),
         )
         try:
             self._reactor.spawnProcess(
@@ -470,8 +474,7 @@ class WorkerGroup(MultiService):
         for worker in self.workers:
             if worker is not None and worker.ready:
                 assert worker.channel is not None
-                cut = workerConfig(config, worker.index, len(self.workers))
-                calls.append(worker.channel.callRemote(Reconfigure, config=cut))
+                calls.append(worker.channel.callRemote(Reconfigure, config=workerConfig(config)))
 
         def gathered(results: List[Tuple[bool, Any]]) -> List[str]:
             needRestart = {"workers"} if changedWorkers else set()

@@ -19,7 +19,7 @@ import pickle
 import signal
 import socket
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import attr
 from twisted.internet.defer import Deferred
@@ -46,20 +46,25 @@ from turnrelay.workers.protocol import (
 )
 
 
-def workerConfig(config: RelayConfig, index: int, count: int) -> RelayConfig:
+def relayPortSlice(config: RelayConfig, index: int, count: int) -> Tuple[int, int]:
     """
-    A worker's configuration: the relay's, with the worker's own slice of
-    the relay port range (so that no two workers ever bind the same relay
-    port, UDP or RFC 6062 TCP), and none of the services the control
-    process holds for all of them.
+    The first and last relay port worker C{index} of C{count} binds: the
+    I{index}-th of C{count} equal slices of C{min-port}-C{max-port}, so
+    that no two workers ever bind the same relay port, UDP or RFC 6062 TCP.
     """
     ports = config.maxPort - config.minPort + 1
     low = config.minPort + ports * index // count
     high = config.minPort + ports * (index + 1) // count - 1
+    return low, high
+
+
+def workerConfig(config: RelayConfig) -> RelayConfig:
+    """
+    A worker's configuration: the relay's, without the services the
+    control process holds for all workers.
+    """
     return attr.evolve(
         config,
-        minPort=low,
-        maxPort=high,
         workers=1,
         manhole=None,
         metrics=None,
@@ -128,7 +133,11 @@ def run(spec: WorkerSpec, reactor: Any) -> None:
     is about to run.
     """
     relay = makeRelayService(
-        spec.config, reactor, logLevels=processLevels, inherited=spec.listeners
+        spec.config,
+        reactor,
+        logLevels=processLevels,
+        inherited=spec.listeners,
+        relayPorts=spec.relayPorts,
     )
     channel = WorkerChannel(relay, spec.index, spec.count, reactor)
     relay.server.sharedQuota = SharedQuota(channel)
@@ -143,8 +152,8 @@ def run(spec: WorkerSpec, reactor: Any) -> None:
         log.info(
             "worker {worker} serving, relay ports {low}-{high}",
             worker=spec.index,
-            low=spec.config.minPort,
-            high=spec.config.maxPort,
+            low=spec.relayPorts[0],
+            high=spec.relayPorts[1],
         )
 
     def stopping() -> Optional[Deferred[Any]]:

@@ -1,0 +1,304 @@
+"""
+The kernel fast path on real interfaces: C{channeldata.bpf.c} attached by
+L{turnrelay.offload.bpf.KernelProgram} to the veths of a relay namespace
+relays a client's ChannelData to a peer's UDP socket and the peer's answer
+back to the client's, with nothing listening in the relay namespace.
+
+Three namespaces the test makes and removes (names from
+L{tests._netns.NAME_PREFIX}, addresses from a random C{10.X.Y.0/24} pair
+and C{fd00::/8} that exist only inside them)::
+
+    client  cv --- rc  relay  rp --- pv  peer
+
+The client and the peer put their datagrams on the wire through packet
+sockets, with their checksums computed here, so they arrive as a NIC
+would hand them over (the checksum not yet verified); the receivers are
+ordinary UDP sockets, which the kernel gives only datagrams whose checksum
+is right.  (A UDP socket over a veth would hand over its datagram with the
+checksum still to be done, which the program does not support.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import subprocess
+import sys
+from typing import Dict, List, Tuple
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+from tests._netns import NAME_PREFIX, NetworkCommandError, command, listNamespaces
+from tests._timing import PROMPTLY
+from tests.test_offload_program import channelData, frame
+from turnrelay.offload import entries
+from turnrelay.offload.bpf import KernelProgram, OffloadUnavailable
+
+CHANNEL = 0x4ABC
+CLIENT_PORT = 41000
+SERVER_PORT = 3478
+RELAY_PORT = 52000
+PEER_PORT = 7000
+_CLONE_NEWNET = 0x40000000
+
+RECEIVE = """\
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(float(sys.argv[3]))
+print("ready", flush=True)
+data, source = s.recvfrom(65535)
+print(data.hex(), source[0], source[1], flush=True)
+"""
+
+SEND = """\
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+s.send(bytes.fromhex(sys.argv[2]))
+"""
+
+
+class _Namespace:
+    """
+    Run the calling thread in a network namespace for the time of a
+    C{with} block (libbpf's netlink calls act in the caller's namespace).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._libc = ctypes.CDLL(None, use_errno=True)
+
+    def _enter(self, fd: int) -> None:
+        if self._libc.setns(fd, _CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"setns: {os.strerror(code)}")
+
+    def __enter__(self) -> None:
+        self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            self._enter(target)
+        finally:
+            os.close(target)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._enter(self._home)
+        finally:
+            os.close(self._home)
+
+
+class VethOffloadTests(TestCase):
+    """
+    ChannelData relayed by the kernel between namespaces, both ways.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        if os.geteuid() != 0:
+            raise SkipTest(f"namespaces and BPF need root; running as uid {os.geteuid()}")
+        try:
+            self.program = KernelProgram.load()
+        except OffloadUnavailable as e:
+            raise SkipTest(f"the offload program cannot be loaded: {e}") from None
+        self.tag = NAME_PREFIX + secrets.token_hex(3)
+        self.namespaces: List[str] = []
+        # Registered first, so it runs last: after the program is closed.
+        self.addCleanup(self._removeNamespaces)
+        self.addCleanup(self._closeProgram)
+        try:
+            for name in ("relay", "client", "peer"):
+                self._namespace(name)
+        except NetworkCommandError as e:
+            raise SkipTest(f"cannot create network namespaces: {e}") from None
+        x = secrets.randbelow(200) + 20
+        y = secrets.randbelow(256)
+        z = secrets.token_hex(2)
+        self.addresses: Dict[str, Dict[str, str]] = {
+            "4": {
+                "client": f"10.{x}.{y}.2",
+                "server": f"10.{x}.{y}.1",
+                "relay": f"10.{x + 1}.{y}.1",
+                "peer": f"10.{x + 1}.{y}.2",
+            },
+            "6": {
+                "client": f"fd00:{z}:1::2",
+                "server": f"fd00:{z}:1::1",
+                "relay": f"fd00:{z}:2::1",
+                "peer": f"fd00:{z}:2::2",
+            },
+        }
+        self._link("client", "cv", "rc", "server")
+        self._link("peer", "pv", "rp", "relay")
+        # bpf_fib_lookup routes as a router does: only where forwarding is on.
+        command(self._in("relay", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
+        command(self._in("relay", ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]))
+        with _Namespace(self._name("relay")):
+            for device in ("rc", "rp"):
+                self.program.attach(int(str(self._link_info("relay", device)["ifindex"])))
+
+    def _name(self, short: str) -> str:
+        return f"{self.tag}-{short}"
+
+    def _in(self, short: str, args: List[str]) -> List[str]:
+        return ["ip", "netns", "exec", self._name(short), *args]
+
+    def _namespace(self, short: str) -> None:
+        command(["ip", "netns", "add", self._name(short)])
+        self.namespaces.append(self._name(short))
+        command(["ip", "-n", self._name(short), "link", "set", "lo", "up"])
+
+    def _link(self, host: str, hostDevice: str, relayDevice: str, relayName: str) -> None:
+        relay, other = self._name("relay"), self._name(host)
+        command(
+            ["ip", "-n", relay, "link", "add", relayDevice, "type", "veth"]
+            + ["peer", "name", hostDevice, "netns", other]
+        )
+        for family, names in self.addresses.items():
+            prefix = "24" if family == "4" else "64"
+            for namespace, device, address in [
+                (relay, relayDevice, names[relayName]),
+                (other, hostDevice, names[host]),
+            ]:
+                command(
+                    ["ip", "-n", namespace, "addr", "add", f"{address}/{prefix}", "dev", device]
+                    + (["nodad"] if family == "6" else [])
+                )
+        command(["ip", "-n", relay, "link", "set", relayDevice, "up"])
+        command(["ip", "-n", other, "link", "set", hostDevice, "up"])
+
+    def _link_info(self, short: str, device: str) -> Dict[str, object]:
+        [info] = json.loads(command(["ip", "-n", self._name(short), "-j", "link", "show", device]))
+        return dict(info)
+
+    def _mac(self, short: str, device: str) -> bytes:
+        return bytes.fromhex(str(self._link_info(short, device)["address"]).replace(":", ""))
+
+    def _closeProgram(self) -> None:
+        with _Namespace(self._name("relay")):
+            self.program.close()
+
+    def _removeNamespaces(self) -> None:
+        problems = []
+        for namespace in reversed(self.namespaces):
+            try:
+                command(["ip", "netns", "del", namespace])
+            except NetworkCommandError as e:
+                problems.append(str(e))
+        left = set(self.namespaces) & set(listNamespaces())
+        if left:
+            problems.append(f"namespaces left behind: {sorted(left)}")
+        if problems:
+            raise AssertionError("; ".join(problems))
+
+    def _exchange(
+        self,
+        sender: str,
+        device: str,
+        relayDevice: str,
+        packet: bytes,
+        receiver: str,
+        port: int,
+        wait: float = PROMPTLY,
+    ) -> Tuple[bytes, str, int]:
+        """
+        Put C{packet} (an Ethernet frame without its MAC addresses) on
+        C{device} of C{sender}, addressed to the relay's C{relayDevice},
+        and return what a UDP socket on C{receiver}'s address and C{port}
+        gets, with its source.
+        """
+        family = "6" if packet[:2] == b"\x86\xdd" else "4"
+        address = self.addresses[family][receiver]
+        listening = subprocess.Popen(
+            self._in(receiver, [sys.executable, "-c", RECEIVE, address, str(port), str(wait)]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(_reap, listening)
+        assert listening.stdout is not None
+        self.assertEqual(listening.stdout.readline().strip(), "ready")
+        wire = self._mac("relay", relayDevice) + self._mac(sender, device) + packet
+        command(self._in(sender, [sys.executable, "-c", SEND, device, wire.hex()]))
+        out, errors = listening.communicate(timeout=wait + 5)
+        self.assertEqual(listening.returncode, 0, f"nothing received: {errors.strip()}")
+        data, source, sourcePort = out.split()
+        return bytes.fromhex(data), source, int(sourcePort)
+
+    def _roundTrip(self, family: str) -> None:
+        names = self.addresses[family]
+        client, server = (names["client"], CLIENT_PORT), (names["server"], SERVER_PORT)
+        relay, peer = (names["relay"], RELAY_PORT), (names["peer"], PEER_PORT)
+        maps = self.program.maps
+        maps["to_peer"].update(
+            entries.clientKey(client, server, CHANNEL), entries.toPeer(relay, peer)
+        )
+        maps["to_client"].update(
+            entries.peerKey(relay, peer), entries.toClient(client, server, CHANNEL)
+        )
+        data = b"from the client " + family.encode() * 101
+        received = self._exchange(
+            "client",
+            "cv",
+            "rc",
+            frame(client, server, channelData(CHANNEL, data))[12:],
+            "peer",
+            PEER_PORT,
+        )
+        self.assertEqual(received, (data, names["relay"], RELAY_PORT))
+        answer = b"the peer answers " + family.encode() * 7
+        received = self._exchange(
+            "peer", "pv", "rp", frame(peer, relay, answer)[12:], "client", CLIENT_PORT
+        )
+        self.assertEqual(received, (channelData(CHANNEL, answer), names["server"], SERVER_PORT))
+        toPeer = maps["to_peer"].lookup(entries.clientKey(client, server, CHANNEL))
+        toClient = maps["to_client"].lookup(entries.peerKey(relay, peer))
+        assert toPeer is not None and toClient is not None
+        self.assertEqual(entries.counters(toPeer), (1, len(data)))
+        self.assertEqual(entries.counters(toClient), (1, len(answer)))
+
+    def test_ipv4(self) -> None:
+        """
+        Over IPv4: the peer gets the data from the relayed address, and
+        the client the answer as ChannelData from the server address.
+        """
+        self._roundTrip("4")
+        totals = self.program.statsTotals()
+        self.assertEqual((totals["clientToPeer"], totals["peerToClient"]), (1, 1))
+
+    def test_ipv6(self) -> None:
+        """
+        The same over IPv6.
+        """
+        self._roundTrip("6")
+        totals = self.program.statsTotals()
+        self.assertEqual((totals["clientToPeer"], totals["peerToClient"]), (1, 1))
+
+    def test_closeDetaches(self) -> None:
+        """
+        Closing the program closes its tcx links: the interfaces no longer
+        run it (a relay that dies closes them too), so ChannelData goes up
+        to the relay's own stack, where nothing listens, and the peer gets
+        nothing.  No qdisc is ever added.
+        """
+        self._roundTrip("4")
+        self._closeProgram()
+        names = self.addresses["4"]
+        client, server = (names["client"], CLIENT_PORT), (names["server"], SERVER_PORT)
+        packet = frame(client, server, channelData(CHANNEL, b"late"))[12:]
+        with self.assertRaises(AssertionError):
+            self._exchange("client", "cv", "rc", packet, "peer", PEER_PORT, wait=0.5)
+        for device in ("rc", "rp"):
+            shown = command(["tc", "-n", self._name("relay"), "qdisc", "show", "dev", device])
+            self.assertNotIn("clsact", shown)
+
+
+def _reap(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.communicate()
