@@ -24,6 +24,7 @@ import re
 import sys
 import textwrap
 import tomllib
+import urllib.parse
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 import attr
@@ -73,6 +74,48 @@ class ListenerConfig:
         interface = self.interface.replace(":", "\\:")
         proxy = ":proxy=yes" if self.proxy else ""
         return f"{self.transport}:{self.port}:interface={interface}{proxy}"
+
+
+@attr.frozen
+class RedisURL:
+    """
+    Where the fleet's Redis server is: C{redis://[:PASSWORD@]HOST[:PORT][/DB]},
+    or C{rediss://} for TLS.
+
+    @ivar password: the password (Redis's C{AUTH}), or L{None}; never shown.
+    """
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    password: Optional[str] = attr.field(default=None, repr=False)
+    tls: bool = False
+
+    @classmethod
+    def fromText(cls, text: str) -> RedisURL:
+        """
+        @raise ValueError: C{text} is not such a URL, saying why.
+        """
+        parsed = urllib.parse.urlsplit(text.strip())
+        if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+            raise ValueError(
+                f"{text!r} is not a Redis URL: redis://[:PASSWORD@]HOST[:PORT][/DB] "
+                "(rediss:// for TLS)"
+            )
+        try:
+            port = parsed.port or 6379
+            path = parsed.path.strip("/")
+            db = int(path) if path else 0
+        except ValueError:
+            raise ValueError(f"{text!r}: the port and database must be numbers") from None
+        password = urllib.parse.unquote(parsed.password) if parsed.password else None
+        return cls(parsed.hostname, port, db, password, parsed.scheme == "rediss")
+
+    def __str__(self) -> str:
+        # Never the password: this is what logs and --help show.
+        scheme = "rediss" if self.tls else "redis"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}/{self.db}"
 
 
 # The relay's own defaults for lifetimes and quotas: one home for them.
@@ -247,6 +290,23 @@ def _parseWorkers(name: str, value: Any) -> int:
     return count
 
 
+def _parseRedis(name: str, value: Any) -> RedisURL:
+    try:
+        return RedisURL.fromText(str(value))
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def _parseNodeID(name: str, value: Any) -> str:
+    text = str(value).strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", text):
+        raise ConfigError(
+            f"{name}: {value!r} is not a node name: letters, digits, '.', '_' and '-', "
+            "at most 63, starting with a letter or digit"
+        )
+    return text
+
+
 def _parseIPv4(name: str, value: Any) -> str:
     # A relay (or external) address is advertised to clients as the relayed
     # address: it must be one address, never the wildcard.
@@ -350,6 +410,7 @@ def _parseChoice(**choices: str) -> Callable[[str, Any], str]:
 
 _parseLogFormat = _parseChoice(text="Twisted's lines", json="one object a line")
 _parseChannelNumbers = _parseChoice(rfc5766="0x4000-0x7FFF", rfc8656="0x4000-0x4FFF")
+_parseRedisUnavailable = _parseChoice(local="the node's own quotas decide", refuse="508")
 _parseOffload = _parseChoice(
     auto="the kernel path where it loads, else user space",
     off="user space only",
@@ -636,6 +697,7 @@ _PEERS = Section(
     "endpoint) are never peers, whatever allow-peer or allow-loopback-peers say.",
 )
 _OPERATIONS = Section("Operations")
+_FLEET = Section("Fleet: state shared with other nodes on Redis")
 _ADMIN = Section("Admin console, metrics, credentials endpoint")
 _LOGGING = Section("Logging")
 
@@ -817,12 +879,12 @@ class RelayConfig:
         xdp is not available yet and falls back the same way; off never loads it.""",
     )
     offloadInterfaces: Tuple[str, ...] = _RESOURCES.setting(
-        """Network interfaces the kernel path (offload) is attached to, ingress and egress:
-        those clients' and peers' packets arrive on.""",
+        """Network interfaces the kernel path (offload) is attached to: those clients' and
+        peers' packets arrive on (IP forwarding must be on there).""",
         "offload-interfaces",
         Syntax("NAME", _parseInterfaceName),
         (),
-        defaultText="every interface that is up, but loopback",
+        defaultText="the interfaces holding the relay's addresses, but loopback",
         example=["eth0"],
     )
     descriptorReserve: int = _RESOURCES.setting(
@@ -1079,6 +1141,63 @@ class RelayConfig:
         defaultText="external-ip, else relay-ip",
     )
 
+    redis: Optional[RedisURL] = _FLEET.setting(
+        """Share state with the other nodes of a fleet on this Redis server:
+        redis://[:PASSWORD@]HOST[:PORT][/DB], or rediss:// for TLS.  Unset, the node keeps
+        everything to itself.""",
+        "redis",
+        Syntax("URL", _parseRedis),
+        example="redis://127.0.0.1:6379/0",
+        secret=True,
+        doc="""Share state with the other nodes of a fleet on this Redis server,
+        redis://[:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS): per-user and total quotas
+        count every node's allocations, revocations reach every node within a second, users
+        may be kept in Redis (coturn's key layout), each node publishes its addresses, load and
+        state, and usage is added up per user.  Unset, the node keeps everything to itself.""",
+    )
+    nodeID: Optional[str] = _FLEET.setting(
+        """This node's name in the fleet, unique among the nodes sharing the Redis server.""",
+        "node-id",
+        Syntax("NAME", _parseNodeID),
+        defaultText="the host name",
+        example="turn-1",
+    )
+    redisTimeout: float = _FLEET.setting(
+        """Seconds a Redis command may take before it counts as failed (the node then acts as
+        redis-unavailable says).""",
+        "redis-timeout",
+        _seconds(0.01, 60),
+        0.5,
+    )
+    redisLeaseTTL: float = _FLEET.setting(
+        """Seconds a node's share of the quotas outlives its last renewal: a node that dies
+        gives its allocations back to the fleet within this time.""",
+        "redis-lease-ttl",
+        _seconds(1, 3600),
+        10.0,
+    )
+    redisUnavailable: str = _FLEET.setting(
+        """What an Allocate gets while Redis cannot be reached: local (the node's own quotas
+        decide) or refuse (508).  Relaying never depends on Redis.""",
+        "redis-unavailable",
+        Syntax("local|refuse", _parseRedisUnavailable),
+        "local",
+    )
+    redisUsers: bool = _FLEET.setting(
+        """Read long-term users and REST secrets from Redis too, in coturn's key layout
+        (turn/realm/REALM/user/NAME/key, turn/realm/REALM/secret), refreshed every
+        redis-users-refresh seconds.""",
+        "redis-users",
+        _FLAG,
+        False,
+    )
+    redisUsersRefresh: float = _FLEET.setting(
+        """Seconds between two readings of the users and secrets kept in Redis.""",
+        "redis-users-refresh",
+        _seconds(0.1, 3600),
+        2.0,
+    )
+
     manhole: Optional[ListenerConfig] = _ADMIN.setting(
         """Serve the SSH admin console here, for example tcp:2222:interface=127.0.0.1; loopback
         only unless manhole-allow-remote.""",
@@ -1279,6 +1398,11 @@ def buildConfig(values: Mapping[str, Any], base: RelayConfig = RelayConfig()) ->
         raise ConfigError(
             f"min-port {config.minPort} is above max-port {config.maxPort}; "
             "min-port must not exceed max-port"
+        )
+    if config.redis is not None and config.workers > 1:
+        raise ConfigError(
+            "redis: a fleet node relays in one process for now: set workers = 1, and run "
+            "one node per core (each with its node-id) if the host has more"
         )
     ports = config.maxPort - config.minPort + 1
     if config.workers > ports:

@@ -72,6 +72,8 @@ _RESTART_SETTINGS = frozenset(
         "log-max-files",
         "log-format",
         "demo-page",
+        "redis",
+        "node-id",
     }
 )
 
@@ -210,6 +212,8 @@ class RelayService(MultiService):
         # The kernel fast path for UDP ChannelData (offload), a child
         # service; makeRelayService sets it.
         self.offload: Optional[KernelPathService] = None
+        # Its part in a fleet (redis), a child service too; None alone.
+        self.fleet: Optional[Any] = None
 
     def startService(self) -> None:
         super().startService()
@@ -329,6 +333,7 @@ class RelayService(MultiService):
             "descriptors": (None if server.descriptors is None else server.descriptors.stats()),
             "peerConnectionsRefused": dict(server.peerConnectionsRefused),
             "offload": self._offloadStats(),
+            **({} if self.fleet is None else {"fleet": self.fleet.stats()}),
         }
 
     def _offloadStats(self) -> Dict[str, Any]:
@@ -440,6 +445,8 @@ class RelayService(MultiService):
             self.logLevels.setLevel(config.logLevel)
         if self.tlsOptions is not None:
             self.tlsOptions.reload()
+        if self.fleet is not None:
+            self.fleet.reconfigure(config)
         needRestart = [
             setting.name
             for setting in SETTINGS
@@ -709,6 +716,13 @@ def makeRelayService(
         + [pool.relayIP for pool in server.pools.values()],
     )
     relay.offload.setServiceParent(relay)
+    if config.redis is not None:
+        # Imported only for a fleet: txredisapi's import costs the others.
+        from turnrelay.fleet.node import FleetNode
+
+        relay.fleet = FleetNode(relay, config, reactor, logLevels)
+        relay.fleet.setServiceParent(relay)
+        server.sharedQuota = relay.fleet.quota
     for index, listener in enumerate(config.listeners):
         service = ListenerService(
             reactor,
