@@ -106,6 +106,16 @@ def parser() -> argparse.ArgumentParser:
     mint = commands.add_parser("mint", help="mint a TURN REST API credential")
     mint.add_argument("userID", metavar="USERID", help="who it is for")
     mint.add_argument("--ttl", type=_seconds, help="seconds it stays valid (default: 86400)")
+    revoke = commands.add_parser(
+        "revoke", help="refuse a user on every node of the fleet and end its allocations"
+    )
+    revoke.add_argument(
+        "username",
+        metavar="USER",
+        help="a username, or a REST user id (refusing every REST username with it)",
+    )
+    unrevoke = commands.add_parser("unrevoke", help="let a revoked user in again")
+    unrevoke.add_argument("username", metavar="USER", help="as given to revoke")
     loglevel = commands.add_parser("loglevel", help="show or set the log level")
     loglevel.add_argument("level", nargs="?", metavar="LEVEL", help="debug, info, warn, ...")
     return top
@@ -143,6 +153,10 @@ def request(arguments: argparse.Namespace) -> Tuple[Type[amp.Command], Dict[str,
         return control.ReloadTLS, {}
     if name == "mint":
         return control.Mint, _present(userID=arguments.userID, ttl=arguments.ttl)
+    if name == "revoke":
+        return control.Revoke, {"username": arguments.username}
+    if name == "unrevoke":
+        return control.Unrevoke, {"username": arguments.username}
     assert name == "loglevel", name
     return control.LogLevel, _present(level=arguments.level)
 

@@ -138,6 +138,14 @@ class IAllocationObserver(Interface):
         """
 
 
+class QuotaUnavailable(Exception):
+    """
+    A shared quota could not be asked (its keeper does not answer): the
+    Allocate gets 508.  Expected while it is down, so not logged for each
+    Allocate; the keeper says when it goes and comes back.
+    """
+
+
 class IAllocationQuota(Interface):
     """
     Quotas shared with other relays (the workers of one control process,
@@ -159,7 +167,7 @@ class IAllocationQuota(Interface):
         @return: a L{Deferred} that fires with C{True} if granted (it is then
             counted until L{release}), C{False} when a user or total quota is
             reached; it fails when the answer cannot be had (the relay then
-            answers 508).
+            answers 508): with L{QuotaUnavailable} when that is expected.
         """
 
     def release(username: str) -> None:

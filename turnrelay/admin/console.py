@@ -24,9 +24,11 @@ import re
 import time
 from collections.abc import Iterable
 from ipaddress import ip_address
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from turnrelay.logs import LEVELS, Logger, levelName
 from turnrelay.stun.address import TransportAddress
@@ -39,7 +41,18 @@ from turnrelay.turn.server import CHALLENGES
 KILL_REASON = "killed by the administrator"
 
 # The helpers, in the order help() lists them.
-HELPERS = ("allocations", "kill", "stats", "drain", "reloadTLS", "mint", "loglevel", "help")
+HELPERS = (
+    "allocations",
+    "kill",
+    "revoke",
+    "unrevoke",
+    "stats",
+    "drain",
+    "reloadTLS",
+    "mint",
+    "loglevel",
+    "help",
+)
 
 # The live objects, with what help() says of them.
 OBJECTS = (
@@ -240,6 +253,87 @@ class AdminConsole:
         killed = sum(1 for line in lines if not line.endswith("had already ended"))
         head = f"killed {killed} allocation{'s' if killed != 1 else ''}:"
         return ConsoleText("\n".join([head, *lines]))
+
+    # Revocation (a fleet's) --------------------------------------------------
+
+    def revoke(self, username: str) -> Union[ConsoleText, Deferred[ConsoleText]]:
+        """
+        Revoke a user on every node of the fleet: refused at once, and its
+        allocations ended everywhere within a second.
+
+        Revoking a name also refuses the TURN REST API usernames whose user
+        id it is (revoke("alice") refuses 1700000000:alice).  Needs the
+        redis setting; the answer comes once Redis has it.
+
+        @param username: a static, Redis or REST user, or a REST user id.
+        """
+        return self._revocation(username, revoke=True)
+
+    def unrevoke(self, username: str) -> Union[ConsoleText, Deferred[ConsoleText]]:
+        """
+        Take a revocation back: the user is let in again (on the other
+        nodes within a second).
+
+        @param username: as given to revoke().
+        """
+        return self._revocation(username, revoke=False)
+
+    def revocationRecord(self, username: str, revoke: bool) -> Deferred[Dict[str, Any]]:
+        """
+        Revoke or unrevoke as L{revoke} and L{unrevoke} do, as plain data
+        (for the control command's JSON).
+
+        @return: a L{Deferred} firing with C{username}, C{revoked} (the
+            state now), C{ended} (allocations ended on this node) and
+            C{changed} (whether it was in the other state before); failing
+            with L{ValueError} (no fleet, a bad name) or
+            L{RedisUnavailable<turnrelay.fleet.link.RedisUnavailable>}.
+        """
+        fleet = getattr(self.relay, "fleet", None)
+        if fleet is None:
+            return fail(
+                ValueError(
+                    "revocation is shared through Redis: set redis to revoke; on a single "
+                    "relay, remove the user from the configuration, reload and kill() it"
+                )
+            )
+        revocations = fleet.revocations
+        try:
+            was = username in revocations.revoked
+            if revoke:
+                self.log.info("admin console revokes {username}", username=username)
+                acting: Deferred[Any] = revocations.revoke(username)
+            else:
+                self.log.info("admin console unrevokes {username}", username=username)
+                acting = revocations.unrevoke(username)
+        except ValueError as e:
+            return fail(e)
+
+        def record(result: Any) -> Dict[str, Any]:
+            if revoke:
+                return {"username": username, "revoked": True, "ended": result, "changed": not was}
+            return {"username": username, "revoked": False, "ended": 0, "changed": bool(result)}
+
+        return acting.addCallback(record)
+
+    def _revocation(
+        self, username: str, revoke: bool
+    ) -> Union[ConsoleText, Deferred[ConsoleText]]:
+        if getattr(self.relay, "fleet", None) is None:
+            # Said at once, without a Deferred for the console to show.
+            return ConsoleFailure(
+                "revocation is shared through Redis: set redis to revoke; on a single "
+                "relay, remove the user from the configuration, reload and kill() it"
+            )
+
+        def text(record: Dict[str, Any]) -> ConsoleText:
+            return revocationText(record)
+
+        def failed(failure: Failure) -> ConsoleText:
+            verb = "revoked" if revoke else "unrevoked"
+            return ConsoleFailure(f"{username!r} not {verb}: {failure.getErrorMessage()}")
+
+        return self.revocationRecord(username, revoke).addCallbacks(text, failed)
 
     # The relay ---------------------------------------------------------------
 
@@ -479,6 +573,25 @@ def _pair(key: Any, separator: str) -> str:
     if isinstance(key, tuple):
         return separator.join(map(str, key))
     return str(key).replace("/", separator)
+
+
+def revocationText(record: Dict[str, Any]) -> ConsoleText:
+    """
+    How L{AdminConsole.revoke} and L{AdminConsole.unrevoke} show what they
+    did (L{AdminConsole.revocationRecord}).
+    """
+    username = record["username"]
+    if not record["revoked"]:
+        if not record["changed"]:
+            return ConsoleText(f"{username!r} was not revoked; nothing changed")
+        return ConsoleText(f"{username!r} is no longer revoked: let in again on every node")
+    ended = record["ended"]
+    return ConsoleText(
+        f"{username!r} revoked on every node"
+        + ("" if record["changed"] else " (it already was)")
+        + f"; {ended} allocation{'s' if ended != 1 else ''} ended here, "
+        "the other nodes' within a second"
+    )
 
 
 def credentialText(record: Dict[str, Any]) -> ConsoleText:

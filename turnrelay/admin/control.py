@@ -32,7 +32,12 @@ from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from turnrelay.admin.console import AdminConsole, ConsoleFailure, credentialText
+from turnrelay.admin.console import (
+    AdminConsole,
+    ConsoleFailure,
+    credentialText,
+    revocationText,
+)
 from turnrelay.config import ConfigError, RelayConfig
 from turnrelay.listening import ListeningService
 from turnrelay.logs import Logger
@@ -151,6 +156,26 @@ class Mint(amp.Command):
     """
 
     arguments = [(b"userID", amp.Unicode()), (b"ttl", amp.Float(optional=True))]
+    response = _ANSWER
+    errors = _ERRORS
+
+
+class Revoke(amp.Command):
+    """
+    Revoke a user on every node of the fleet (C{redis}).
+    """
+
+    arguments = [(b"username", amp.Unicode())]
+    response = _ANSWER
+    errors = _ERRORS
+
+
+class Unrevoke(amp.Command):
+    """
+    Take a fleet-wide revocation back.
+    """
+
+    arguments = [(b"username", amp.Unicode())]
     response = _ANSWER
     errors = _ERRORS
 
@@ -350,6 +375,32 @@ class ControlProtocol(ControlConnection):
         except ValueError as e:
             raise ControlError(f"cannot mint a credential: {e}") from None
         return answerWith(credentialText(record), record)
+
+    @Revoke.responder
+    def revoke(self, username: str) -> Deferred[Dict[str, str]]:
+        """
+        L{Revoke}: the console's C{revoke()}, and what it did.
+        """
+        self._logCommand("revoke", username=username)
+        return self._revocation(username, True)
+
+    @Unrevoke.responder
+    def unrevoke(self, username: str) -> Deferred[Dict[str, str]]:
+        """
+        L{Unrevoke}: the console's C{unrevoke()}, and what it did.
+        """
+        self._logCommand("unrevoke", username=username)
+        return self._revocation(username, False)
+
+    def _revocation(self, username: str, revoke: bool) -> Deferred[Dict[str, str]]:
+        def answer(record: Dict[str, Any]) -> Dict[str, str]:
+            return answerWith(revocationText(record), record)
+
+        def failed(failure: Failure) -> Failure:
+            verb = "revoked" if revoke else "unrevoked"
+            return Failure(ControlError(f"{username!r} not {verb}: {failure.getErrorMessage()}"))
+
+        return self._console.revocationRecord(username, revoke).addCallbacks(answer, failed)
 
     @LogLevel.responder
     def loglevel(self, level: Optional[str] = None) -> Dict[str, str]:

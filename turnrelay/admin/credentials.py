@@ -32,6 +32,15 @@ without a token, and their answers carry C{Access-Control-Allow-Origin}.
 While the relay drains, every request gets 503: credentials for a relay
 that takes no new allocation would only fail later.
 
+On a node of a fleet (C{redis}), C{urls} also holds the URLs of the
+fleet's least-loaded other serving node when it is less loaded (fewer live
+allocations, then fewer relayed packets per second) than this one
+(L{NodeRegistry.steeringURLs
+<turnrelay.fleet.registry.NodeRegistry.steeringURLs>}): an ICE agent
+gathers candidates from every URL, so the client allocates on both and
+keeps this node should the other fail.  Every node must then share the
+C{static-auth-secret} and realm.
+
 The bearer token is read from C{credentials-token-file} at every request (a
 small file: cheaper than it sounds, and simpler than caching it), so a new
 token applies at once, without a reload; a file that cannot be read at
@@ -286,6 +295,11 @@ class CredentialsPage(Resource):
         urls = iceServerURLs(config, relay.listeningAddresses())
         if not urls:
             raise _Refusal(503, "no address to advertise: set server-name, external-ip or relay-ip")
+        fleet = getattr(relay, "fleet", None)
+        if fleet is not None:
+            # The credential is good on every node (they share the secret):
+            # offer the least-loaded one too, while it is less loaded.
+            urls += [url for url in fleet.registry.steeringURLs() if url not in urls]
         ttl = min(config.credentialsTTL, config.restMaxTTL)
         try:
             username, credential = relay.mintCredential(userID, ttl)

@@ -92,6 +92,8 @@ STREAM_LIMITS = (
 )
 PEER_REFUSALS = ("permission", "max-peer-connections", "descriptors")
 DESCRIPTOR_KINDS = ("accept", "allocate", "connect", "peer")
+# The states of a fleet's nodes, each reported, zero included.
+FLEET_STATES = ("serving", "draining")
 
 
 def _counters(
@@ -141,6 +143,53 @@ class RelayCollector(Collector):
         yield from self._refusals(stats)
         yield from self._tls()
         yield from self._build()
+        fleet = stats.get("fleet")
+        if fleet is not None:
+            yield from self._fleet(fleet)
+
+    def _fleet(self, fleet: Dict[str, Any]) -> Iterator[Metric]:
+        # Read with defaults: each part of the fleet adds its own figures,
+        # and a node may run without some of them.
+        yield GaugeMetricFamily(
+            "turnrelay_redis_up",
+            "1 while the fleet's Redis server answers, else 0.",
+            1 if fleet.get("up") else 0,
+        )
+        failures = CounterMetricFamily(
+            "turnrelay_redis_failures_total",
+            "Redis commands that failed or timed out, by what they were for.",
+            labels=["operation"],
+        )
+        for operation, count in sorted((fleet.get("failures") or {}).items()):
+            failures.add_metric([operation], count)
+        yield failures
+        yield CounterMetricFamily(
+            "turnrelay_redis_reconnects_total",
+            "Times Redis answered again after it did not (the first time included).",
+            fleet.get("reconnects", 0),
+        )
+        nodes = GaugeMetricFamily(
+            "turnrelay_fleet_nodes",
+            "Nodes of the fleet by state (serving, draining), this one included, as read at "
+            "the last heartbeat.",
+            labels=["state"],
+        )
+        byState: Dict[str, int] = fleet.get("nodesByState") or {}
+        for state in sorted(set(FLEET_STATES) | set(byState)):
+            nodes.add_metric([state], byState.get(state, 0))
+        yield nodes
+        if "usagePendingUsers" in fleet:
+            yield GaugeMetricFamily(
+                "turnrelay_fleet_usage_pending",
+                "Users whose usage waits in memory to be added in Redis (one per day).",
+                fleet["usagePendingUsers"],
+            )
+            yield CounterMetricFamily(
+                "turnrelay_fleet_usage_dropped_allocations_total",
+                "Allocations whose usage was never added in Redis: too many users waited "
+                "while it failed.",
+                fleet.get("usageDropped", 0),
+            )
 
     def _build(self) -> Iterator[Metric]:
         info = InfoMetricFamily(

@@ -9,12 +9,13 @@ from collections import Counter
 from typing import Any, Callable, List, Optional, Set
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from turnrelay.config import RedisURL
+from turnrelay.interfaces import QuotaUnavailable
 from turnrelay.logs import Logger, LogLevels
 
 # Every key turnrelay writes starts with this (coturn's user keys excepted,
@@ -25,7 +26,7 @@ KEY_PREFIX = "turnrelay:"
 PING_INTERVAL = 1.0
 
 
-class RedisUnavailable(Exception):
+class RedisUnavailable(QuotaUnavailable):
     """
     Redis did not answer in time, or the node is not connected to it.
     """
@@ -104,12 +105,13 @@ class RedisLink(Service):
         redis, self._redis = self._redis, None
         for waiting in list(self._inFlight):
             waiting.cancel()
-        for subscription in self._subscriptions:
-            subscription.disconnect()
+        closing: List[Deferred[Any]] = [
+            subscription.disconnect() for subscription in self._subscriptions
+        ]
         self._subscriptions = []
         if redis is not None:
-            return redis.disconnect()
-        return None
+            closing.append(redis.disconnect())
+        return gatherResults(closing, consumeErrors=True) if closing else None
 
     def whenUp(self, listener: Callable[[], None]) -> None:
         """
@@ -180,23 +182,24 @@ class RedisLink(Service):
                 except Exception:
                     link.log.failure("while handling a message on {channel}", channel=channel)
 
-        factory = txredisapi.SubscriberFactory()
+        # txredisapi's factories connect through their own startConnecting
+        # (a ClientService per connection, which reconnects with backoff):
+        # connectTCP would fail, a RedisFactory being no ClientFactory.
+        factory = txredisapi.SubscriberFactory(isLazy=True)
         factory.protocol = Subscriber
-        factory.continueTrying = True
         factory.maxDelay = 5
-        factory.noisy = False
-        if self.url.password is not None:
-            factory.password = self.url.password
-        reactor: Any = self._reactor
+        factory.password = self.url.password
+        # The command connection's endpoint (TLS included), so that both
+        # reach Redis the same way.
+        tls = None
         if self.url.tls:
             from twisted.internet.ssl import ClientContextFactory
 
-            connector = reactor.connectSSL(
-                self.url.host, self.url.port, factory, ClientContextFactory()
-            )
-        else:
-            connector = reactor.connectTCP(self.url.host, self.url.port, factory)
-        self._subscriptions.append(connector)
+            tls = ClientContextFactory()
+        factory.startConnecting(
+            txredisapi._makeEndpoint(self.url.host, self.url.port, self.timeout * 4, tls)
+        )
+        self._subscriptions.append(factory)
 
     def _checkUp(self) -> None:
         redis = self._redis

@@ -8,7 +8,8 @@ from __future__ import annotations
 import socket
 from typing import Any, Dict, List, Optional
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
 from turnrelay.config import RelayConfig
 from turnrelay.fleet.accounting import Accounting
@@ -71,6 +72,17 @@ class FleetNode(MultiService):
         if self.users is not None:
             parts.append(self.users)
         return parts
+
+    def stopService(self) -> Deferred[Any]:
+        """
+        Stop the parts first, then the link: what they write as they stop
+        (usage of the allocations the relay's stop ended, this node's
+        lease given back) still has a connection to go over.
+        """
+        Service.stopService(self)
+        parts = [service for service in reversed(list(self)) if service is not self.link]
+        stopping = [maybeDeferred(service.stopService) for service in parts]
+        return DeferredList(stopping).addBoth(lambda _: self.link.stopService())
 
     def reconfigure(self, config: RelayConfig) -> None:
         """

@@ -18,7 +18,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from turnrelay.auth.longterm import AuthResult
-from turnrelay.interfaces import IAllocationObserver, IAllocationQuota, IClientLink
+from turnrelay.interfaces import (
+    IAllocationObserver,
+    IAllocationQuota,
+    IClientLink,
+    QuotaUnavailable,
+)
 from turnrelay.logs import Logger
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
@@ -484,13 +489,21 @@ class Allocator:
     ) -> None:
         """
         The shared quota could not be asked (the control process is gone,
-        say): 508, as for any other resource the relay lacks.
+        Redis is down): 508, as for any other resource the relay lacks.
         """
-        self.log.failure(
-            "asking the shared quota for an allocation of {username} failed",
-            failure,
-            username=pending.username,
-        )
+        if failure.check(QuotaUnavailable):
+            # Its keeper logs that it is down; a line per Allocate would not.
+            self.log.debug(
+                "the shared quota is unavailable for an allocation of {username}: {why}",
+                username=pending.username,
+                why=failure.getErrorMessage(),
+            )
+        else:
+            self.log.failure(
+                "asking the shared quota for an allocation of {username} failed",
+                failure,
+                username=pending.username,
+            )
         if self._donePending(link, pending):
             self._server.answer(request, request.errorResponse(508), link, auth)
 
