@@ -22,9 +22,13 @@ For C{turns:} the browser's own NSS database trusts the test's
 self-signed certificate as a CA (C{certutil}, Debian's libnss3-tools):
 certificate checks stay on, and two tests show they are.
 
-The last class puts a browser behind a firewall that lets only TCP to the
-relay out and calls a browser on another host: it connects through
-turnrelay (a relay candidate on one side only), and does not without it.
+A class puts a browser behind a firewall that lets only TCP to the relay
+out and calls a browser on another host: it connects through turnrelay (a
+relay candidate on one side only), and does not without it.  The last runs
+Chromium in a namespace of its own, joined by a veth to the relay's, so
+that turnrelay's kernel fast path (offload) relays the call's UDP
+ChannelData, between the offerer's allocation and the answerer's host
+address.
 
 Everything runs inside namespaces the tests create, on their private
 addresses and on loopback.  Cleanup kills every process left in a
@@ -44,6 +48,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple
 
@@ -52,7 +57,14 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests._processes import ChildProcess, pythonEnvironment, spawn, turnrelayCommand
+from tests._processes import (
+    ChildProcess,
+    describe,
+    pythonEnvironment,
+    runToCompletion,
+    spawn,
+    turnrelayCommand,
+)
 from tests._timing import reactor
 from turnrelay.auth.credentials import mintRESTCredential
 from turnrelay.transports.tls import makeSelfSignedCertificate
@@ -303,6 +315,7 @@ class RelayProcess:
         workdir: str,
         certifiedFor: Optional[str] = None,
         workers: int = 0,
+        options: Sequence[str] = (),
     ) -> RelayProcess:
         """
         Start twistd on C{host} (UDP and TCP on 3478, TLS on 5349 with a
@@ -315,6 +328,7 @@ class RelayProcess:
             default.
         @param workers: run this many worker processes (C{--workers}); 0
             for none, the relay in one process.
+        @param options: more of the relay's options.
         """
         certificate = os.path.join(workdir, "relay-cert.pem")
         key = os.path.join(workdir, "relay-key.pem")
@@ -339,6 +353,7 @@ class RelayProcess:
             "--log-level",
             "debug",
             *(["--workers", str(workers)] if workers else []),
+            *options,
             listen=[
                 f"udp:{TURN_PORT}:interface={host}",
                 f"tcp:{TURN_PORT}:interface={host}",
@@ -1015,3 +1030,159 @@ class FirewalledCallTests(TestCase):
         self.assertEqual(caller["pair"]["local"]["candidateType"], "host", details)
         self.assertEqual(caller["pair"]["remote"]["candidateType"], "host", details)
         self.assertEqual(callee["received"], caller["sent"])
+
+
+class KernelPathCallTests(TestCase):
+    """
+    The call through turnrelay's kernel fast path (offload): Chromium runs
+    in a client namespace joined by a veth to the relay's, where IP
+    forwarding is on, so the relay's address is on a non-loopback
+    interface that the eBPF program attaches to::
+
+        client 10.253.N.2 (Chromium) --- 10.253.N.1 relay (turnrelay, forwarding)
+
+    The offerer may use relay candidates only, through turnrelay over UDP;
+    the answerer has no ICE server and offers its host address, so the
+    offerer's allocation relays to the answerer's host address, back
+    through the same veth: ChannelData the kernel path can relay both ways.
+
+    Chromium's UDP sockets leave their checksums to be finished
+    (C{CHECKSUM_PARTIAL}), which the kernel path does not handle (see
+    C{tests/test_offload_e2e.py}): the client's veth computes them (C{ethtool
+    -K DEV tx off}).
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        requireTestbed()
+        ethtool = shutil.which("ethtool")
+        if ethtool is None:
+            _unavailable("Debian's ethtool is not installed; `make test` installs it")
+        self.workdir = os.path.abspath(self.mktemp())
+        os.makedirs(self.workdir)
+        # A Unix socket's path must fit in 108 bytes: the workdir's may not.
+        controlDirectory = tempfile.mkdtemp(prefix="trk")
+        self.addCleanup(shutil.rmtree, controlDirectory, True)
+        self.controlSocket = os.path.join(controlDirectory, "ctl")
+        subnet = f"10.253.{random.randrange(1, 255)}"
+        self.relayHost = f"{subnet}.1"
+        self.clientHost = f"{subnet}.2"
+        self.subnet = f"{subnet}.0/24"
+        self.client = Namespace.create(self)
+        self.relayNamespace = Namespace.create(self)
+        vethPair(self.relayNamespace, "trk0", self.client, "trk1")
+        self.relayNamespace.addAddress("trk0", f"{self.relayHost}/24")
+        self.relayNamespace.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        self.client.addAddress("trk1", f"{self.clientHost}/24")
+        # Chromium offers host candidates only on the default route's
+        # interface; nothing addressed elsewhere leaves the two namespaces.
+        self.client.ip("route", "add", "default", "via", self.relayHost)
+        self.client.run(ethtool, "-K", "trk1", "tx", "off")
+
+    async def _status(self) -> Dict[str, Any]:
+        """
+        @return: the relay's C{turnrelayctl --json status}.
+        """
+        ctl = os.path.join(os.path.dirname(sys.executable), "turnrelayctl")
+        done = await runToCompletion(
+            self, [ctl, "--socket", self.controlSocket, "--json", "status"]
+        )
+        self.assertEqual(done.exitCode, 0, describe(done))
+        status: Dict[str, Any] = json.loads(done.output)
+        return status
+
+    async def _call(self, username: str, credential: str) -> None:
+        """
+        Make the call, the offerer through turnrelay over UDP, and check
+        that it carried its data and video and that the kernel relayed.
+        """
+        relay = await RelayProcess.start(
+            self,
+            self.relayNamespace,
+            self.relayHost,
+            self.subnet,
+            self.workdir,
+            options=["--control-socket", self.controlSocket, "--offload", "tc"],
+        )
+        self.assertIn(
+            b"relaying UDP ChannelData in the kernel (tc on trk0), the rest in user space",
+            relay.process.output,
+        )
+        browser = await startBrowser(
+            self,
+            self.client,
+            os.path.join(self.workdir, "browser"),
+            flags=["--disable-features=WebRtcHideLocalIpsWithMdns"],
+        )
+        url = f"turn:{self.relayHost}:{TURN_PORT}?transport=udp"
+        report = await browser.call(
+            "runCall",
+            {
+                "iceServers": [iceServer(url, username, credential)],
+                "answererDirect": True,
+                "messages": MESSAGES,
+                "minFrames": MIN_FRAMES,
+                "timeoutMs": PAGE_TIMEOUT_MS,
+            },
+        )
+        await browser.quit()
+        details = compact(report)
+        self.assertTrue(report["connected"], details)
+
+        # A relay candidate on the offerer's side, a host candidate on the
+        # answerer's.
+        offerer, answerer = report["offerer"]["pair"], report["answerer"]["pair"]
+        self.assertIsNotNone(offerer, details)
+        self.assertIsNotNone(answerer, details)
+        self.assertEqual(offerer["local"]["candidateType"], "relay", details)
+        self.assertEqual(offerer["local"]["relayProtocol"], "udp", details)
+        self.assertEqual(offerer["local"]["address"], self.relayHost, details)
+        self.assertEqual(offerer["remote"]["candidateType"], "host", details)
+        self.assertEqual(offerer["remote"]["address"], self.clientHost, details)
+        self.assertEqual(answerer["local"]["candidateType"], "host", details)
+        self.assertEqual(answerer["remote"]["candidateType"], "relay", details)
+        self.assertEqual(
+            (answerer["remote"]["address"], answerer["remote"]["port"]),
+            (offerer["local"]["address"], offerer["local"]["port"]),
+        )
+
+        # The data channel carried every message intact, both ways, and
+        # the video was decoded.
+        self.assertTrue(report["allEchoed"], details)
+        self.assertEqual(report["receivedByAnswerer"], report["sent"])
+        self.assertEqual(report["echoed"], report["sent"])
+        self.assertEqual(len(report["sent"]), MESSAGES)
+        self.assertTrue(report["framesFlowing"], details)
+        self.assertGreaterEqual(report["answerer"]["video"]["framesDecoded"], MIN_FRAMES, details)
+
+        # The browser deleted the allocation it used, having relayed both
+        # ways; the kernel relayed packets both ways (read back when the
+        # allocation ended), and no more than the allocation counts.
+        relayed = f"{offerer['local']['address']}:{offerer['local']['port']}"
+        reason, toPeers, fromPeers = await relay.ending(relayed)
+        self.assertEqual(reason, "deleted")
+        status = await self._status()
+        figures = status["offload"]
+        self.assertEqual(figures["mode"], "tc", status)
+        self.assertGreater(figures["packetsToPeer"], 0, status)
+        self.assertGreater(figures["packetsFromPeer"], 0, status)
+        self.assertLessEqual(figures["packetsToPeer"], toPeers, (status, toPeers))
+        self.assertLessEqual(figures["packetsFromPeer"], fromPeers, (status, fromPeers))
+        self.assertEqual(relay.refusals(), [])
+        relay.assertHealthy(self)
+
+    async def test_udpStatic(self) -> None:
+        """
+        With a static user, the offerer's UDP allocation relays the call to
+        the answerer's host address, the kernel relaying its ChannelData
+        both ways, and the data channel and the video arrive intact.
+        """
+        await self._call(USERNAME, PASSWORD)
+
+    async def test_udpREST(self) -> None:
+        """
+        With a TURN REST API credential, the same.
+        """
+        username, password = restCredential(600)
+        await self._call(username, password)

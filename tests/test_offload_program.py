@@ -323,6 +323,20 @@ class ChannelDataProgramTests(TestCase):
         self.passesUp(frame(CLIENT4, SERVER4, channelData(CHANNEL, DATA), ttl=1))
         self.passesUp(frame(PEER6, RELAY6, DATA, ttl=1))
 
+    def test_unfinishedChecksum(self) -> None:
+        """
+        A datagram whose UDP checksum is only its pseudo-header's sum (a
+        sender on this host with checksum offload, over a veth, leaves the
+        rest to the stack) is passed up untouched, IPv4 and IPv6: its
+        headers cannot move under the stack's feet.
+        """
+        for client, server in [(CLIENT4, SERVER4), (CLIENT6, SERVER6)]:
+            given = frame(client, server, channelData(CHANNEL, DATA))
+            start = len(given) - 8 - 4 - len(DATA)
+            seed = ~checksum(pseudoHeader(client[0], server[0], 8 + 4 + len(DATA))) & 0xFFFF
+            given = given[: start + 6] + struct.pack("!H", seed) + given[start + 8 :]
+            self.passesUp(given)
+
     def test_ethernetPadding(self) -> None:
         """
         A short frame padded by Ethernet is relayed by IP's length; the

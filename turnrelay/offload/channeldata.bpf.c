@@ -279,6 +279,19 @@ struct datagram {
 	__be16 cd[2]; /* the first 4 bytes of the payload, when there are */
 };
 
+/* The sum of d's pseudo-header (addresses, protocol, UDP length), in the
+ * memory order sum16 reads, unfolded. */
+static __always_inline __u32 pseudo_sum(const struct datagram *d)
+{
+	__u32 s = bpf_htons(IPPROTO_UDP) + bpf_htons(d->udp_len);
+
+	if (d->family == 4)
+		s += sum16(&d->ip4.saddr, 8);
+	else
+		s += sum16(&d->ip6.saddr, 32);
+	return s;
+}
+
 /*
  * @return: -1 not ours, -2 unsupported, 0 a UDP datagram in d.
  */
@@ -340,6 +353,17 @@ static __always_inline int parse(struct __sk_buff *skb, struct datagram *d)
 	if (skb->gso_segs > 1)
 		return -2;
 	d->udp = *udp;
+	/*
+	 * A sender on this host with checksum offload (over a veth: a
+	 * container, a namespace) leaves the checksum unfinished, the
+	 * pseudo-header's sum alone, for the stack to complete from where
+	 * the UDP header starts; rewriting moves that header, and the
+	 * checksum would come out wrong.  Such packets go to the stack.  A
+	 * finished checksum equal to that sum (1 in 65536) goes up too, and
+	 * user space relays it all the same.
+	 */
+	if (udp->check && udp->check == fold(pseudo_sum(d)))
+		return -2;
 	d->cd[0] = d->cd[1] = 0;
 	if (d->udp_len >= UDP_LEN + CD_LEN) {
 		__be16 *cd = (void *)(udp + 1);
