@@ -316,9 +316,7 @@ class AdminConsole:
 
         return acting.addCallback(record)
 
-    def _revocation(
-        self, username: str, revoke: bool
-    ) -> Union[ConsoleText, Deferred[ConsoleText]]:
+    def _revocation(self, username: str, revoke: bool) -> Union[ConsoleText, Deferred[ConsoleText]]:
         if getattr(self.relay, "fleet", None) is None:
             # Said at once, without a Deferred for the console to show.
             return ConsoleFailure(
