@@ -910,6 +910,8 @@ class WorkersConsoleTests(OpenSSHClient):
         await within(
             relay.child.waitForOutput(rb"admin console listening"), PROMPTLY, "the console"
         )
+        # Otherwise stats() may find a worker still starting ("not serving").
+        await relay.workersReady(2)
 
     async def test_helpers(self) -> None:
         """
