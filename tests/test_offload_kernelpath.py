@@ -78,11 +78,19 @@ class FakeProgram:
     def __init__(self) -> None:
         self.maps = {TO_PEER: FakeMap(), TO_CLIENT: FakeMap()}
         self.attached: List[int] = []
+        self.attachedXDP: List[int] = []
         self.detached: List[int] = []
         self.closed = False
+        self.xdpError: Optional[OSError] = None
 
     def attach(self, ifindex: int) -> None:
         self.attached.append(ifindex)
+
+    def attachXDP(self, ifindex: int) -> str:
+        if self.xdpError is not None:
+            raise self.xdpError
+        self.attachedXDP.append(ifindex)
+        return "generic"
 
     def detach(self, ifindex: int) -> None:
         self.detached.append(ifindex)
@@ -600,11 +608,44 @@ class ServiceTests(TURNTestCase):
 
     def test_xdp(self) -> None:
         """
-        offload = xdp is not there yet: it falls back, saying to use tc.
+        offload = xdp attaches the XDP program (no TC one) and says in
+        which XDP mode; the relay's channels go to the same maps, and
+        stopping detaches it.
         """
-        relay = FakeRelay(offload="xdp").start(self)
+        relay = FakeRelay(offload="xdp", offload_interfaces=["lo"])
+        relay.service.startService()
+        self.assertIsNotNone(relay.server.kernelPath)
+        self.assertEqual((len(self.program.attachedXDP), self.program.attached), (1, []))
+        [event] = self.offloadEvents()
+        self.assertIn("xdp", event["log_format"])
+        self.assertIn("lo (generic mode)", event["interfaces"])
+        stats = relay.service.stats()["offload"]
+        self.assertEqual((stats["mode"], stats["xdpModes"]), ("xdp", {"lo": "generic"}))
+        client = relay.client()
+        self.assertSuccess(client.allocate())
+        self.assertSuccess(
+            client.request(
+                Method.CHANNEL_BIND, [(A.CHANNEL_NUMBER, CHANNEL), (A.XOR_PEER_ADDRESS, PEER_A)]
+            )
+        )
+        self.assertEqual(len(self.program.maps[TO_PEER].entries), 1)
+        relay.service.stopService()
+        self.assertEqual(self.program.detached, self.program.attachedXDP)
+        self.assertTrue(self.program.closed)
+        self.assertEqual(relay.service.stats()["offload"]["mode"], "off")
+
+    def test_xdpBusy(self) -> None:
+        """
+        An interface with an XDP program already (another worker's): a
+        warning naming the interface, and user space relays.
+        """
+        self.program.xdpError = OSError(16, "attaching to interface 1 (xdp): busy")
+        relay = FakeRelay(offload="xdp", offload_interfaces=["lo"]).start(self)
         self.assertIsNone(relay.server.kernelPath)
-        self.assertIn("use tc", relay.service.stats()["offload"]["reason"])
+        [event] = self.offloadEvents()
+        self.assertEqual(event["log_level"].name, "warn")
+        self.assertIn("cannot attach to lo", relay.service.stats()["offload"]["reason"])
+        self.assertTrue(self.program.closed)
 
     def test_unknownInterface(self) -> None:
         """

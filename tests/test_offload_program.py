@@ -1,9 +1,9 @@
 """
 C{turnrelay/offload/channeldata.bpf.c} run by the kernel on frames built
 here (C{BPF_PROG_TEST_RUN}), loaded in test mode: it rewrites what it
-relays and returns C{TC_ACT_REDIRECT} without routing it, so the output is
-the packet it would send.  Every checksum is checked here independently of
-the program's arithmetic.
+relays and returns C{TC_ACT_REDIRECT} (the XDP program C{XDP_REDIRECT})
+without routing it, so the output is the packet it would send.  Every
+checksum is checked here independently of the program's arithmetic.
 
 Needs root (or CAP_BPF) and the compiled object (C{make offload}); skipped
 with the reason otherwise.
@@ -22,6 +22,8 @@ from turnrelay.offload import entries
 from turnrelay.offload.bpf import (
     TC_ACT_REDIRECT,
     TC_ACT_UNSPEC,
+    XDP_PASS,
+    XDP_REDIRECT,
     KernelProgram,
     OffloadUnavailable,
 )
@@ -122,7 +124,15 @@ def channelData(channel: int, data: bytes) -> bytes:
 class ChannelDataProgramTests(TestCase):
     """
     The program's rewriting, counting, and passing up.
+
+    @cvar xdp: run the XDP program instead of the TC one.
+    @cvar relayed: what the program returns for a packet it relayed.
+    @cvar passed: what it returns for a packet it passed up.
     """
+
+    xdp = False
+    relayed = TC_ACT_REDIRECT
+    passed = TC_ACT_UNSPEC
 
     def setUp(self) -> None:
         if os.geteuid() != 0:
@@ -172,15 +182,15 @@ class ChannelDataProgramTests(TestCase):
         return entries.counters(value)
 
     def relays(self, given: bytes, expected: bytes) -> None:
-        result, out = self.program.testRun(given)
-        self.assertEqual(result, TC_ACT_REDIRECT)
+        result, out = self.program.testRun(given, xdp=self.xdp)
+        self.assertEqual(result, self.relayed)
         self.assertEqual(out.hex(), expected.hex())
         self.assertValidChecksums(out)
 
     def passesUp(self, given: bytes, statistic: str = "passedUnsupported") -> None:
         before = self.program.statsTotals()[statistic]
-        result, out = self.program.testRun(given)
-        self.assertEqual((result, out), (TC_ACT_UNSPEC, given))
+        result, out = self.program.testRun(given, xdp=self.xdp)
+        self.assertEqual((result, out), (self.passed, given))
         self.assertEqual(self.program.statsTotals()[statistic], before + 1)
 
     def test_clientToPeerIPv4(self) -> None:
@@ -343,9 +353,9 @@ class ChannelDataProgramTests(TestCase):
         padding stays behind the datagram, where IP's length leaves it out.
         """
         result, out = self.program.testRun(
-            frame(CLIENT4, SERVER4, channelData(CHANNEL, b"x")) + bytes(10)
+            frame(CLIENT4, SERVER4, channelData(CHANNEL, b"x")) + bytes(10), xdp=self.xdp
         )
-        self.assertEqual(result, TC_ACT_REDIRECT)
+        self.assertEqual(result, self.relayed)
         expected = frame(RELAY4, PEER4, b"x")
         self.assertEqual(out[: len(expected)], expected)
         self.assertValidChecksums(out)
@@ -362,3 +372,28 @@ class ChannelDataProgramTests(TestCase):
         self.assertFalse(toPeer.delete(key))
         self.assertIsNone(toPeer.lookup(key))
         self.passesUp(frame(CLIENT4, SERVER4, channelData(CHANNEL, DATA)), "passedNotOurs")
+
+
+class XDPChannelDataProgramTests(ChannelDataProgramTests):
+    """
+    The XDP program (C{offload = xdp}) on the same frames: it shares the
+    maps and the header arithmetic, moves the headers itself
+    (C{bpf_xdp_adjust_head}), returns C{XDP_REDIRECT} in test mode for
+    what it relayed and C{XDP_PASS} for what it leaves to the stack, and
+    comes out byte for byte the same.
+    """
+
+    xdp = True
+    relayed = XDP_REDIRECT
+    passed = XDP_PASS
+
+    def test_sharedCounters(self) -> None:
+        """
+        Both programs count in the same entries and statistics.
+        """
+        self.relays(frame(CLIENT4, SERVER4, channelData(CHANNEL, DATA)), frame(RELAY4, PEER4, DATA))
+        result, _ = self.program.testRun(frame(CLIENT4, SERVER4, channelData(CHANNEL, DATA)))
+        self.assertEqual(result, TC_ACT_REDIRECT)
+        key = entries.clientKey(CLIENT4, SERVER4, CHANNEL)
+        self.assertEqual(self.counters("to_peer", key), (2, 2 * len(DATA)))
+        self.assertEqual(self.program.statsTotals()["clientToPeer"], 2)

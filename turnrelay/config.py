@@ -863,8 +863,8 @@ class RelayConfig:
     )
     offload: str = _RESOURCES.setting(
         """Relay UDP ChannelData in the kernel (an eBPF program) rather than in this process:
-        auto where it can be loaded, off, or tc (and say why when it cannot); xdp is not
-        available yet and falls back likewise.""",
+        auto where it can be loaded, off, or tc (and say why when it cannot); xdp runs it at
+        XDP, in driver mode where the driver has it, else generic.""",
         "offload",
         Syntax("auto|off|tc|xdp", _parseOffload),
         "auto",
@@ -876,7 +876,9 @@ class RelayConfig:
         the client's family, are offloaded; everything else stays in user space. auto uses it
         where the program loads (Linux, CAP_BPF and CAP_NET_ADMIN) and relays in user space
         otherwise, with one log line saying why; tc asks for it and warns when it cannot be had;
-        xdp is not available yet and falls back the same way; off never loads it.""",
+        xdp asks for it at XDP, before the stack (in the driver where it supports XDP, else in
+        generic mode; an interface takes one XDP program, so with several workers only the first
+        attaches) and falls back the same way; auto never picks xdp; off never loads it.""",
     )
     offloadInterfaces: Tuple[str, ...] = _RESOURCES.setting(
         """Network interfaces the kernel path (offload) is attached to: those clients' and

@@ -294,7 +294,7 @@ class RelayService(MultiService):
         allocations together), requests, refused authentications, and
         refused requests from unauthenticated sources by reason (with how
         many sources the per-source limit remembers), and the kernel path
-        (C{offload}: the path in use, C{"tc"} or C{"off"}, why, and the
+        (C{offload}: the path in use, C{"tc"}, C{"xdp"} or C{"off"}, why, the
         packets the kernel relayed each way; those are in C{relayed} too).
         """
         server = self.server

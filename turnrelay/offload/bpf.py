@@ -26,6 +26,7 @@ Where C{make offload} puts the compiled program.
 """
 
 PROGRAM_NAME = "turnrelay_tc"
+XDP_PROGRAM_NAME = "turnrelay_xdp"
 MAP_NAMES = ("to_peer", "to_client", "stats")
 
 STATS = (
@@ -52,6 +53,32 @@ TC_ACT_REDIRECT = 7
 What the program returns for a packet it relayed; in test mode (see
 L{KernelProgram.load}) the packet is rewritten but not sent anywhere.
 """
+
+XDP_DROP = 1
+XDP_PASS = 2
+"""
+What the XDP program returns for a packet it leaves to the stack.
+"""
+XDP_TX = 3
+XDP_REDIRECT = 4
+"""
+What the XDP program returns for a packet it relayed (C{XDP_TX} when it
+leaves by the device it came in on); in test mode it returns
+C{XDP_REDIRECT} with the rewritten packet, sent nowhere.
+"""
+
+XDP_DRIVER = "driver"
+XDP_GENERIC = "generic"
+"""
+The modes an XDP program runs in: in the driver, before any socket buffer
+exists (native XDP), or in the stack's receive path for drivers without
+it (generic, or skb, mode: correct, not much faster than TC).
+"""
+
+# enum bpf_attach_type: BPF_XDP
+_BPF_XDP = 37
+# XDP_FLAGS_* (linux/if_link.h)
+_XDP_FLAGS = {XDP_GENERIC: 1 << 1, XDP_DRIVER: 1 << 2}
 
 # enum bpf_attach_type: BPF_TCX_INGRESS (Linux 6.6), which Debian 12's
 # headers and libbpf 1.1 do not name yet.
@@ -85,6 +112,19 @@ class _TestRunOpts(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("cpu", ctypes.c_uint32),
         ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class _LinkCreateOpts(ctypes.Structure):
+    # struct bpf_link_create_opts of libbpf 1.1 (the union as its largest
+    # member, kprobe_multi's five fields).
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("flags", ctypes.c_uint32),
+        ("iter_info", ctypes.c_void_p),
+        ("iter_info_len", ctypes.c_uint32),
+        ("target_btf_id", ctypes.c_uint32),
+        ("union", ctypes.c_uint64 * 4),
     ]
 
 
@@ -296,17 +336,21 @@ class KernelProgram:
     """
     The loaded program, its maps, and the interfaces it is attached to.
 
-    @ivar fd: the program's file descriptor.
+    @ivar fd: the TC program's file descriptor (the default: L{attach}).
+    @ivar xdpFD: the XDP program's (L{attachXDP}), sharing the maps.
     @ivar maps: its maps by name: C{"to_peer"}, C{"to_client"}, C{"stats"}.
     @ivar testMode: whether it was loaded for L{testRun} only (it then
         returns L{TC_ACT_REDIRECT} with the rewritten packet instead of
         routing and redirecting it).
     """
 
-    def __init__(self, lib: ctypes.CDLL, obj: int, fd: int, maps: Dict[str, KernelMap]) -> None:
+    def __init__(
+        self, lib: ctypes.CDLL, obj: int, fd: int, maps: Dict[str, KernelMap], xdpFD: int = -1
+    ) -> None:
         self._lib = lib
         self._obj: Optional[int] = obj
         self.fd = fd
+        self.xdpFD = xdpFD
         self.maps = maps
         self.testMode = False
         # ifindex -> (options to detach with, whether we created clsact)
@@ -314,11 +358,14 @@ class KernelProgram:
         # when the link's last descriptor closes, so a relay that dies,
         # even by SIGKILL, leaves no program (and no stale entries) behind.
         self._attached: Dict[int, int] = {}
+        # ifindex -> the XDP mode of the XDP links among them.
+        self._xdpModes: Dict[int, str] = {}
 
     @classmethod
     def load(cls, path: str = OBJECT_PATH, testMode: bool = False) -> KernelProgram:
         """
-        Load the program into the kernel.
+        Load the programs (TC and XDP, one object, shared maps) into the
+        kernel.
 
         @param path: the compiled object.
         @param testMode: for L{testRun}: rewrite, but do not route or send.
@@ -351,8 +398,10 @@ class KernelProgram:
                     f"the kernel refused the program: {os.strerror(-result)}{_firstLine(log)}"
                 )
             program = lib.bpf_object__find_program_by_name(obj, PROGRAM_NAME.encode())
-            if not program:
-                raise OffloadUnavailable(f"{path} has no program {PROGRAM_NAME}")
+            xdpProgram = lib.bpf_object__find_program_by_name(obj, XDP_PROGRAM_NAME.encode())
+            for name, found in [(PROGRAM_NAME, program), (XDP_PROGRAM_NAME, xdpProgram)]:
+                if not found:
+                    raise OffloadUnavailable(f"{path} has no program {name}")
             maps: Dict[str, KernelMap] = {}
             current = lib.bpf_object__next_map(obj, None)
             while current:
@@ -372,7 +421,7 @@ class KernelProgram:
         except BaseException:
             lib.bpf_object__close(obj)
             raise
-        loaded = cls(lib, obj, lib.bpf_program__fd(program), maps)
+        loaded = cls(lib, obj, lib.bpf_program__fd(program), maps, lib.bpf_program__fd(xdpProgram))
         loaded.testMode = testMode
         return loaded
 
@@ -399,10 +448,56 @@ class KernelProgram:
         link = self._lib.bpf_link_create(self.fd, ifindex, _BPF_TCX_INGRESS, None)
         self._attached[ifindex] = _check(link, f"attaching to interface {ifindex} (tcx)")
 
+    def attachXDP(self, ifindex: int, mode: Optional[str] = None) -> str:
+        """
+        Run the XDP program on what C{ifindex} receives, with a bpf link
+        (which the kernel removes when its last descriptor closes, as the
+        tcx links).  An interface has one XDP program: another relay's (a
+        worker's) there already is refused.
+
+        @param mode: L{XDP_DRIVER} or L{XDP_GENERIC}; by default the
+            driver's where it has XDP, else generic.
+        @return: the mode it runs in.
+        @raise OSError: the kernel refused (C{EBUSY}: the interface has an
+            XDP program already).
+        """
+        if ifindex in self._xdpModes:
+            return self._xdpModes[ifindex]
+        if ifindex in self._attached:
+            raise OSError(errno.EEXIST, f"interface {ifindex} runs the TC program already")
+        error: Optional[OSError] = None
+        for tried in [mode] if mode is not None else [XDP_DRIVER, XDP_GENERIC]:
+            opts = _LinkCreateOpts()
+            opts.sz = ctypes.sizeof(_LinkCreateOpts)
+            opts.flags = _XDP_FLAGS[tried]
+            link = self._lib.bpf_link_create(self.xdpFD, ifindex, _BPF_XDP, ctypes.byref(opts))
+            if link >= 0:
+                self._attached[ifindex] = link
+                self._xdpModes[ifindex] = tried
+                return tried
+            error = OSError(
+                -link,
+                f"attaching to interface {ifindex} (xdp, {tried} mode): "
+                f"{os.strerror(-link)} ({errno.errorcode.get(-link, -link)})",
+            )
+            if -link in (errno.EBUSY, errno.EEXIST):
+                break
+        assert error is not None
+        raise error
+
+    @property
+    def xdpModes(self) -> Dict[int, str]:
+        """
+        The interfaces the XDP program runs on, each with its mode
+        (L{XDP_DRIVER} or L{XDP_GENERIC}).
+        """
+        return dict(self._xdpModes)
+
     def detach(self, ifindex: int) -> None:
         """
-        Stop running on C{ifindex}: close its link.
+        Stop running on C{ifindex}: close its link (tcx or XDP).
         """
+        self._xdpModes.pop(ifindex, None)
         link = self._attached.pop(ifindex, None)
         if link is not None:
             os.close(link)
@@ -414,10 +509,12 @@ class KernelProgram:
         """
         return sorted(self._attached)
 
-    def testRun(self, packet: bytes) -> Tuple[int, bytes]:
+    def testRun(self, packet: bytes, xdp: bool = False) -> Tuple[int, bytes]:
         """
         Run the program once on C{packet} (an Ethernet frame) with
         C{BPF_PROG_TEST_RUN}.
+
+        @param xdp: run the XDP program rather than the TC one.
 
         @return: what it returned and the packet as it left it.
         @raise OSError: the kernel refused the run.
@@ -431,7 +528,8 @@ class KernelProgram:
         opts.data_out = ctypes.cast(out, ctypes.c_void_p)
         opts.data_size_out = len(out)
         opts.repeat = 1
-        _check(self._lib.bpf_prog_test_run_opts(self.fd, ctypes.byref(opts)), "test run")
+        fd = self.xdpFD if xdp else self.fd
+        _check(self._lib.bpf_prog_test_run_opts(fd, ctypes.byref(opts)), "test run")
         # retval is a u32; the program returns TC_ACT_UNSPEC (-1) too.
         return ctypes.c_int32(opts.retval).value, out.raw[: opts.data_size_out]
 

@@ -18,6 +18,11 @@
  * TTL of 64, and forward with a FIB lookup and a redirect, as a router
  * would.
  *
+ * The same relaying at XDP (turnrelay_xdp, for offload = xdp) shares the
+ * maps, the parsing and the header arithmetic; it moves the headers itself
+ * (bpf_xdp_adjust_head) where TC has bpf_skb_adjust_room, and passes up
+ * (XDP_PASS) what TC passes on, and also what has no neighbour entry yet.
+ *
  * Build: make offload (clang -O2 -g -target bpf).
  */
 #include <linux/bpf.h>
@@ -197,7 +202,7 @@ struct route {
 	struct bpf_redir_neigh nexthop;
 };
 
-static __always_inline int route(struct __sk_buff *skb, int family, const __u8 *src,
+static __always_inline int route(void *ctx, __u32 ifindex, int family, const __u8 *src,
 				 const __u8 *dst, __be16 sport, __be16 dport, __u16 len,
 				 struct route *r)
 {
@@ -208,7 +213,7 @@ static __always_inline int route(struct __sk_buff *skb, int family, const __u8 *
 	fib.sport = sport;
 	fib.dport = dport;
 	fib.tot_len = len;
-	fib.ifindex = skb->ingress_ifindex;
+	fib.ifindex = ifindex;
 	if (family == 4) {
 		fib.family = AF_INET;
 		__builtin_memcpy(&fib.ipv4_src, src, 4);
@@ -218,7 +223,7 @@ static __always_inline int route(struct __sk_buff *skb, int family, const __u8 *
 		__builtin_memcpy(fib.ipv6_src, src, 16);
 		__builtin_memcpy(fib.ipv6_dst, dst, 16);
 	}
-	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
 		__builtin_memcpy(r->macs, fib.dmac, 6);
 		__builtin_memcpy(r->macs + 6, fib.smac, 6);
@@ -293,12 +298,14 @@ static __always_inline __u32 pseudo_sum(const struct datagram *d)
 }
 
 /*
+ * Read the frame from data to data_end, len bytes in all (beyond data_end
+ * when the rest is not linear), aggregated from segs datagrams.
+ *
  * @return: -1 not ours, -2 unsupported, 0 a UDP datagram in d.
  */
-static __always_inline int parse(struct __sk_buff *skb, struct datagram *d)
+static __always_inline int parse(void *data, void *data_end, __u32 len, __u32 segs,
+				 struct datagram *d)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct udphdr *udp;
 
@@ -322,7 +329,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct datagram *d)
 		d->udp_len = bpf_ntohs(udp->len);
 		/* Ethernet may pad a short frame: IP's length is the truth. */
 		if (bpf_ntohs(ip->tot_len) != IP4_LEN + d->udp_len ||
-		    skb->len < ETH_LEN + IP4_LEN + (__u32)d->udp_len)
+		    len < ETH_LEN + IP4_LEN + (__u32)d->udp_len)
 			return -2;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -342,7 +349,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct datagram *d)
 		d->udp_len = bpf_ntohs(udp->len);
 		/* No jumbograms; no checksum is not allowed over IPv6. */
 		if (bpf_ntohs(ip6->payload_len) != d->udp_len || udp->check == 0 ||
-		    skb->len < ETH_LEN + IP6_LEN + (__u32)d->udp_len)
+		    len < ETH_LEN + IP6_LEN + (__u32)d->udp_len)
 			return -2;
 	} else {
 		return -1;
@@ -350,7 +357,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct datagram *d)
 	if (d->udp_len < UDP_LEN)
 		return -2;
 	/* Aggregated (GRO) packets are many datagrams: leave them to the stack. */
-	if (skb->gso_segs > 1)
+	if (segs > 1)
 		return -2;
 	d->udp = *udp;
 	/*
@@ -389,23 +396,28 @@ static __always_inline void addresses(const struct datagram *d, __u8 *src, __u8 
 	}
 }
 
+/* The headers a relayed packet leaves with, but Ethernet's. */
+struct headers {
+	union {
+		struct iphdr ip4;
+		struct ipv6hdr ip6;
+	};
+	__be16 words[6]; /* UDP, then the ChannelData header when added */
+};
+
 /*
- * Write the new IP header (source, destination, payload length udp_len,
- * fresh TTL) and UDP header, the ChannelData header when cd is given, and
- * the UDP checksum worked out from d's: after bpf_skb_adjust_room moved
- * the bytes.  Every write recomputes skb->csum (CHECKSUM_COMPLETE stays
- * right for whoever reads it next).
+ * Work out the new IP header (source, destination, payload length
+ * udp_len, fresh TTL) and UDP header, the ChannelData header when cd is
+ * given, and the UDP checksum from d's, into h.
  */
-static __always_inline int rewrite(struct __sk_buff *skb, struct datagram *d, const __u8 *src,
-				   const __u8 *dst, __be16 sport, __be16 dport, __u16 udp_len,
-				   const __be16 *cd)
+static __always_inline void build(const struct datagram *d, const __u8 *src, const __u8 *dst,
+				  __be16 sport, __be16 dport, __u16 udp_len, const __be16 *cd,
+				  struct headers *h)
 {
 	__be16 new_len = bpf_htons(udp_len);
 	__be16 old_len = d->udp.len;
 	__u32 removed, added;
 	struct udphdr udp;
-	__be16 words[6];
-	__u32 l3 = d->l3_len;
 
 	udp.source = sport;
 	udp.dest = dport;
@@ -432,30 +444,49 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct datagram *d, co
 		udp.check = udp_csum_update(d->udp.check, removed, added);
 
 	if (d->family == 4) {
-		struct iphdr ip = d->ip4;
+		struct iphdr *ip = &h->ip4;
 
-		ip.tot_len = bpf_htons(IP4_LEN + udp_len);
-		ip.ttl = FRESH_TTL;
-		__builtin_memcpy(&ip.saddr, src, 4);
-		__builtin_memcpy(&ip.daddr, dst, 4);
-		ip.check = 0;
-		ip.check = ~fold(sum16(&ip, IP4_LEN));
-		if (bpf_skb_store_bytes(skb, ETH_LEN, &ip, IP4_LEN, BPF_F_RECOMPUTE_CSUM))
+		*ip = d->ip4;
+		ip->tot_len = bpf_htons(IP4_LEN + udp_len);
+		ip->ttl = FRESH_TTL;
+		__builtin_memcpy(&ip->saddr, src, 4);
+		__builtin_memcpy(&ip->daddr, dst, 4);
+		ip->check = 0;
+		ip->check = ~fold(sum16(ip, IP4_LEN));
+	} else {
+		struct ipv6hdr *ip6 = &h->ip6;
+
+		*ip6 = d->ip6;
+		ip6->payload_len = new_len;
+		ip6->hop_limit = FRESH_TTL;
+		__builtin_memcpy(&ip6->saddr, src, 16);
+		__builtin_memcpy(&ip6->daddr, dst, 16);
+	}
+	__builtin_memcpy(h->words, &udp, UDP_LEN);
+	h->words[4] = cd ? cd[0] : 0;
+	h->words[5] = cd ? cd[1] : 0;
+}
+
+/*
+ * Write the new headers (see build()) after bpf_skb_adjust_room moved
+ * the bytes.  Every write recomputes skb->csum (CHECKSUM_COMPLETE stays
+ * right for whoever reads it next).
+ */
+static __always_inline int rewrite(struct __sk_buff *skb, struct datagram *d, const __u8 *src,
+				   const __u8 *dst, __be16 sport, __be16 dport, __u16 udp_len,
+				   const __be16 *cd)
+{
+	struct headers h;
+	__be16 *words = h.words;
+	__u32 l3 = d->l3_len;
+
+	build(d, src, dst, sport, dport, udp_len, cd, &h);
+	if (d->family == 4) {
+		if (bpf_skb_store_bytes(skb, ETH_LEN, &h.ip4, IP4_LEN, BPF_F_RECOMPUTE_CSUM))
 			return -1;
 	} else {
-		struct ipv6hdr ip6 = d->ip6;
-
-		ip6.payload_len = new_len;
-		ip6.hop_limit = FRESH_TTL;
-		__builtin_memcpy(&ip6.saddr, src, 16);
-		__builtin_memcpy(&ip6.daddr, dst, 16);
-		if (bpf_skb_store_bytes(skb, ETH_LEN, &ip6, IP6_LEN, BPF_F_RECOMPUTE_CSUM))
+		if (bpf_skb_store_bytes(skb, ETH_LEN, &h.ip6, IP6_LEN, BPF_F_RECOMPUTE_CSUM))
 			return -1;
-	}
-	__builtin_memcpy(words, &udp, UDP_LEN);
-	if (cd) {
-		words[4] = cd[0];
-		words[5] = cd[1];
 	}
 	if (l3 == IP4_LEN) {
 		if (bpf_skb_store_bytes(skb, ETH_LEN + IP4_LEN, words,
@@ -469,6 +500,40 @@ static __always_inline int rewrite(struct __sk_buff *skb, struct datagram *d, co
 	return 0;
 }
 
+/*
+ * The to_peer entry of d when it is ChannelData from a client on a bound
+ * channel, else NULL.  ChannelData is tried first: a peer's datagram that
+ * looks like ChannelData only matches to_peer if its source is a client
+ * with that channel.
+ */
+static __always_inline struct to_peer *client_entry(const struct datagram *d)
+{
+	struct client_key key = {};
+	__u16 channel = bpf_ntohs(d->cd[0]);
+
+	if (d->udp_len < UDP_LEN + CD_LEN || channel < 0x4000 || channel > 0x7fff)
+		return 0;
+	key.family = d->family;
+	key.channel = d->cd[0];
+	key.client_port = d->udp.source;
+	key.server_port = d->udp.dest;
+	addresses(d, key.client_addr, key.server_addr);
+	return bpf_map_lookup_elem(&to_peer, &key);
+}
+
+/* The to_client entry of d when it comes from a peer to a relayed
+ * address, else NULL. */
+static __always_inline struct to_client *peer_entry(const struct datagram *d)
+{
+	struct peer_key key = {};
+
+	key.family = d->family;
+	key.relay_port = d->udp.dest;
+	key.peer_port = d->udp.source;
+	addresses(d, key.peer_addr, key.relay_addr);
+	return bpf_map_lookup_elem(&to_client, &key);
+}
+
 /* ChannelData from a client: relay its data to the peer. */
 static __always_inline int client_to_peer(struct __sk_buff *skb, struct datagram *d,
 					  struct to_peer *peer)
@@ -480,7 +545,7 @@ static __always_inline int client_to_peer(struct __sk_buff *skb, struct datagram
 	 * worth rewriting here) or short: user space sorts it out. */
 	if (bpf_ntohs(d->cd[1]) != data_len)
 		return pass(STAT_UNSUPPORTED);
-	if (!test_mode && route(skb, d->family, peer->relay_addr, peer->peer_addr,
+	if (!test_mode && route(skb, skb->ingress_ifindex, d->family, peer->relay_addr, peer->peer_addr,
 				peer->relay_port, peer->peer_port, d->l3_len + UDP_LEN + data_len,
 				&r))
 		return pass(STAT_REDIRECT_FAILED);
@@ -504,22 +569,16 @@ static __always_inline int client_to_peer(struct __sk_buff *skb, struct datagram
 /* A datagram from a peer: relay it to the client as ChannelData. */
 static __always_inline int peer_to_client(struct __sk_buff *skb, struct datagram *d)
 {
-	struct peer_key key = {};
-	struct to_client *client;
+	struct to_client *client = peer_entry(d);
 	struct route r = {};
 	__u16 data_len = d->udp_len - UDP_LEN;
 	__be16 cd[2];
 
-	key.family = d->family;
-	key.relay_port = d->udp.dest;
-	key.peer_port = d->udp.source;
-	addresses(d, key.peer_addr, key.relay_addr);
-	client = bpf_map_lookup_elem(&to_client, &key);
 	if (!client)
 		return pass(STAT_NOT_OURS);
 	if (d->udp_len > 0xffff - IP6_LEN - CD_LEN)
 		return pass(STAT_UNSUPPORTED);
-	if (!test_mode && route(skb, d->family, client->server_addr, client->client_addr,
+	if (!test_mode && route(skb, skb->ingress_ifindex, d->family, client->server_addr, client->client_addr,
 				client->server_port, client->client_port,
 				d->l3_len + UDP_LEN + CD_LEN + data_len, &r))
 		return pass(STAT_REDIRECT_FAILED);
@@ -546,30 +605,169 @@ SEC("tc")
 int turnrelay_tc(struct __sk_buff *skb)
 {
 	struct datagram d;
-	int rc = parse(skb, &d);
-	__u16 channel;
+	int rc = parse((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len,
+		       skb->gso_segs, &d);
+	struct to_peer *peer;
 
 	if (rc == -1)
 		return pass(STAT_NOT_OURS);
 	if (rc == -2)
 		return pass(STAT_UNSUPPORTED);
-	/* ChannelData first: a peer's datagram that looks like ChannelData
-	 * only matches to_peer if its source is a client with that channel. */
-	channel = bpf_ntohs(d.cd[0]);
-	if (d.udp_len >= UDP_LEN + CD_LEN && channel >= 0x4000 && channel <= 0x7fff) {
-		struct client_key key = {};
-		struct to_peer *peer;
-
-		key.family = d.family;
-		key.channel = d.cd[0];
-		key.client_port = d.udp.source;
-		key.server_port = d.udp.dest;
-		addresses(&d, key.client_addr, key.server_addr);
-		peer = bpf_map_lookup_elem(&to_peer, &key);
-		if (peer)
-			return client_to_peer(skb, &d, peer);
-	}
+	peer = client_entry(&d);
+	if (peer)
+		return client_to_peer(skb, &d, peer);
 	return peer_to_client(skb, &d);
+}
+
+/* XDP ------------------------------------------------------------------- */
+
+static __always_inline int xdp_pass(__u32 index)
+{
+	count(index);
+	return XDP_PASS;
+}
+
+/*
+ * Write the Ethernet header eth and h's IP header and first n words
+ * bytes at the start of the frame, which bpf_xdp_adjust_head has made
+ * the right length for them.  l3 and n are constants once inlined.
+ */
+static __always_inline int xdp_store(struct xdp_md *ctx, const __u8 *eth, const struct headers *h,
+				     __u32 l3, __u32 n)
+{
+	__u8 *data = (void *)(long)ctx->data;
+	__u8 *data_end = (void *)(long)ctx->data_end;
+
+	if (data + ETH_LEN + l3 + n > data_end)
+		return -1;
+	__builtin_memcpy(data, eth, ETH_LEN);
+	__builtin_memcpy(data + ETH_LEN, &h->ip4, l3);
+	__builtin_memcpy(data + ETH_LEN + l3, h->words, n);
+	return 0;
+}
+
+/*
+ * Move the frame's start by delta (+4 takes the 4 bytes after the old
+ * UDP header out, -4 makes room for a ChannelData header) and write the
+ * new headers before the unmoved payload.
+ */
+static __always_inline int xdp_rewrite(struct xdp_md *ctx, const struct datagram *d,
+				       const __u8 *eth, const struct headers *h, int delta)
+{
+	if (bpf_xdp_adjust_head(ctx, delta))
+		return -2;
+	if (d->family == 4)
+		return delta > 0 ? xdp_store(ctx, eth, h, IP4_LEN, UDP_LEN)
+				 : xdp_store(ctx, eth, h, IP4_LEN, UDP_LEN + CD_LEN);
+	return delta > 0 ? xdp_store(ctx, eth, h, IP6_LEN, UDP_LEN)
+			 : xdp_store(ctx, eth, h, IP6_LEN, UDP_LEN + CD_LEN);
+}
+
+/* Send the rewritten frame where route() said: back out of the device it
+ * came in on, or to another. */
+static __always_inline int xdp_send(struct xdp_md *ctx, const struct route *r, __u32 index)
+{
+	if (test_mode) {
+		count(index);
+		return XDP_REDIRECT;
+	}
+	if (r->ifindex == ctx->ingress_ifindex) {
+		count(index);
+		return XDP_TX;
+	}
+	if (bpf_redirect(r->ifindex, 0) != XDP_REDIRECT) {
+		count(STAT_REDIRECT_FAILED);
+		return XDP_DROP;
+	}
+	count(index);
+	return XDP_REDIRECT;
+}
+
+/*
+ * Route (unless in test mode) and rewrite d into what goes to dst; the
+ * Ethernet header eth gets the next hop's addresses.  Without a route or
+ * a neighbour entry (XDP cannot resolve one) the frame goes up untouched.
+ *
+ * @return: the XDP action.
+ */
+static __always_inline int xdp_relay(struct xdp_md *ctx, const struct datagram *d, __u8 *eth,
+				     const __u8 *src, const __u8 *dst, __be16 sport,
+				     __be16 dport, __u16 udp_len, const __be16 *cd, __u32 index)
+{
+	struct route r = {};
+	struct headers h;
+	int rc;
+
+	if (!test_mode && (route(ctx, ctx->ingress_ifindex, d->family, src, dst, sport, dport,
+				 d->l3_len + udp_len, &r) ||
+			   r.resolve))
+		return xdp_pass(STAT_REDIRECT_FAILED);
+	if (!test_mode)
+		__builtin_memcpy(eth, r.macs, sizeof(r.macs));
+	build(d, src, dst, sport, dport, udp_len, cd, &h);
+	rc = xdp_rewrite(ctx, d, eth, &h, cd ? -CD_LEN : CD_LEN);
+	if (rc == -2)
+		return xdp_pass(STAT_UNSUPPORTED);
+	if (rc) {
+		/* Moved already: it cannot go up any more. */
+		count(STAT_REDIRECT_FAILED);
+		return XDP_DROP;
+	}
+	return xdp_send(ctx, &r, index);
+}
+
+SEC("xdp")
+int turnrelay_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct to_client *client;
+	struct to_peer *peer;
+	__u8 eth[ETH_LEN];
+	struct datagram d;
+	__u16 data_len;
+	__be16 cd[2];
+	int rc;
+
+	/* Before the stack, there is no checksum state and no aggregation:
+	 * parse() still passes up the unfinished checksum it can see. */
+	rc = parse(data, data_end, bpf_xdp_get_buff_len(ctx), 1, &d);
+	if (rc == -1)
+		return xdp_pass(STAT_NOT_OURS);
+	if (rc == -2)
+		return xdp_pass(STAT_UNSUPPORTED);
+	if (data + ETH_LEN > data_end)
+		return xdp_pass(STAT_NOT_OURS);
+	__builtin_memcpy(eth, data, ETH_LEN);
+	peer = client_entry(&d);
+	if (peer) {
+		data_len = d.udp_len - UDP_LEN - CD_LEN;
+		/* Padded or short: user space sorts it out. */
+		if (bpf_ntohs(d.cd[1]) != data_len)
+			return xdp_pass(STAT_UNSUPPORTED);
+		rc = xdp_relay(ctx, &d, eth, peer->relay_addr, peer->peer_addr, peer->relay_port,
+			       peer->peer_port, UDP_LEN + data_len, 0, STAT_TO_PEER);
+		if (rc != XDP_PASS && rc != XDP_DROP) {
+			__sync_fetch_and_add(&peer->packets, 1);
+			__sync_fetch_and_add(&peer->bytes, data_len);
+		}
+		return rc;
+	}
+	client = peer_entry(&d);
+	if (!client)
+		return xdp_pass(STAT_NOT_OURS);
+	data_len = d.udp_len - UDP_LEN;
+	if (d.udp_len > 0xffff - IP6_LEN - CD_LEN)
+		return xdp_pass(STAT_UNSUPPORTED);
+	cd[0] = client->channel;
+	cd[1] = bpf_htons(data_len);
+	rc = xdp_relay(ctx, &d, eth, client->server_addr, client->client_addr, client->server_port,
+		       client->client_port, UDP_LEN + CD_LEN + data_len, cd, STAT_TO_CLIENT);
+	if (rc != XDP_PASS && rc != XDP_DROP) {
+		__sync_fetch_and_add(&client->packets, 1);
+		__sync_fetch_and_add(&client->bytes, data_len);
+	}
+	return rc;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

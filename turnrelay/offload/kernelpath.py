@@ -82,8 +82,8 @@ def loadKernelProgram() -> Any:
     now.
 
     @return: the loader's C{KernelProgram}: C{maps[TO_PEER]},
-        C{maps[TO_CLIENT]}, C{attach(ifindex)}, C{detach(ifindex)},
-        C{close()}.
+        C{maps[TO_CLIENT]}, C{attach(ifindex)}, C{attachXDP(ifindex)},
+        C{detach(ifindex)}, C{close()}.
     @raise KernelPathUnavailable: why it cannot be loaded.
     """
     try:
@@ -522,10 +522,12 @@ class KernelPathService(Service):
     (as a check of a configuration) loads nothing.
 
     @ivar mode: what was asked: C{"auto"}, C{"off"}, C{"tc"} or C{"xdp"}.
-    @ivar active: the path in use: C{"tc"} or C{"off"}.
+    @ivar active: the path in use: C{"tc"}, C{"xdp"} or C{"off"}.
     @ivar reason: why it is off, or L{None}.
     @ivar kernelPath: the L{KernelPath} while active.
     @ivar attached: C{(name, ifindex)} of the interfaces attached to.
+    @ivar xdpModes: with C{xdp}, the XDP mode (C{"driver"} or C{"generic"})
+        of each interface attached to, by name.
     """
 
     log = Logger()
@@ -555,6 +557,7 @@ class KernelPathService(Service):
         self.reason: Optional[str] = "not started" if mode != "off" else "offload = off"
         self.kernelPath: Optional[KernelPath] = None
         self.attached: List[Tuple[str, int]] = []
+        self.xdpModes: Dict[str, str] = {}
         self._clock = clock
         self._program: Any = None
         # What the last kernel path relayed, still reported once stopped.
@@ -577,6 +580,16 @@ class KernelPathService(Service):
                 reason=self.reason,
             )
             return
+        if self.mode == "xdp":
+            self.active, self.reason = "xdp", None
+            self.log.info(
+                "relaying UDP ChannelData in the kernel (xdp on {interfaces}), the rest in "
+                "user space",
+                interfaces=", ".join(
+                    f"{name} ({self.xdpModes[name]} mode)" for name, _ in self.attached
+                ),
+            )
+            return
         self.active, self.reason = "tc", None
         self.log.info(
             "relaying UDP ChannelData in the kernel (tc on {interfaces}), the rest in user space",
@@ -584,13 +597,16 @@ class KernelPathService(Service):
         )
 
     def _load(self) -> None:
-        if self.mode == "xdp":
-            raise KernelPathUnavailable("xdp is not available yet: use tc (or auto)")
         interfaces = offloadInterfaces(self.interfaces, self.addresses)
         program = loadKernelProgram()
         try:
             for name, index in interfaces:
-                program.attach(index)
+                if self.mode == "xdp":
+                    # What XDP passes goes to the stack: no TC program
+                    # behind it, and turnrelay relays the rest.
+                    self.xdpModes[name] = program.attachXDP(index)
+                else:
+                    program.attach(index)
                 self.attached.append((name, index))
         except Exception as e:
             self._unload(program)
@@ -613,6 +629,7 @@ class KernelPathService(Service):
                     error=str(e),
                 )
         self.attached = []
+        self.xdpModes = {}
         try:
             program.close()
         except Exception as e:
@@ -639,6 +656,8 @@ class KernelPathService(Service):
             kernel relayed.
         """
         figures: Dict[str, Any] = {"mode": self.active, "asked": self.mode, "reason": self.reason}
+        if self.xdpModes:
+            figures["xdpModes"] = dict(self.xdpModes)
         kernelPath = self.kernelPath
         figures.update(self._figures if kernelPath is None else kernelPath.stats())
         return figures
