@@ -268,6 +268,12 @@ class FleetRevocationTests(TestCase):
         """
         await self.startFleet()
         await self.control(self.relays[0], control.Revoke, USER)
+        # Every node has heard of it before Redis goes.
+        await poll(
+            lambda: all(fleet(relay).revocations.isRevoked(USER) for relay in self.relays),
+            PROMPTLY,
+            "every node to know of the revocation",
+        )
         await self.redis.stop()
         await poll(
             lambda: not any(fleet(relay).link.up for relay in self.relays),
