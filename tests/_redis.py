@@ -6,7 +6,7 @@ data directory of its own and nothing saved to disk, stopped at cleanup.
 from __future__ import annotations
 
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from twisted.trial.unittest import TestCase
 
@@ -24,19 +24,32 @@ class RedisServer:
     @ivar url: its URL, for the C{redis} setting.
     """
 
-    def __init__(self, testCase: TestCase, directory: str) -> None:
+    def __init__(
+        self, testCase: TestCase, directory: str, tls: Optional[Tuple[str, str]] = None
+    ) -> None:
+        """
+        @param tls: the certificate and key files (PEM) to serve TLS alone
+            with (C{rediss://}), or L{None} for plain TCP.
+        """
         self._testCase = testCase
         self._program = requireTool(testCase, "redis-server")
         self._directory = directory
+        self._tls = tls
         self.port = freePortPair()
-        self.url = RedisURL("127.0.0.1", self.port)
+        self.url = RedisURL("127.0.0.1", self.port, tls=tls is not None)
         self.process: Optional[ChildProcess] = None
 
     def arguments(self) -> List[str]:
+        if self._tls is not None:
+            certificate, key = self._tls
+            listen = ["--port", "0", "--tls-port", str(self.port)]
+            listen += ["--tls-cert-file", certificate, "--tls-key-file", key]
+            listen += ["--tls-auth-clients", "no"]
+        else:
+            listen = ["--port", str(self.port)]
         return [
             self._program,
-            "--port",
-            str(self.port),
+            *listen,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -68,11 +81,13 @@ class RedisServer:
             await within(process.stop(), PROMPTLY, "redis-server to stop")
 
 
-async def startRedis(testCase: TestCase) -> RedisServer:
+async def startRedis(testCase: TestCase, tls: Optional[Tuple[str, str]] = None) -> RedisServer:
     """
     Start a Redis server for C{testCase}; it is stopped at cleanup (spawn's
     cleanup ends it whatever happens).
+
+    @param tls: see L{RedisServer}.
     """
     directory = os.path.abspath(testCase.mktemp())
     os.makedirs(directory)
-    return await RedisServer(testCase, directory).start()
+    return await RedisServer(testCase, directory, tls).start()

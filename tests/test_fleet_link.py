@@ -4,6 +4,7 @@ Tests for L{turnrelay.fleet.link}: a node's connection to a real Redis.
 
 from __future__ import annotations
 
+import os
 from typing import List
 
 from twisted.trial.unittest import TestCase
@@ -12,6 +13,7 @@ from tests._redis import startRedis
 from tests._timing import PROMPTLY, poll, reactor, within
 from turnrelay.config import RedisURL
 from turnrelay.fleet.link import RedisLink, RedisUnavailable
+from turnrelay.transports.tls import makeSelfSignedCertificate
 
 
 class RedisLinkTests(TestCase):
@@ -47,6 +49,34 @@ class RedisLinkTests(TestCase):
         self.assertEqual(len(ups), 2)
         # Nothing was saved: a restarted Redis starts empty.
         self.assertIsNone(await within(link.call("test", "get", "k"), PROMPTLY, "GET"))
+
+    async def test_tls(self) -> None:
+        """
+        Over C{rediss://}, the link verifies the server's certificate: with
+        the CA that made it, commands answer; with another CA, the link
+        never comes up.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        files = {}
+        for name in ("redis", "stranger"):
+            certificate = os.path.join(directory, f"{name}.pem")
+            key = os.path.join(directory, f"{name}-key.pem")
+            makeSelfSignedCertificate(certificate, key, ("127.0.0.1",))
+            files[name] = (certificate, key)
+        redis = await startRedis(self, tls=files["redis"])
+        # Both at once: the one that trusts another CA can never come up,
+        # and by the time the other is up it has had as long to try.
+        doubting = RedisLink(redis.url, reactor, timeout=0.5, tlsCA=files["stranger"][0])
+        trusting = RedisLink(redis.url, reactor, timeout=0.5, tlsCA=files["redis"][0])
+        for link in (doubting, trusting):
+            link.startService()
+            self.addCleanup(link.stopService)
+        await poll(lambda: trusting.up, PROMPTLY, "the link over TLS to be up")
+        self.assertEqual(await within(trusting.call("t", "set", "k", "v"), PROMPTLY, "SET"), "OK")
+        self.assertFalse(doubting.up)
+        with self.assertRaises(RedisUnavailable):
+            await doubting.call("t", "get", "k")
 
     async def test_notAnswering(self) -> None:
         """

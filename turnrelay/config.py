@@ -1193,6 +1193,14 @@ class RelayConfig:
         _FLAG,
         False,
     )
+    redisTLSCA: Optional[str] = _FLEET.setting(
+        """The CA certificates (PEM) that vouch for the Redis server's certificate, with
+        rediss://; the Redis URL's host must be one the certificate names.""",
+        "redis-tls-ca",
+        _FILE,
+        defaultText="the system's trusted CAs",
+        example="/etc/turnrelay/redis-ca.pem",
+    )
     redisUsersRefresh: float = _FLEET.setting(
         """Seconds between two readings of the users and secrets kept in Redis.""",
         "redis-users-refresh",
@@ -1400,6 +1408,11 @@ def buildConfig(values: Mapping[str, Any], base: RelayConfig = RelayConfig()) ->
         raise ConfigError(
             f"min-port {config.minPort} is above max-port {config.maxPort}; "
             "min-port must not exceed max-port"
+        )
+    if config.redisTLSCA is not None and (config.redis is None or not config.redis.tls):
+        raise ConfigError(
+            "redis-tls-ca: it verifies a TLS connection to Redis: give a rediss:// URL in "
+            "redis, or remove redis-tls-ca"
         )
     if config.redis is not None and config.workers > 1:
         raise ConfigError(

@@ -74,6 +74,7 @@ _RESTART_SETTINGS = frozenset(
         "demo-page",
         "redis",
         "node-id",
+        "redis-tls-ca",
     }
 )
 

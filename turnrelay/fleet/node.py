@@ -53,7 +53,9 @@ class FleetNode(MultiService):
         self.logLevels = logLevels
         self.nodeID = config.nodeID or socket.gethostname()
         self.prefix = KEY_PREFIX
-        self.link = RedisLink(config.redis, reactor, config.redisTimeout, logLevels)
+        self.link = RedisLink(
+            config.redis, reactor, config.redisTimeout, logLevels, tlsCA=config.redisTLSCA
+        )
         self.link.setServiceParent(self)
         self.quota = FleetQuota(self)
         self.revocations = Revocations(self)
