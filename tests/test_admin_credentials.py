@@ -22,13 +22,14 @@ from tests._logs import LogRecorder
 from tests._relays import FakeRelay, httpRequest
 from tests._session import TURNClient
 from tests._timing import reactor
-from turnrelay.admin.credentials import iceServerURLs, makeCredentialsService
+from turnrelay.admin.credentials import makeCredentialsService
 from turnrelay.config import ConfigError, ListenerConfig, RelayConfig, buildConfig
 from turnrelay.service import makeRelayService
 from turnrelay.stun.address import TransportAddress
 from turnrelay.stun.message import MessageClass
 from turnrelay.testing import FakeUDPReactor
 from turnrelay.transports.tls import makeSelfSignedCertificate
+from turnrelay.urls import iceServerURLs
 
 ENDPOINT_PORT = 8089
 TOKEN = "Vb3kQ-7wd1d2ZxQq3e0y1A"

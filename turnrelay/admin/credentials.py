@@ -54,8 +54,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-from ipaddress import ip_address
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional
 
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -63,14 +62,8 @@ from twisted.web.server import Request
 from turnrelay.admin.web import AdminWebService, OnePageRoot, QuietSite
 from turnrelay.config import ConfigError, RelayConfig
 from turnrelay.logs import Logger
-from turnrelay.stun.address import TransportAddress
+from turnrelay.urls import iceServerURLs
 
-# The URL scheme and ?transport= of each listener transport (RFC 7065).
-_SCHEMES = {
-    "udp": ("turn", "udp"),
-    "tcp": ("turn", "tcp"),
-    "tls": ("turns", "tcp"),
-}
 # User ids are short: the REST username (expiry, ':', id) must fit STUN's
 # USERNAME (RFC 8489 section 14.3) with room to spare.
 MAX_USER_ID = 128
@@ -112,46 +105,6 @@ def presentedToken(request: Request) -> Optional[bytes]:
     if scheme.lower() != b"bearer" or not token.strip():
         return None
     return token.strip()
-
-
-def urlHost(host: str) -> str:
-    """
-    A host as it is written in a URL: IPv6 addresses in brackets.
-    """
-    if ":" in host and not host.startswith("["):
-        return f"[{host}]"
-    return host
-
-
-def iceServerURLs(config: RelayConfig, listeners: List[Tuple[str, TransportAddress]]) -> List[str]:
-    """
-    The C{turn:} and C{turns:} URLs (RFC 7065) of a relay's listeners.
-
-    The host is C{server-name}, else C{external-ip}, else the listener's
-    address when it is specific, else the relay IP.
-
-    @param listeners: C{(transport, address)} of each listener, as
-        L{RelayService.listeningAddresses
-        <turnrelay.service.RelayService.listeningAddresses>} gives them.
-    @return: one URL per listener, duplicates left out, in listener order;
-        none for a listener with no address to advertise.
-    """
-    urls: List[str] = []
-    for transport, address in listeners:
-        host = config.serverName or config.externalIP
-        if host is None:
-            host = (
-                address.host
-                if not ip_address(address.host).is_unspecified
-                else config.effectiveRelayIP()
-            )
-        if host is None:
-            continue
-        scheme, parameter = _SCHEMES[transport]
-        url = f"{scheme}:{urlHost(host)}:{address.port}?transport={parameter}"
-        if url not in urls:
-            urls.append(url)
-    return urls
 
 
 class _Refusal(Exception):

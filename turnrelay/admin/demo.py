@@ -34,10 +34,10 @@ from twisted.python.filepath import FilePath
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from turnrelay.admin.credentials import iceServerURLs
 from turnrelay.admin.web import AdminWebService, NotFound, QuietSite
 from turnrelay.config import RelayConfig
 from turnrelay.stun.address import TransportAddress
+from turnrelay.urls import iceServerURLs
 
 PAGE = FilePath(__file__).sibling("demo.html")
 """

@@ -37,12 +37,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall
 
-from turnrelay.admin.credentials import iceServerURLs
 from turnrelay.config import RelayConfig
 from turnrelay.fleet.link import RedisUnavailable
 from turnrelay.logs import Logger
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
 from turnrelay.turn.policy import canonicalIP
+from turnrelay.urls import iceServerURLs
 
 # Seconds between two heartbeats (shorter when the lease is shorter, so a
 # live node's record never lapses between two renewals).
