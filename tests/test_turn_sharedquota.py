@@ -6,7 +6,7 @@ answered later, and every grant released exactly once.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
@@ -19,11 +19,12 @@ from tests._assertions import TURNTestCase
 from tests._logs import LogRecorder, isRefused
 from tests._relays import RELAY_IP6, FakeRelay
 from tests._session import TURNClient
-from turnrelay.interfaces import IAllocationObserver, IAllocationQuota
+from turnrelay.interfaces import IAllocationQuota
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV6
 from turnrelay.stun.message import Method, STUNMessage, decodeMessage
 from turnrelay.transports.stream import StreamLimits, STUNStreamProtocol
+from turnrelay.turn.registry import AllocationObserver
 
 UDP = (A.REQUESTED_TRANSPORT, A.TRANSPORT_UDP)
 TCP = (A.REQUESTED_TRANSPORT, A.TRANSPORT_TCP)
@@ -380,19 +381,9 @@ class ReleaseTests(SharedQuotaTestCase):
         its grant, once.
         """
 
-        @implementer(IAllocationObserver)
-        class Ender:
+        class Ender(AllocationObserver):
             def allocationCreated(self, allocation: Any) -> None:
                 registry.remove(allocation, "ended by the application")
-
-            def allocationRefreshed(self, allocation: Any, lifetime: float) -> None:
-                pass
-
-            def allocationPermissionAdded(self, allocation: Any, host: str) -> None:
-                pass
-
-            def allocationEnded(self, allocation: Any, reason: str, usage: Dict[str, Any]) -> None:
-                pass
 
         registry = self.server.registry
         registry.addObserver(Ender())

@@ -35,12 +35,11 @@ from typing import Any, Dict, List, Optional, Tuple
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from zope.interface import implementer
 
 from turnrelay.config import RelayConfig
 from turnrelay.fleet.link import RedisUnavailable
-from turnrelay.interfaces import IAllocationObserver
 from turnrelay.logs import Logger
+from turnrelay.turn.registry import AllocationObserver
 
 # Days a day's hash is kept after its last write: a month of billing, and
 # a margin.
@@ -104,8 +103,7 @@ def _add(amounts: Amounts, key: Tuple[str, str], bytes: int, seconds: float, cou
         entry[2] += count
 
 
-@implementer(IAllocationObserver)
-class Accounting(Service):
+class Accounting(Service, AllocationObserver):
     """
     Adds every ended allocation's usage to the fleet's per-day hashes.
 
@@ -154,15 +152,6 @@ class Accounting(Service):
         pass
 
     # IAllocationObserver ------------------------------------------------
-
-    def allocationCreated(self, allocation: Any) -> None:
-        pass
-
-    def allocationRefreshed(self, allocation: Any, lifetime: float) -> None:
-        pass
-
-    def allocationPermissionAdded(self, allocation: Any, host: str) -> None:
-        pass
 
     def allocationEnded(self, allocation: Any, reason: str, usage: Dict[str, Any]) -> None:
         """

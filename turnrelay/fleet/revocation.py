@@ -68,9 +68,9 @@ from turnrelay.auth.credentials import (
 )
 from turnrelay.config import RelayConfig
 from turnrelay.fleet.link import RedisUnavailable
-from turnrelay.interfaces import IAllocationObserver
 from turnrelay.logs import Logger
 from turnrelay.stun.address import TransportAddress
+from turnrelay.turn.registry import AllocationObserver
 
 REVOKED = "revoked"
 """
@@ -187,8 +187,7 @@ def revokingChain(authenticator: Any, isRevoked: Callable[[str], bool]) -> Revok
     return wrapper
 
 
-@implementer(IAllocationObserver)
-class Revocations(Service):
+class Revocations(Service, AllocationObserver):
     """
     The names revoked fleet-wide, kept in memory on this node: its
     authentication refuses them, and their allocations here are ended as
@@ -381,15 +380,6 @@ class Revocations(Service):
             predicate=lambda candidate: candidate is allocation, reason=REASON
         )
         self.ended += ended
-
-    def allocationRefreshed(self, allocation: Any, lifetime: float) -> None:
-        pass
-
-    def allocationPermissionAdded(self, allocation: Any, host: str) -> None:
-        pass
-
-    def allocationEnded(self, allocation: Any, reason: str, usage: Dict[str, Any]) -> None:
-        pass
 
 
 def _checkName(username: str) -> None:

@@ -15,11 +15,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from turnrelay.auth.longterm import AuthResult
 from turnrelay.interfaces import (
-    IAllocationObserver,
     IAllocationQuota,
     IClientLink,
     QuotaUnavailable,
@@ -31,6 +29,7 @@ from turnrelay.stun.message import STUNMessage
 from turnrelay.turn.allocation import Allocation, FiveTuple, Relay
 from turnrelay.turn.datapath import TokenBucket
 from turnrelay.turn.refusals import Refusal
+from turnrelay.turn.registry import AllocationObserver
 from turnrelay.turn.relay import NoRelayPort, RelayPortPool
 from turnrelay.turn.tcprelay import IncomingPeerFactory
 
@@ -61,8 +60,7 @@ class PendingAllocate:
         self.cancelled = False
 
 
-@implementer(IAllocationObserver)
-class _SharedQuotaReleaser:
+class _SharedQuotaReleaser(AllocationObserver):
     """
     The registry observer that tells the L{Allocator} of every allocation's
     end, the one place every allocation ends (expiry, Refresh 0, the link
@@ -71,15 +69,6 @@ class _SharedQuotaReleaser:
 
     def __init__(self, ended: Callable[[Allocation], None]) -> None:
         self._ended = ended
-
-    def allocationCreated(self, allocation: Any) -> None:
-        pass
-
-    def allocationRefreshed(self, allocation: Any, lifetime: float) -> None:
-        pass
-
-    def allocationPermissionAdded(self, allocation: Any, host: str) -> None:
-        pass
 
     def allocationEnded(self, allocation: Any, reason: str, usage: Dict[str, Any]) -> None:
         self._ended(allocation)

@@ -6,13 +6,34 @@ on, and the totals of those that ended.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
 
 from turnrelay.interfaces import IAllocationObserver
 from turnrelay.logs import Logger, LogLevels
 from turnrelay.turn.allocation import TRAFFIC_COUNTERS, Allocation, FiveTuple
+
+
+@implementer(IAllocationObserver)
+class AllocationObserver:
+    """
+    An L{IAllocationObserver} that lets every event pass: subclass it and
+    override the events you watch.
+    """
+
+    def allocationCreated(self, allocation: Any) -> None:
+        pass
+
+    def allocationRefreshed(self, allocation: Any, lifetime: float) -> None:
+        pass
+
+    def allocationPermissionAdded(self, allocation: Any, host: str) -> None:
+        pass
+
+    def allocationEnded(self, allocation: Any, reason: str, usage: Dict[str, Any]) -> None:
+        pass
 
 
 class UsageTotals:

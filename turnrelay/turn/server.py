@@ -28,12 +28,11 @@ from typing import Counter as CounterType
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
-from zope.interface import implementer
 
 from turnrelay.auth.credentials import ChainedCredentials
 from turnrelay.auth.longterm import AuthResult, LongTermAuthenticator
 from turnrelay.auth.nonce import NonceMinter
-from turnrelay.interfaces import IAllocationObserver, IAllocationQuota, IClientLink, IKernelPath
+from turnrelay.interfaces import IAllocationQuota, IClientLink, IKernelPath
 from turnrelay.logs import Logger, LogLevels
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import FAMILY_IPV4, FAMILY_IPV6, TransportAddress
@@ -53,7 +52,7 @@ from turnrelay.turn.limits import RelayLimits
 from turnrelay.turn.permissions import FailClosedFilter, channelBind, createPermission
 from turnrelay.turn.policy import PeerPolicy
 from turnrelay.turn.refusals import Refusal, RefusalLog
-from turnrelay.turn.registry import AllocationRegistry
+from turnrelay.turn.registry import AllocationObserver, AllocationRegistry
 from turnrelay.turn.relay import RelayPortPool
 from turnrelay.turn.sources import SourceRateLimiter
 from turnrelay.turn.tcprelay import PeerConnection, TCPRelaying
@@ -79,8 +78,7 @@ CHALLENGES = frozenset({"no-integrity", "stale-nonce"})
 RequestHandler = Callable[[STUNMessage, IClientLink, AuthResult], Optional[STUNMessage]]
 
 
-@implementer(IAllocationObserver)
-class _KernelPathAttacher:
+class _KernelPathAttacher(AllocationObserver):
     """
     The registry observer that hands every new allocation the controller's
     kernel path, so that the allocation tells it of its permissions and
@@ -92,15 +90,6 @@ class _KernelPathAttacher:
 
     def allocationCreated(self, allocation: Any) -> None:
         allocation.kernelPath = self._server.kernelPath
-
-    def allocationRefreshed(self, allocation: Any, lifetime: float) -> None:
-        pass
-
-    def allocationPermissionAdded(self, allocation: Any, host: str) -> None:
-        pass
-
-    def allocationEnded(self, allocation: Any, reason: str, usage: Dict[str, Any]) -> None:
-        pass
 
 
 class TURNServer:
