@@ -80,11 +80,13 @@ sys.path.insert(0, HERE)
 from workers import (  # noqa: E402
     HZ,
     NCPU,
-    comm,
+    awaitDataPhase,
+    loadFigures,
     machineTicks,
     med,
     procTicks,
     spread,
+    startLoad,
     stopProcessGroup,
     treeTicks,
 )
@@ -435,24 +437,11 @@ def runLoad(server: Server, topo: Topology, args: argparse.Namespace, offered: f
         "--window", str(args.window), "--rate", str(offered / 2), "--secs", str(args.secs),
     ]  # fmt: skip
     before = topo.udpCounters()
-    load = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    load = startLoad(command)
     try:
-        deadline = time.monotonic() + 60
-        while not any(comm(p) == "udpgen" for p in treeTicks(load.pid)):
-            if load.poll() is not None or time.monotonic() > deadline:
-                out = (
-                    load.communicate()[0].decode(errors="replace")
-                    if load.poll() is not None
-                    else ""
-                )
-                return Run(offered, False, "no data phase: " + out.strip()[-300:])
-            time.sleep(0.02)
+        failed = awaitDataPhase(load)
+        if failed is not None:
+            return Run(offered, False, failed)
         time.sleep(args.warmup)
         u0 = userProcessTicks()
         s0 = treeTicks(server.proc.pid), treeTicks(load.pid), machineTicks(), time.monotonic()
@@ -464,10 +453,9 @@ def runLoad(server: Server, topo: Topology, args: argparse.Namespace, offered: f
         if load.poll() is None:
             stopProcessGroup(load)
     after = topo.udpCounters()
-    line = next((ln for ln in out.splitlines() if ln.startswith("turn_mode=")), None)
-    if load.returncode != 0 or line is None:
+    kv = loadFigures(load, out)
+    if kv is None:
         return Run(offered, False, out.strip()[-300:])
-    kv = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
     wall = s1[3] - s0[3]
     busy = (s1[2][0] - s0[2][0]) / HZ  # jiffies of all CPUs -> CPU seconds
     relayCpu = sum(s1[0][p] - s0[0].get(p, 0) for p in s1[0]) / HZ

@@ -304,6 +304,47 @@ class Run:
     rttP99: float = float("nan")
 
 
+def startLoad(command: List[str]) -> subprocess.Popen[bytes]:
+    """
+    Start a load generator in a session of its own (stopProcessGroup ends
+    it and whatever it started), its output collected.
+    """
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def awaitDataPhase(load: subprocess.Popen[bytes], timeout: float = 60) -> Optional[str]:
+    """
+    Wait for the data phase: turnload.py has set up the allocations and runs
+    udpgen (anywhere below it, through `ip netns exec` too).
+
+    @return: None once it runs; else why not, with the end of the output.
+    """
+    deadline = time.monotonic() + timeout
+    while not any(comm(p) == "udpgen" for p in treeTicks(load.pid)):
+        if load.poll() is not None or time.monotonic() > deadline:
+            out = load.communicate()[0].decode(errors="replace") if load.poll() is not None else ""
+            return "no data phase: " + out.strip()[-300:]
+        time.sleep(0.02)
+    return None
+
+
+def loadFigures(load: subprocess.Popen[bytes], out: str) -> Optional[Dict[str, str]]:
+    """
+    @return: the key=value figures of turnload's summary line, or None if
+        the load failed.
+    """
+    line = next((ln for ln in out.splitlines() if ln.startswith("turn_mode=")), None)
+    if load.returncode != 0 or line is None:
+        return None
+    return dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+
+
 def runLoad(relay: Relay, args: argparse.Namespace, offered: float) -> Run:
     assert relay.proc is not None
     peerPort = freePort(socket.SOCK_DGRAM)
@@ -331,25 +372,11 @@ def runLoad(relay: Relay, args: argparse.Namespace, offered: float) -> Run:
         "--secs",
         str(args.secs),
     ]
-    load = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    load = startLoad(command)
     try:
-        # the data phase starts when turnload.py has set up the allocations and runs udpgen
-        deadline = time.monotonic() + 60
-        while not any(comm(p) == "udpgen" for p in childrenOf(load.pid)):
-            if load.poll() is not None or time.monotonic() > deadline:
-                out = (
-                    load.communicate()[0].decode(errors="replace")
-                    if load.poll() is not None
-                    else ""
-                )
-                return Run(relay.workers, offered, False, "no data phase: " + out.strip()[-300:])
-            time.sleep(0.02)
+        failed = awaitDataPhase(load)
+        if failed is not None:
+            return Run(relay.workers, offered, False, failed)
         time.sleep(args.warmup)
         r0, g0, m0, t0 = (
             treeTicks(relay.proc.pid),
@@ -368,10 +395,9 @@ def runLoad(relay: Relay, args: argparse.Namespace, offered: float) -> Run:
     finally:
         if load.poll() is None:
             stopProcessGroup(load)
-    line = next((ln for ln in out.splitlines() if ln.startswith("turn_mode=")), None)
-    if load.returncode != 0 or line is None:
+    kv = loadFigures(load, out)
+    if kv is None:
         return Run(relay.workers, offered, False, out.strip()[-300:])
-    kv = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
     wall = t1 - t0
     cpu = sum(r1[p] - r0.get(p, 0) for p in r1) / HZ
     gen = sum(g1[p] - g0.get(p, 0) for p in g1) / HZ
