@@ -10,12 +10,13 @@ common paced rate, and the highest relayed packet rate.
   flock /tmp/turnrelay-load.lock .venv/bin/python bench/offload.py \\
       --servers coturn,coturn-latest,off,tc --pps 50000 --reps 3 --secs 3
 
-Needs root (namespaces, veth, sysctl, eBPF), iproute2, gcc, ethtool for
---gen-tx-csum off, and coturn (apt-get install coturn).  The newest coturn is
-built once with ../shared/bench/build_coturn_latest.sh into
-$COTURN_BUILD (default /tmp/coturn-latest) from a git directory of coturn
-(--coturn-git); without one, or when the build fails, that server is skipped
-with the reason.  --coturn-latest PATH uses a binary already built.
+Needs root (namespaces, veth, sysctl, eBPF), iproute2, gcc, ethtool (the
+generator's veths send full checksums, see --gen-tx-csum), and coturn
+(apt-get install coturn).  The newest coturn is built once with
+../shared/bench/build_coturn_latest.sh into $COTURN_BUILD (default
+/tmp/coturn-latest) from a git directory of coturn (--coturn-git); without
+one, or when the build fails, that server is skipped with the reason.
+--coturn-latest PATH uses a binary already built.
 
 Topology (two namespaces made for the run, deleted at exit):
 
@@ -695,9 +696,10 @@ def parseArgs() -> argparse.Namespace:
     ap.add_argument(
         "--gen-tx-csum",
         choices=("on", "off"),
-        default="on",
+        default="off",
         help="tx checksum offload on the generator's veths (off: ethtool -K tx off, so "
-        "its packets carry full checksums instead of CHECKSUM_PARTIAL) [on]",
+        "its packets carry full checksums, as those of clients on other hosts do; on: "
+        "CHECKSUM_PARTIAL, which the kernel path passes up to user space) [off]",
     )
     ap.add_argument("--coturn", default=shutil.which("turnserver") or "/usr/bin/turnserver")
     ap.add_argument("--coturn-latest", help="a built newest turnserver (else built/cached)")
