@@ -25,12 +25,13 @@ fails the test instead: a CI machine that can run these tests must.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
-from typing import List, Mapping, NoReturn, Optional, Sequence
+from typing import Dict, List, Mapping, NoReturn, Optional, Sequence
 
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -305,6 +306,124 @@ class Network:
                 problems.append(str(e))
         left = set(self.namespaces) & set(listNamespaces())
         self.namespaces = []
+        if left:
+            problems.append(f"namespaces left behind: {sorted(left)}")
+        if problems:
+            raise AssertionError("; ".join(problems))
+
+
+class RelayNamespaces:
+    """
+    A mixin for test cases that put a relay between a client and a peer:
+    three namespaces made for the test (C{relay}, C{client}, C{peer}), a
+    veth pair from the client to the relay (C{cv}-C{rc}) and one from the
+    relay to the peer (C{rc}-C{pv}), random private IPv4 and IPv6
+    addresses, and forwarding on in the relay's namespace.
+
+    @ivar addresses: by family (C{"4"}, C{"6"}): C{client}, C{server} (the
+        relay's client side), C{relay} (its peer side), C{peer}, and
+        C{peers} (the peer side's network).
+    """
+
+    addresses: Dict[str, Dict[str, str]]
+
+    def makeNamespaces(self, testCase: TestCase) -> None:
+        """
+        Make them; their removal is registered now, so it runs after every
+        cleanup registered later.
+
+        @raise SkipTest: namespaces cannot be made here.
+        """
+        self.tag = NAME_PREFIX + secrets.token_hex(3)
+        self.namespaces: List[str] = []
+        testCase.addCleanup(self._removeNamespaces)
+        try:
+            for name in ("relay", "client", "peer"):
+                self._namespace(name)
+        except NetworkCommandError as e:
+            raise SkipTest(f"cannot create network namespaces: {e}") from None
+        x = secrets.randbelow(200) + 20
+        y = secrets.randbelow(256)
+        # Four hex digits without a leading zero: written as the kernel
+        # writes it back.
+        z = f"{secrets.randbelow(0xF000) + 0x1000:x}"
+        self.addresses = {
+            "4": {
+                "client": f"10.{x}.{y}.2",
+                "server": f"10.{x}.{y}.1",
+                "relay": f"10.{x + 1}.{y}.1",
+                "peer": f"10.{x + 1}.{y}.2",
+                "peers": f"10.{x + 1}.{y}.0/24",
+            },
+            "6": {
+                "client": f"fd00:{z}:1::2",
+                "server": f"fd00:{z}:1::1",
+                "relay": f"fd00:{z}:2::1",
+                "peer": f"fd00:{z}:2::2",
+                "peers": f"fd00:{z}:2::/64",
+            },
+        }
+        self._link("client", "cv", "rc", "server")
+        self._link("peer", "pv", "rp", "relay")
+        # bpf_fib_lookup routes as a router does: only where forwarding is on.
+        command(self._in("relay", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
+        command(self._in("relay", ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]))
+
+    def _name(self, short: str) -> str:
+        return f"{self.tag}-{short}"
+
+    def _in(self, short: str, args: List[str]) -> List[str]:
+        return ["ip", "netns", "exec", self._name(short), *args]
+
+    def _namespace(self, short: str) -> None:
+        command(["ip", "netns", "add", self._name(short)])
+        self.namespaces.append(self._name(short))
+        command(["ip", "-n", self._name(short), "link", "set", "lo", "up"])
+
+    def _link(self, host: str, hostDevice: str, relayDevice: str, relayName: str) -> None:
+        relay, other = self._name("relay"), self._name(host)
+        command(
+            ["ip", "-n", relay, "link", "add", relayDevice, "type", "veth"]
+            + ["peer", "name", hostDevice, "netns", other]
+        )
+        for family, names in self.addresses.items():
+            prefix = "24" if family == "4" else "64"
+            for namespace, device, address in [
+                (relay, relayDevice, names[relayName]),
+                (other, hostDevice, names[host]),
+            ]:
+                command(
+                    ["ip", "-n", namespace, "addr", "add", f"{address}/{prefix}", "dev", device]
+                    + (["nodad"] if family == "6" else [])
+                )
+        command(["ip", "-n", relay, "link", "set", relayDevice, "up"])
+        command(["ip", "-n", other, "link", "set", hostDevice, "up"])
+
+    def _link_info(self, short: str, device: str) -> Dict[str, object]:
+        [info] = json.loads(command(["ip", "-n", self._name(short), "-j", "link", "show", device]))
+        return dict(info)
+
+    def _mac(self, short: str, device: str) -> bytes:
+        return bytes.fromhex(str(self._link_info(short, device)["address"]).replace(":", ""))
+
+    def _removeNamespaces(self) -> None:
+        """
+        Remove the namespaces; a process still running in one is killed
+        and reported: the test should have stopped it.
+        """
+        problems = []
+        for namespace in reversed(self.namespaces):
+            try:
+                for pid in command(["ip", "netns", "pids", namespace]).split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    problems.append(f"process {pid} was still running in {namespace}")
+                command(["ip", "netns", "del", namespace])
+            except NetworkCommandError as e:
+                problems.append(str(e))
+        left = set(self.namespaces) & set(listNamespaces())
         if left:
             problems.append(f"namespaces left behind: {sorted(left)}")
         if problems:

@@ -20,14 +20,12 @@ that also sends on command) run in their namespaces on ordinary UDP
 sockets.
 
 Checksums: a UDP socket sending over a veth leaves the UDP checksum to be
-finished (C{CHECKSUM_PARTIAL}, the veth's tx checksum offload).  The
-program rewrites the checksum field of such a datagram as if it were
-complete, and the receiver then counts it in C{UdpInCsumErrors} and drops
-it: with offload on, nothing came back.  So the test turns tx checksum
-offload off on the client's and the peer's veths (C{ethtool -K DEV tx
-off}): their datagrams leave with full checksums, as from a NIC, which the
-program updates correctly.  (User space relaying, C{offload = off}, works
-either way.)
+finished (C{CHECKSUM_PARTIAL}, the veth's tx checksum offload), and the
+program passes such datagrams up to user space rather than move the header
+the checksum would be finished from.  So that the kernel path relays, the
+test turns tx checksum offload off on the client's and the peer's veths
+(C{ethtool -K DEV tx off}): their datagrams leave with full checksums, as
+from another host.
 
 The control socket (C{turnrelayctl --json status}) says which path relayed
 the packets; the relay's log says it attached and how many packets each
@@ -39,17 +37,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
-import signal
 import sys
 import tempfile
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests._netns import NAME_PREFIX, NetworkCommandError, command, listNamespaces
+from tests._netns import RelayNamespaces, command
 from tests._processes import (
     ChildProcess,
     describe,
@@ -237,7 +233,7 @@ def ended(relayed: str) -> bytes:
     )
 
 
-class OffloadE2ETests(TestCase):
+class OffloadE2ETests(RelayNamespaces, TestCase):
     """
     A TURN client relays through C{twistd turnrelay} whose kernel path is
     on (or off), between namespaces.
@@ -256,97 +252,17 @@ class OffloadE2ETests(TestCase):
             if os.environ.get("CI") == "true":
                 self.fail(message + " (CI=true: not skipping)")
             raise SkipTest(message)
-        self.tag = NAME_PREFIX + secrets.token_hex(3)
-        self.namespaces: List[str] = []
-        # Registered first, so it runs last: after every process is stopped.
-        self.addCleanup(self._removeNamespaces)
-        try:
-            for name in ("relay", "client", "peer"):
-                self._namespace(name)
-        except NetworkCommandError as e:
-            raise SkipTest(f"cannot create network namespaces: {e}") from None
-        x = secrets.randbelow(200) + 20
-        y = secrets.randbelow(256)
-        z = secrets.randbelow(0xFFFF) + 1
-        self.addresses: Dict[str, Dict[str, str]] = {
-            "4": {
-                "client": f"10.{x}.{y}.2",
-                "server": f"10.{x}.{y}.1",
-                "relay": f"10.{x + 1}.{y}.1",
-                "peer": f"10.{x + 1}.{y}.2",
-                "peers": f"10.{x + 1}.{y}.0/24",
-            },
-            "6": {
-                "client": f"fd00:{z:x}:1::2",
-                "server": f"fd00:{z:x}:1::1",
-                "relay": f"fd00:{z:x}:2::1",
-                "peer": f"fd00:{z:x}:2::2",
-                "peers": f"fd00:{z:x}:2::/64",
-            },
-        }
-        self._link("client", "cv", "rc", "server")
-        self._link("peer", "pv", "rp", "relay")
-        # The kernel path updates full checksums only (see the module's
-        # docstring): the senders' veths compute them.
+        # Made first, so that they are removed last: after every process
+        # is stopped.
+        self.makeNamespaces(self)
+        # The kernel path relays datagrams with full checksums only (see
+        # the module's docstring): the senders' veths compute them.
         for host, device in [("client", "cv"), ("peer", "pv")]:
             command(self._in(host, [ethtool, "-K", device, "tx", "off"]))
-        command(self._in("relay", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
-        command(self._in("relay", ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]))
         # A Unix socket's path must fit in 108 bytes: trial's temp dir may not.
         self.controlDirectory = tempfile.mkdtemp(prefix="trk")
         self.addCleanup(shutil.rmtree, self.controlDirectory, True)
         self.controlSocket = os.path.join(self.controlDirectory, "ctl")
-
-    # The network -------------------------------------------------------------------
-
-    def _name(self, short: str) -> str:
-        return f"{self.tag}-{short}"
-
-    def _in(self, short: str, args: List[str]) -> List[str]:
-        return ["ip", "netns", "exec", self._name(short), *args]
-
-    def _namespace(self, short: str) -> None:
-        command(["ip", "netns", "add", self._name(short)])
-        self.namespaces.append(self._name(short))
-        command(["ip", "-n", self._name(short), "link", "set", "lo", "up"])
-
-    def _link(self, host: str, hostDevice: str, relayDevice: str, relayName: str) -> None:
-        relay, other = self._name("relay"), self._name(host)
-        command(
-            ["ip", "-n", relay, "link", "add", relayDevice, "type", "veth"]
-            + ["peer", "name", hostDevice, "netns", other]
-        )
-        for family, names in self.addresses.items():
-            prefix = "24" if family == "4" else "64"
-            for namespace, device, address in [
-                (relay, relayDevice, names[relayName]),
-                (other, hostDevice, names[host]),
-            ]:
-                command(
-                    ["ip", "-n", namespace, "addr", "add", f"{address}/{prefix}", "dev", device]
-                    + (["nodad"] if family == "6" else [])
-                )
-        command(["ip", "-n", relay, "link", "set", relayDevice, "up"])
-        command(["ip", "-n", other, "link", "set", hostDevice, "up"])
-
-    def _removeNamespaces(self) -> None:
-        problems = []
-        for namespace in reversed(self.namespaces):
-            try:
-                for pid in command(["ip", "netns", "pids", namespace]).split():
-                    try:
-                        os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    problems.append(f"process {pid} was still running in {namespace}")
-                command(["ip", "netns", "del", namespace])
-            except NetworkCommandError as e:
-                problems.append(str(e))
-        left = set(self.namespaces) & set(listNamespaces())
-        if left:
-            problems.append(f"namespaces left behind: {sorted(left)}")
-        if problems:
-            raise AssertionError("; ".join(problems))
 
     # The processes -----------------------------------------------------------------
 

@@ -22,16 +22,14 @@ checksum still to be done, which the program does not support.)
 from __future__ import annotations
 
 import ctypes
-import json
 import os
-import secrets
 import subprocess
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Optional, Tuple
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests._netns import NAME_PREFIX, NetworkCommandError, command, listNamespaces
+from tests._netns import RelayNamespaces, command
 from tests._timing import PROMPTLY
 from tests.test_offload_program import channelData, frame
 from turnrelay.offload import entries
@@ -93,7 +91,7 @@ class _Namespace:
             os.close(self._home)
 
 
-class VethOffloadTests(TestCase):
+class VethOffloadTests(RelayNamespaces, TestCase):
     """
     ChannelData relayed by the kernel between namespaces, both ways.
     """
@@ -103,44 +101,14 @@ class VethOffloadTests(TestCase):
     def setUp(self) -> None:
         if os.geteuid() != 0:
             raise SkipTest(f"namespaces and BPF need root; running as uid {os.geteuid()}")
+        # Made first, so that they are removed last: after the program
+        # is closed.
+        self.makeNamespaces(self)
         try:
             self.program = KernelProgram.load()
         except OffloadUnavailable as e:
             raise SkipTest(f"the offload program cannot be loaded: {e}") from None
-        self.tag = NAME_PREFIX + secrets.token_hex(3)
-        self.namespaces: List[str] = []
-        # Registered first, so it runs last: after the program is closed.
-        self.addCleanup(self._removeNamespaces)
         self.addCleanup(self._closeProgram)
-        try:
-            for name in ("relay", "client", "peer"):
-                self._namespace(name)
-        except NetworkCommandError as e:
-            raise SkipTest(f"cannot create network namespaces: {e}") from None
-        x = secrets.randbelow(200) + 20
-        y = secrets.randbelow(256)
-        # Four hex digits without a leading zero: written as the kernel
-        # writes it back.
-        z = f"{secrets.randbelow(0xF000) + 0x1000:x}"
-        self.addresses: Dict[str, Dict[str, str]] = {
-            "4": {
-                "client": f"10.{x}.{y}.2",
-                "server": f"10.{x}.{y}.1",
-                "relay": f"10.{x + 1}.{y}.1",
-                "peer": f"10.{x + 1}.{y}.2",
-            },
-            "6": {
-                "client": f"fd00:{z}:1::2",
-                "server": f"fd00:{z}:1::1",
-                "relay": f"fd00:{z}:2::1",
-                "peer": f"fd00:{z}:2::2",
-            },
-        }
-        self._link("client", "cv", "rc", "server")
-        self._link("peer", "pv", "rp", "relay")
-        # bpf_fib_lookup routes as a router does: only where forwarding is on.
-        command(self._in("relay", ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
-        command(self._in("relay", ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]))
         with _Namespace(self._name("relay")):
             for device in ("rc", "rp"):
                 self._attach(int(str(self._link_info("relay", device)["ifindex"])))
@@ -148,59 +116,9 @@ class VethOffloadTests(TestCase):
     def _attach(self, ifindex: int) -> None:
         self.program.attach(ifindex)
 
-    def _name(self, short: str) -> str:
-        return f"{self.tag}-{short}"
-
-    def _in(self, short: str, args: List[str]) -> List[str]:
-        return ["ip", "netns", "exec", self._name(short), *args]
-
-    def _namespace(self, short: str) -> None:
-        command(["ip", "netns", "add", self._name(short)])
-        self.namespaces.append(self._name(short))
-        command(["ip", "-n", self._name(short), "link", "set", "lo", "up"])
-
-    def _link(self, host: str, hostDevice: str, relayDevice: str, relayName: str) -> None:
-        relay, other = self._name("relay"), self._name(host)
-        command(
-            ["ip", "-n", relay, "link", "add", relayDevice, "type", "veth"]
-            + ["peer", "name", hostDevice, "netns", other]
-        )
-        for family, names in self.addresses.items():
-            prefix = "24" if family == "4" else "64"
-            for namespace, device, address in [
-                (relay, relayDevice, names[relayName]),
-                (other, hostDevice, names[host]),
-            ]:
-                command(
-                    ["ip", "-n", namespace, "addr", "add", f"{address}/{prefix}", "dev", device]
-                    + (["nodad"] if family == "6" else [])
-                )
-        command(["ip", "-n", relay, "link", "set", relayDevice, "up"])
-        command(["ip", "-n", other, "link", "set", hostDevice, "up"])
-
-    def _link_info(self, short: str, device: str) -> Dict[str, object]:
-        [info] = json.loads(command(["ip", "-n", self._name(short), "-j", "link", "show", device]))
-        return dict(info)
-
-    def _mac(self, short: str, device: str) -> bytes:
-        return bytes.fromhex(str(self._link_info(short, device)["address"]).replace(":", ""))
-
     def _closeProgram(self) -> None:
         with _Namespace(self._name("relay")):
             self.program.close()
-
-    def _removeNamespaces(self) -> None:
-        problems = []
-        for namespace in reversed(self.namespaces):
-            try:
-                command(["ip", "netns", "del", namespace])
-            except NetworkCommandError as e:
-                problems.append(str(e))
-        left = set(self.namespaces) & set(listNamespaces())
-        if left:
-            problems.append(f"namespaces left behind: {sorted(left)}")
-        if problems:
-            raise AssertionError("; ".join(problems))
 
     def _exchange(
         self,
