@@ -11,8 +11,10 @@ from typing import List, Optional, Tuple
 from twisted.trial.unittest import TestCase
 
 from tests._processes import ChildProcess, freePortPair, requireTool, spawn
+from tests._relays import LoopbackRelay
 from tests._timing import PROMPTLY, within
 from turnrelay.config import RedisURL
+from turnrelay.fleet.node import FleetNode
 
 
 class RedisServer:
@@ -91,3 +93,12 @@ async def startRedis(testCase: TestCase, tls: Optional[Tuple[str, str]] = None) 
     directory = os.path.abspath(testCase.mktemp())
     os.makedirs(directory)
     return await RedisServer(testCase, directory, tls).start()
+
+
+def fleetOf(relay: LoopbackRelay) -> FleetNode:
+    """
+    @return: the fleet node of a relay started with C{redis}.
+    """
+    node = relay.service.fleet
+    assert isinstance(node, FleetNode)
+    return node

@@ -16,7 +16,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests._assertions import TURNTestCase, errorCode
-from tests._redis import RedisServer, startRedis
+from tests._redis import RedisServer, fleetOf, startRedis
 from tests._relays import LoopbackRelay, startRelay
 from tests._sockets import (
     SocketTURNSession,
@@ -351,15 +351,6 @@ async def fleetRelay(
     quota = fleetOf(relay).quota
     await poll(lambda: quota.renewals > 0, PROMPTLY, f"the lease of {nodeID}")
     return relay
-
-
-def fleetOf(relay: LoopbackRelay) -> Any:
-    """
-    @return: the relay's fleet node.
-    """
-    node = relay.service.fleet
-    assert node is not None
-    return node
 
 
 async def allocate(testCase: TestCase, session: SocketTURNSession) -> STUNMessage:

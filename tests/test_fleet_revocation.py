@@ -12,7 +12,7 @@ from typing import Any, Dict, List
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tests._assertions import errorCode
-from tests._redis import RedisServer, startRedis
+from tests._redis import RedisServer, fleetOf, startRedis
 from tests._relays import LoopbackRelay, startRelay
 from tests._session import REALM, REST_SECRET, USERS
 from tests._sockets import SocketTURNSession, udpTURNClient
@@ -82,15 +82,6 @@ class RevokingCredentialsTests(SynchronousTestCase):
         self.assertEqual(len(store.keysFor("alice", REALM, PASSWORD_ALGORITHM_MD5)), 1)
 
 
-def fleet(relay: LoopbackRelay) -> Any:
-    """
-    @return: C{relay}'s fleet node.
-    """
-    node = relay.service.fleet
-    assert node is not None
-    return node
-
-
 async def fleetRelay(testCase: TestCase, redis: RedisServer, nodeID: str) -> LoopbackRelay:
     """
     Start a relay in this process, a node of the fleet on C{redis}, with a
@@ -107,7 +98,7 @@ async def fleetRelay(testCase: TestCase, redis: RedisServer, nodeID: str) -> Loo
     testCase.addCleanup(unlink)
     relay = startRelay(testCase, redis=str(redis.url), node_id=nodeID, control_socket=path)
     SOCKETS[nodeID] = path
-    link = fleet(relay).link
+    link = fleetOf(relay).link
     await poll(lambda: link.up, PROMPTLY, f"{nodeID}'s link to Redis")
     return relay
 
@@ -166,7 +157,7 @@ class FleetRevocationTests(TestCase):
         C{username} again.
         """
         for relay in self.relays:
-            revocations: Any = fleet(relay).revocations
+            revocations: Any = fleetOf(relay).revocations
 
             def letIn(r: Any = revocations) -> bool:
                 return not r.isRevoked(username)
@@ -174,14 +165,14 @@ class FleetRevocationTests(TestCase):
             await poll(
                 letIn,
                 WITHIN_A_SECOND,
-                f"{fleet(relay).nodeID} to let {username} in",
+                f"{fleetOf(relay).nodeID} to let {username} in",
             )
             response = await within(self.client(relay, username).allocate(), PROMPTLY, "Allocate")
             self.assertEqual(response.messageClass, MessageClass.SUCCESS_RESPONSE, response)
 
     async def control(self, relay: LoopbackRelay, command: Any, username: str) -> Any:
         return await ctl.call(
-            reactor, SOCKETS[fleet(relay).nodeID], command, {"username": username}, PROMPTLY
+            reactor, SOCKETS[fleetOf(relay).nodeID], command, {"username": username}, PROMPTLY
         )
 
     async def test_revokeWithTheControlCommand(self) -> None:
@@ -201,7 +192,7 @@ class FleetRevocationTests(TestCase):
         members = await within(self.link.call("test", "smembers", "turnrelay:revoked"), 5, "")
         self.assertEqual(set(members), {USER})
         for relay in self.relays:
-            self.assertEqual(fleet(relay).revocations.stats()["revoked"], 1)
+            self.assertEqual(fleetOf(relay).revocations.stats()["revoked"], 1)
 
         answer = await self.control(self.relays[1], control.Unrevoke, USER)
         self.assertIn("no longer revoked", answer["text"])
@@ -270,13 +261,13 @@ class FleetRevocationTests(TestCase):
         await self.control(self.relays[0], control.Revoke, USER)
         # Every node has heard of it before Redis goes.
         await poll(
-            lambda: all(fleet(relay).revocations.isRevoked(USER) for relay in self.relays),
+            lambda: all(fleetOf(relay).revocations.isRevoked(USER) for relay in self.relays),
             PROMPTLY,
             "every node to know of the revocation",
         )
         await self.redis.stop()
         await poll(
-            lambda: not any(fleet(relay).link.up for relay in self.relays),
+            lambda: not any(fleetOf(relay).link.up for relay in self.relays),
             PROMPTLY,
             "the links down",
         )

@@ -11,13 +11,14 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from tests._assertions import errorCode
-from tests._redis import RedisServer, startRedis
+from tests._redis import RedisServer, fleetOf, startRedis
 from tests._relays import LoopbackRelay, startRelay
 from tests._session import REALM
 from tests._sockets import udpTURNClient
 from tests._timing import PROMPTLY, poll, reactor, within
 from turnrelay.auth.credentials import mintRESTCredential
 from turnrelay.fleet.link import RedisLink
+from turnrelay.fleet.users import RedisUsers
 from turnrelay.stun.message import MessageClass
 
 # Refreshes are this often; what Redis holds is seen within a few.
@@ -36,13 +37,13 @@ def coturnKey(username: str, password: str) -> str:
     return hashlib.md5(f"{username}:{REALM}:{password}".encode()).hexdigest()
 
 
-def fleet(relay: LoopbackRelay) -> Any:
+def usersOf(relay: LoopbackRelay) -> RedisUsers:
     """
-    @return: C{relay}'s fleet node.
+    @return: the users in Redis of a relay started with C{redis-users}.
     """
-    node = relay.service.fleet
-    assert node is not None
-    return node
+    users = fleetOf(relay).users
+    assert users is not None
+    return users
 
 
 async def fleetRelay(testCase: TestCase, redis: RedisServer, nodeID: str) -> LoopbackRelay:
@@ -53,7 +54,7 @@ async def fleetRelay(testCase: TestCase, redis: RedisServer, nodeID: str) -> Loo
         redis_users=True,
         redis_users_refresh=REFRESH,
     )
-    users = fleet(relay).users
+    users = usersOf(relay)
     await poll(lambda: users.refreshes > 0, PROMPTLY, f"{nodeID}'s first read of the users")
     return relay
 
@@ -90,7 +91,7 @@ class RedisUsersTests(TestCase):
         a few refreshes.
         """
         for relay in self.relays:
-            users = fleet(relay).users
+            users = usersOf(relay)
             deadline = reactor.seconds() + SEEN
             while True:
                 seen = users.refreshes
@@ -143,7 +144,7 @@ class RedisUsersTests(TestCase):
         username, password = mintRESTCredential(b"coturn-secret", "grace", 600, now)
         await self.redisCommand("set", f"turn/realm/{REALM}/secret/1368426581", "coturn-secret")
         await self.untilEveryNode(username, password, 0)
-        self.assertEqual(fleet(self.relays[0]).users.stats()["redisSecrets"], 2)
+        self.assertEqual(usersOf(self.relays[0]).stats()["redisSecrets"], 2)
 
     async def test_redisDownKeepsTheCache(self) -> None:
         """
@@ -154,11 +155,11 @@ class RedisUsersTests(TestCase):
         await self.untilEveryNode(USER, PASSWORD, 0)
         await self.redis.stop()
         await poll(
-            lambda: not any(fleet(relay).link.up for relay in self.relays),
+            lambda: not any(fleetOf(relay).link.up for relay in self.relays),
             PROMPTLY,
             "the links down",
         )
-        refreshes = [fleet(relay).users.refreshes for relay in self.relays]
+        refreshes = [usersOf(relay).refreshes for relay in self.relays]
         for relay in self.relays:
             self.assertEqual(await self.allocate(relay, USER, PASSWORD), 0)
-        self.assertEqual([fleet(relay).users.refreshes for relay in self.relays], refreshes)
+        self.assertEqual([usersOf(relay).refreshes for relay in self.relays], refreshes)
