@@ -410,6 +410,19 @@ def uclientArgs(
     ]
 
 
+def assertRelayedAll(testCase: SynchronousTestCase, child: ChildProcess, total: int) -> None:
+    """
+    Assert that C{turnutils_uclient} exited well, having sent C{total}
+    messages and received them all back, none lost or dropped.
+    """
+    testCase.assertEqual(child.exitCode, 0, describe(child))
+    testCase.assertEqual(
+        uclientCounters(child.output),
+        {"sent": total, "received": total, "lost": 0, "sendDropped": 0},
+        describe(child),
+    )
+
+
 def uclientCounters(output: bytes) -> Optional[Dict[str, int]]:
     """
     Read the final counters C{turnutils_uclient} prints::
@@ -493,3 +506,22 @@ def aioiceStreamArgs(
         server.host,
         str(server.port),
     ]
+
+
+def controlScript() -> str:
+    """
+    @return: the installed C{turnrelayctl} console script of this Python.
+    """
+    return os.path.join(os.path.dirname(sys.executable), "turnrelayctl")
+
+
+async def controlJSON(testCase: SynchronousTestCase, socketPath: str, *argv: str) -> Any:
+    """
+    Run C{turnrelayctl --socket PATH --json ARGV}, assert that it succeeded,
+    and return what it answered.
+    """
+    child = await runToCompletion(
+        testCase, [controlScript(), "--socket", socketPath, "--json", *argv]
+    )
+    testCase.assertEqual(child.exitCode, 0, describe(child))
+    return json.loads(child.output)

@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import stat
-import sys
 import tempfile
 from typing import Any, Dict, Tuple
 
@@ -20,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tests._assertions import TURNTestCase
 from tests._processes import (
     ChildProcess,
+    controlScript,
     pythonEnvironment,
     runToCompletion,
     spawn,
@@ -119,13 +119,6 @@ class CommandLineTests(SynchronousTestCase):
         self.assertNotIn("\x1b", ctl.render(answer, asJSON=False))
         self.assertNotIn("\x1b", ctl.render(answer, asJSON=True))
         self.assertEqual(json.loads(ctl.render(answer, asJSON=True)), {"user": "\x1b"})
-
-
-def controlScript() -> str:
-    """
-    @return: the installed C{turnrelayctl} console script of this Python.
-    """
-    return os.path.join(os.path.dirname(sys.executable), "turnrelayctl")
 
 
 class EndToEndTests(TURNTestCase, TestCase):

@@ -59,9 +59,8 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from tests._processes import (
     ChildProcess,
-    describe,
+    controlJSON,
     pythonEnvironment,
-    runToCompletion,
     spawn,
     turnrelayCommand,
 )
@@ -1084,12 +1083,7 @@ class KernelPathCallTests(TestCase):
         """
         @return: the relay's C{turnrelayctl --json status}.
         """
-        ctl = os.path.join(os.path.dirname(sys.executable), "turnrelayctl")
-        done = await runToCompletion(
-            self, [ctl, "--socket", self.controlSocket, "--json", "status"]
-        )
-        self.assertEqual(done.exitCode, 0, describe(done))
-        status: Dict[str, Any] = json.loads(done.output)
+        status: Dict[str, Any] = await controlJSON(self, self.controlSocket, "status")
         return status
 
     async def _call(self, username: str, credential: str) -> None:

@@ -42,6 +42,7 @@ from tests._logs import isCreated, isEnded, isRefused
 from tests._processes import (
     ChildProcess,
     aioiceStreamArgs,
+    assertRelayedAll,
     describe,
     finalReport,
     requireModule,
@@ -295,12 +296,7 @@ class CoturnStreamTests(TestCase):
         flags = ["-t", *(["-S"] if transport == "tls" else []), "-c", "-v", *options]
         args = uclientArgs(self, address, peer, *flags, messages=MESSAGES, size=MESSAGE_SIZE)
         child = await runToCompletion(self, args)
-        self.assertEqual(child.exitCode, 0, describe(child))
-        self.assertEqual(
-            uclientCounters(child.output),
-            {"sent": MESSAGES, "received": MESSAGES, "lost": 0, "sendDropped": 0},
-            describe(child),
-        )
+        assertRelayedAll(self, child, MESSAGES)
         ended = await relay.events.waitFor(
             lambda event: isEnded(event) and event["reason"] == "deleted"
         )
@@ -414,13 +410,7 @@ class CoturnTCPRelayTests(TestCase):
         args += ["-u", USERNAME, "-w", PASSWORD, "-m", str(clients), "-n", str(messages)]
         args += ["-l", "100", "-z", "5", "-p", str(address.port), address.host]
         child = await runToCompletion(self, args)
-        self.assertEqual(child.exitCode, 0, describe(child))
-        total = clients * messages
-        self.assertEqual(
-            uclientCounters(child.output),
-            {"sent": total, "received": total, "lost": 0, "sendDropped": 0},
-            describe(child),
-        )
+        assertRelayedAll(self, child, clients * messages)
         bound = relay.events.matching(lambda event: "connectionID" in event and "client" in event)
         self.assertTrue(bound, relay.events.events)
         relayed = {event["relayed"] for event in bound}

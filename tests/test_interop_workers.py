@@ -25,6 +25,7 @@ from twisted.trial.unittest import TestCase
 from tests._processes import (
     aioiceStreamArgs,
     aioiceTURNArgs,
+    assertRelayedAll,
     describe,
     finalReport,
     requireTool,
@@ -32,7 +33,6 @@ from tests._processes import (
     spawn,
     startEchoPeer,
     uclientArgs,
-    uclientCounters,
 )
 from tests._relays import relayedKey
 from tests._session import PASSWORD, REST_SECRET, USERNAME
@@ -146,13 +146,7 @@ class CoturnUclientWorkersTests(WorkersInteropTestCase):
         cursor = 0
         for _ in range(MAX_RUNS):
             child = await runToCompletion(self, args)
-            self.assertEqual(child.exitCode, 0, describe(child))
-            total = CLIENTS * MESSAGES
-            self.assertEqual(
-                uclientCounters(child.output),
-                {"sent": total, "received": total, "lost": 0, "sendDropped": 0},
-                describe(child),
-            )
+            assertRelayedAll(self, child, CLIENTS * MESSAGES)
             # Each client's allocation ends, perhaps after the client exited;
             # the probes that end (closed with their TCP connection) relayed
             # nothing.
@@ -247,13 +241,7 @@ class CoturnTCPRelayWorkersTests(WorkersInteropTestCase):
         workers: Set[int] = set()
         for _ in range(MAX_RUNS):
             child = await runToCompletion(self, args)
-            self.assertEqual(child.exitCode, 0, describe(child))
-            total = 2 * 20
-            self.assertEqual(
-                uclientCounters(child.output),
-                {"sent": total, "received": total, "lost": 0, "sendDropped": 0},
-                describe(child),
-            )
+            assertRelayedAll(self, child, 2 * 20)
             bound = relay.child.output.count(b"bound to ")
             self.assertGreater(bound, 0, relay.child.output)
             workers |= {

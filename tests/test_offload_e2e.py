@@ -48,9 +48,9 @@ from twisted.trial.unittest import SkipTest, TestCase
 from tests._netns import RelayNamespaces, command
 from tests._processes import (
     ChildProcess,
+    controlJSON,
     describe,
     pythonEnvironment,
-    runToCompletion,
     spawn,
     turnrelayCommand,
 )
@@ -340,12 +340,7 @@ class OffloadE2ETests(RelayNamespaces, TestCase):
         """
         @return: C{turnrelayctl --json status}.
         """
-        ctl = os.path.join(os.path.dirname(sys.executable), "turnrelayctl")
-        done = await runToCompletion(
-            self, [ctl, "--socket", self.controlSocket, "--json", "status"]
-        )
-        self.assertEqual(done.exitCode, 0, describe(done))
-        status: Dict[str, Any] = json.loads(done.output)
+        status: Dict[str, Any] = await controlJSON(self, self.controlSocket, "status")
         return status
 
     async def _offloaded(self, toPeer: int, fromPeer: int) -> Dict[str, Any]:
@@ -436,11 +431,7 @@ class OffloadE2ETests(RelayNamespaces, TestCase):
             self.assertEqual(status["offload"]["packetsFromPeer"], 0, status)
 
         if kill:
-            ctl = os.path.join(os.path.dirname(sys.executable), "turnrelayctl")
-            done = await runToCompletion(
-                self, [ctl, "--socket", self.controlSocket, "kill", USERNAME]
-            )
-            self.assertEqual(done.exitCode, 0, describe(done))
+            await controlJSON(self, self.controlSocket, "kill", USERNAME)
         else:
             await self._tell(client, "delete", "deleted")
         match = await within(

@@ -6,7 +6,6 @@ restarted while the other's clients go on relaying.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
 from tests._assertions import TURNTestCase
-from tests._processes import freePortPair, runToCompletion
+from tests._processes import controlJSON, freePortPair
 from tests._sockets import (
     SocketTURNSession,
     UnverifiedClient,
@@ -34,7 +33,6 @@ from tests._sockets import (
 from tests._timing import PROMPTLY, poll, reactor, within
 from tests._twistd import TwistdRelay, relayWorker, twistdRelayArgs
 from tests.test_admin_metrics import parseScrape, value
-from tests.test_ctl import controlScript
 from turnrelay.auth.credentials import mintRESTCredential
 from turnrelay.stun import attributes as A
 from turnrelay.stun.address import TransportAddress
@@ -216,13 +214,9 @@ class AdminTests(WorkersTestCase):
         self.assertEqual(set(workers.values()), {0, 1})
 
         async def ctl(*argv: str) -> Any:
-            child = await within(
-                runToCompletion(self, [controlScript(), "--socket", socketPath, "--json", *argv]),
-                PROMPTLY,
-                f"turnrelayctl {' '.join(argv)}",
+            return await within(
+                controlJSON(self, socketPath, *argv), PROMPTLY, f"turnrelayctl {' '.join(argv)}"
             )
-            self.assertEqual(child.exitCode, 0, child.errors)
-            return json.loads(child.output)
 
         records = await ctl("allocations")
         self.assertEqual(sorted((r["user"], r["worker"]) for r in records), sorted(workers.items()))
